@@ -1,0 +1,20 @@
+"""Finite-n particle systems: problems and the dynamics of f_n = (1/n) Σ c_i φ(x, y_i).
+
+The ground floor of mfpc (paper Sec. 1–3; ``../shared/THEORY.md`` §1–2). Nothing here
+imports :mod:`meanfield` or :mod:`analysis`.
+"""
+from .dynamics import INTEGRATORS, Dynamics, State, step
+from .problem import KernelForm, Problem
+from .simulate import NumericalFailure, member_rng, simulate
+
+__all__ = [
+    "Dynamics",
+    "INTEGRATORS",
+    "KernelForm",
+    "NumericalFailure",
+    "Problem",
+    "State",
+    "member_rng",
+    "simulate",
+    "step",
+]

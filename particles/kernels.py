@@ -1,0 +1,301 @@
+r"""Unit kernels :math:`\varphi(x, y)` with their gradients in :math:`y`.
+
+A kernel is the feature map of one unit of the network (1.1),
+
+.. math::  f_n(x) = \frac1n \sum_{i=1}^n c_i \varphi(x, y_i),
+
+with inputs ``x`` of shape ``(..., Q, d)`` and unit positions ``y`` of shape
+``(..., n, N)``. Every kernel provides
+
+* ``phi(x, y)`` of shape ``(..., n, Q)``,
+* ``phi_grad(x, y)``: ``phi`` and :math:`\nabla_y \varphi` of shape ``(..., n, Q, N)``,
+* ``pullback(y, a, x, w, f_x)``: the fused forward/backward pass of the residual form
+  of (2.1) (``../shared/THEORY.md`` §2), O(n·Q) work and memory.
+
+The generic ``pullback`` evaluates ``phi_grad`` once; kernels with a cheaper
+structure (the circle) override it, and tests hold every override against
+:func:`pullback_reference`.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+__all__ = [
+    "Kernel",
+    "CircleKernel",
+    "GaussianRBF",
+    "SphereRBF",
+    "SigmoidUnit",
+    "pullback_reference",
+]
+
+
+def _weighted(x, w):
+    """Broadcast nodes (Q, d) or (B, Q, d) and weights (Q,) or (B, Q)."""
+    return np.asarray(x, dtype=float), np.asarray(w, dtype=float)
+
+
+class Kernel:
+    """Abstract unit kernel. Subclasses set ``N`` (dimension of y), ``d`` (of x)."""
+
+    N: int
+    d: int
+    #: True when y is constrained to a manifold (see :meth:`tangent`, :meth:`retract`).
+    constrained = False
+
+    def phi(self, x, y):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def phi_grad(self, x, y):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- manifold constraint (identity for unconstrained kernels) -----------------
+    def tangent(self, y, v):
+        """Project a velocity ``v`` (..., n, N) on the tangent space at ``y``."""
+        return v
+
+    def retract(self, y):
+        """Map ``y`` back onto the constraint manifold after a step."""
+        return y
+
+    def wrap(self, y):
+        """Canonical representative of ``y`` (periodic kernels wrap to [0, 2π))."""
+        return y
+
+    def params(self) -> dict:
+        """Parameters for the output attrs."""
+        return {}
+
+    # -- fused residual pass --------------------------------------------------------
+    def pullback(self, y, a, x, w, f_x):
+        r"""Network on the nodes and the gradient pull-back of the weighted residual.
+
+        .. math::
+            f(x_q) &= \sum_i a_i \varphi(x_q, y_i), \qquad r_q = f(x_q) - f^*(x_q),\\
+            g^c_i &= \sum_q w_q \varphi(x_q, y_i) r_q, \qquad
+            g^y_i = \sum_q w_q \nabla_y\varphi(x_q, y_i) r_q .
+
+        With ``a = c / n`` the GD velocities of (2.1) in residual form are
+        ``dc/dt = -g_c`` and ``dy/dt = -c g_y`` (THEORY §2).
+
+        Parameters
+        ----------
+        y : ndarray, shape (B, n, N)
+        a : ndarray, shape (B, n)
+            Charges times weights (``c/n`` for particles, ``c w_j`` for quadrature nodes).
+        x : ndarray, shape (Q, d) or (B, Q, d)
+        w : ndarray, shape (Q,) or (B, Q)
+        f_x : ndarray, shape (Q,) or (B, Q)
+            Target on the nodes.
+
+        Returns
+        -------
+        f : ndarray, shape (B, Q)
+        g_c : ndarray, shape (B, n)
+        g_y : ndarray, shape (B, n, N)
+        """
+        x, w = _weighted(x, w)
+        p, dp = self.phi_grad(x, y)
+        f = np.einsum("bn,bnq->bq", a, p)
+        wr = w * (f - f_x)
+        g_c = np.einsum("bnq,bq->bn", p, wr)
+        g_y = np.einsum("bnqk,bq->bnk", dp, wr)
+        return f, g_c, g_y
+
+
+def pullback_reference(kernel, y, a, x, w, f_x):
+    """Slow, obviously correct :meth:`Kernel.pullback`: loops over members and particles."""
+    y = np.asarray(y, float)
+    B, n, _ = y.shape
+    x = np.asarray(x, float)
+    w = np.asarray(w, float)
+    xs = np.broadcast_to(x, (B,) + x.shape[-2:])
+    ws = np.broadcast_to(w, (B, x.shape[-2]))
+    fs = np.broadcast_to(f_x, (B, x.shape[-2]))
+    f = np.zeros((B, xs.shape[1]))
+    g_c = np.zeros((B, n))
+    g_y = np.zeros_like(y)
+    for b in range(B):
+        for i in range(n):
+            p = kernel.phi(xs[b], y[b, i][None, :])[0]
+            f[b] += a[b, i] * p
+        r = f[b] - fs[b]
+        for i in range(n):
+            p, dp = kernel.phi_grad(xs[b], y[b, i][None, :])
+            g_c[b, i] = np.sum(ws[b] * p[0] * r)
+            g_y[b, i] = np.sum((ws[b] * r)[:, None] * dp[0], axis=0)
+    return f, g_c, g_y
+
+
+class CircleKernel(Kernel):
+    r"""The circle kernel :math:`\varphi(x, y) = e^{\kappa(\cos(x-y)-1)}` on :math:`[0, 2\pi)`.
+
+    THEORY §7. ``x`` and ``y`` have a trailing axis of length 1.
+    Closed forms for the uniform measure:
+    :math:`K(y, y') = e^{-2\kappa} I_0(2\kappa|\cos\frac{y-y'}2|)` and
+    :math:`F(y) = e^{-\kappa}\sum_k I_k(\kappa)(a_k\cos ky + b_k\sin ky)`.
+    """
+
+    N = 1
+    d = 1
+
+    def __init__(self, kappa: float):
+        self.kappa = float(kappa)
+
+    def params(self):
+        return {"kappa": self.kappa}
+
+    def wrap(self, y):
+        return np.mod(y, 2 * np.pi)
+
+    def phi(self, x, y):
+        diff = y[..., :, None, 0] - np.swapaxes(x, -1, -2)[..., None, 0, :]
+        return np.exp(self.kappa * (np.cos(diff) - 1.0))
+
+    def phi_grad(self, x, y):
+        diff = x[..., None, :, 0] - y[..., :, None, 0]  # x - y, shape (..., n, Q)
+        p = np.exp(self.kappa * (np.cos(diff) - 1.0))
+        # d/dy exp(κ(cos(x−y)−1)) = κ sin(x−y) φ
+        return p, (self.kappa * np.sin(diff) * p)[..., None]
+
+    def pullback(self, y, a, x, w, f_x):
+        r"""Fused pass with one transcendental per (particle, node) pair.
+
+        By the angle-addition identities
+        :math:`\kappa(\cos(x-y)-1) = [\cos y, \sin y, 1]\cdot\kappa[\cos x, \sin x, -1]`
+        (one small matrix product, then one ``exp``), and
+        :math:`\sin(x-y) = \sin x\cos y - \cos x\sin y`, so
+        :math:`g^y = \kappa(\cos y\, E(w r \sin x) - \sin y\, E(w r\cos x))`:
+        both contractions are one product of ``E`` with a (Q, 3) matrix.
+        """
+        x, w = _weighted(x, w)
+        kappa = self.kappa
+        yy = y[..., 0]
+        cy, sy = np.cos(yy), np.sin(yy)
+        B, n = yy.shape
+        xx = x[..., 0]
+        cx, sx = np.cos(xx), np.sin(xx)
+        Ymat = np.stack([cy, sy, np.ones_like(cy)], axis=-1)  # (B, n, 3)
+        Xmat = kappa * np.stack([cx, sx, -np.ones_like(cx)], axis=-2)  # (..., 3, Q)
+        E = np.matmul(Ymat, Xmat)  # (B, n, Q)
+        np.exp(E, out=E)
+        f = np.matmul(a[:, None, :], E)[:, 0, :]  # (B, Q)
+        wr = w * (f - f_x)
+        R = np.stack(np.broadcast_arrays(wr, wr * sx, wr * cx), axis=-1)  # (B, Q, 3)
+        G = np.matmul(E, R)  # (B, n, 3)
+        g_c = G[..., 0]
+        g_y = (kappa * (cy * G[..., 1] - sy * G[..., 2]))[..., None]
+        return f, g_c, g_y
+
+    # closed forms (THEORY §7) --------------------------------------------------------
+    def K(self, y, y2):
+        """:math:`K(y, y')` for the uniform measure on the circle, shape (n, m)."""
+        dy = y[:, None, 0] - y2[None, :, 0]
+        z = 2 * self.kappa * np.abs(np.cos(dy / 2))
+        return special.ive(0, z) * np.exp(z - 2 * self.kappa)
+
+    def F(self, y, cos, sin):
+        """:math:`F(y) = \\langle f, \\varphi(\\cdot, y)\\rangle_\\mu` for a Fourier target."""
+        yy = y[..., 0]
+        out = np.zeros_like(yy)
+        kmax = max(len(cos), len(sin))
+        for k in range(kmax):
+            ak = cos[k] if k < len(cos) else 0.0
+            bk = sin[k] if k < len(sin) else 0.0
+            out += special.ive(k, self.kappa) * (ak * np.cos(k * yy) + bk * np.sin(k * yy))
+        return out
+
+
+class GaussianRBF(Kernel):
+    r"""Gaussian RBF :math:`\varphi(x, y) = e^{-|x-y|^2/(2\sigma^2)}` on :math:`R^d`, ``N = d``."""
+
+    def __init__(self, d: int, sigma: float):
+        self.d = self.N = int(d)
+        self.sigma = float(sigma)
+
+    def params(self):
+        return {"d": self.d, "sigma": self.sigma}
+
+    def phi(self, x, y):
+        diff = x[..., None, :, :] - y[..., :, None, :]
+        return np.exp(-0.5 * np.sum(diff**2, axis=-1) / self.sigma**2)
+
+    def phi_grad(self, x, y):
+        diff = x[..., None, :, :] - y[..., :, None, :]  # (..., n, Q, d)
+        p = np.exp(-0.5 * np.sum(diff**2, axis=-1) / self.sigma**2)
+        return p, p[..., None] * diff / self.sigma**2
+
+
+class SphereRBF(Kernel):
+    r"""RBF on the sphere :math:`|x| = |y| = \sqrt d`, (4.2)–(4.3) with the sign corrected.
+
+    :math:`|x-y|^2 = 2d - 2x\cdot y`, so (4.2) is
+    :math:`\varphi(x, y) = e^{-\alpha(d - x\cdot y)}` (THEORY §6: the minus sign of
+    (4.3) is a typo). ``y`` is kept on the sphere by the tangential projection
+    :meth:`tangent` and the renormalisation :meth:`retract` (the Lagrange multiplier
+    :math:`-\lambda_i Y_i` of (4.5)).
+    """
+
+    constrained = True
+
+    def __init__(self, d: int, alpha: float):
+        self.d = self.N = int(d)
+        self.alpha = float(alpha)
+
+    def params(self):
+        return {"d": self.d, "alpha": self.alpha}
+
+    def phi(self, x, y):
+        xy = np.matmul(y, np.swapaxes(x, -1, -2))
+        return np.exp(self.alpha * (xy - self.d))
+
+    def phi_grad(self, x, y):
+        p = self.phi(x, y)
+        xb = np.broadcast_to(x[..., None, :, :], p.shape + (self.d,))
+        return p, self.alpha * p[..., None] * xb
+
+    def tangent(self, y, v):
+        yy = np.sum(y * y, axis=-1, keepdims=True)
+        return v - (np.sum(v * y, axis=-1, keepdims=True) / yy) * y
+
+    def retract(self, y):
+        return y * (np.sqrt(self.d) / np.linalg.norm(y, axis=-1, keepdims=True))
+
+
+class SigmoidUnit(Kernel):
+    r"""Single-layer unit (4.9): :math:`\varphi(x, y) = h(a\cdot x + b)`, ``y = (a, b)``.
+
+    ``h`` is the logistic sigmoid or ``tanh``; ``N = d + 1``.
+    """
+
+    def __init__(self, d: int, activation: str = "sigmoid"):
+        if activation not in ("sigmoid", "tanh"):
+            raise ValueError(
+                f"activation={activation!r} is not known; use 'sigmoid' or 'tanh'"
+            )
+        self.d = int(d)
+        self.N = self.d + 1
+        self.activation = activation
+
+    def params(self):
+        return {"d": self.d, "activation": self.activation}
+
+    def _pre(self, x, y):
+        return np.matmul(y[..., :-1], np.swapaxes(x, -1, -2)) + y[..., :, -1:]
+
+    def _h(self, s):
+        if self.activation == "tanh":
+            h = np.tanh(s)
+            return h, 1.0 - h * h
+        h = special.expit(s)
+        return h, h * (1.0 - h)
+
+    def phi(self, x, y):
+        return self._h(self._pre(x, y))[0]
+
+    def phi_grad(self, x, y):
+        h, dh = self._h(self._pre(x, y))
+        xb = np.broadcast_to(x[..., None, :, :], h.shape + (self.d,))
+        grad = np.concatenate([dh[..., None] * xb, dh[..., None]], axis=-1)
+        return h, grad

@@ -1,0 +1,102 @@
+r"""Targets :math:`f(x)` with their gradients :math:`\nabla_x f`.
+
+Every target is called on nodes ``x`` of shape ``(..., Q, d)`` and returns ``(..., Q)``;
+``grad(x)`` returns ``(..., Q, d)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["FourierTarget", "TeacherNetwork", "ThreeSpin"]
+
+
+class FourierTarget:
+    r"""Fourier series on the circle, :math:`f(x) = \sum_k a_k\cos kx + b_k\sin kx`.
+
+    ``cos[k] = a_k`` and ``sin[k] = b_k`` for k = 0, 1, 2, ... (``sin[0]`` is ignored).
+    """
+
+    def __init__(self, cos=(), sin=()):
+        self.cos = np.asarray(cos, dtype=float)
+        self.sin = np.asarray(sin, dtype=float)
+        kmax = max(len(self.cos), len(self.sin))
+        self.a = np.zeros(kmax)
+        self.b = np.zeros(kmax)
+        self.a[: len(self.cos)] = self.cos
+        self.b[: len(self.sin)] = self.sin
+        self.k = np.arange(kmax)
+
+    def params(self):
+        return {"cos": self.cos.tolist(), "sin": self.sin.tolist()}
+
+    def __call__(self, x):
+        kx = x[..., 0, None] * self.k
+        return np.cos(kx) @ self.a + np.sin(kx) @ self.b
+
+    def grad(self, x):
+        kx = x[..., 0, None] * self.k
+        return ((-np.sin(kx) * self.k) @ self.a + (np.cos(kx) * self.k) @ self.b)[..., None]
+
+
+class TeacherNetwork:
+    r"""A teacher network :math:`f(x) = \frac1m\sum_j c^*_j\varphi(x, y^*_j)` with a kernel."""
+
+    def __init__(self, kernel, y, c):
+        self.kernel = kernel
+        self.y = np.asarray(y, dtype=float)
+        self.c = np.asarray(c, dtype=float)
+        if self.y.shape != (len(self.c), kernel.N):
+            raise ValueError(
+                f"teacher y has shape {self.y.shape}; expected ({len(self.c)}, {kernel.N})"
+            )
+
+    def params(self):
+        return {"units": len(self.c)}
+
+    def __call__(self, x):
+        p = self.kernel.phi(x, self.y)  # (..., m, Q)
+        return np.einsum("m,...mq->...q", self.c, p) / len(self.c)
+
+    def grad(self, x):
+        """Gradient in x by central differences of order 2 (used for checks only)."""
+        x = np.asarray(x, dtype=float)
+        h = 1e-6
+        out = np.empty(x.shape)
+        for k in range(x.shape[-1]):
+            e = np.zeros(x.shape[-1])
+            e[k] = h
+            out[..., k] = (self(x + e) - self(x - e)) / (2 * h)
+        return out
+
+
+class ThreeSpin:
+    r"""The 3-spin model (4.1) on the sphere :math:`|x| = \sqrt d`,
+
+    .. math:: f(x) = \frac1d \sum_{p,q,r} a_{pqr} x_p x_q x_r,
+
+    with gradient (4.6)
+    :math:`\partial_p f = \frac1d\sum_{q,r}(a_{pqr} + a_{rpq} + a_{qrp}) x_q x_r`.
+    """
+
+    def __init__(self, a):
+        self.a = np.asarray(a, dtype=float)
+        d = self.a.shape[0]
+        if self.a.shape != (d, d, d):
+            raise ValueError(f"3-spin coefficients must have shape (d, d, d), got {self.a.shape}")
+        self.d = d
+        # (4.6): a_pqr + a_rpq + a_qrp, indexed [p, q, r]
+        self._g = self.a + np.transpose(self.a, (1, 2, 0)) + np.transpose(self.a, (2, 0, 1))
+
+    @classmethod
+    def random(cls, d, rng):
+        """Coefficients :math:`a_{pqr} \\sim N(0, 1)` drawn from ``rng``."""
+        return cls(rng.standard_normal((d, d, d)))
+
+    def params(self):
+        return {"d": self.d}
+
+    def __call__(self, x):
+        return np.einsum("pqr,...p,...q,...r->...", self.a, x, x, x, optimize=True) / self.d
+
+    def grad(self, x):
+        return np.einsum("pqr,...q,...r->...p", self._g, x, x, optimize=True) / self.d
