@@ -155,3 +155,4 @@ def y_law_normal(N, y_cfg):
     if y_cfg["law"] != "normal":
         raise C.ConfigError(f"init.y.law={y_cfg['law']!r} does not fit this problem; use 'normal'")
     return YNormal(N, y_cfg.get("mean", 0.0), y_cfg.get("std", 1.0))
+from . import highdim  # noqa: F401

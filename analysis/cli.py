@@ -1,0 +1,65 @@
+"""The command line ``mfpc``: a thin layer over :mod:`analysis.experiment`.
+
+``mfpc run CONFIG.toml --out DIR [--force]`` runs every section of the config.
+Exit codes: 0 done (or nothing to do), 2 bad input, 3 numerical failure (what was
+computed is kept in the output, marked incomplete).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from particles import NumericalFailure
+
+from .experiment import ConfigError, run_config
+
+__all__ = ["main"]
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="mfpc",
+        description="Neural networks as interacting particle systems: finite-n runs, "
+        "mean-field limit and fluctuations.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run every section of a TOML config into a folder")
+    r.add_argument("config", help="the TOML config (see docs/config.md)")
+    r.add_argument("--out", required=True, help="output folder (created if missing)")
+    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="more log messages")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="mfpc: %(levelname)s: %(message)s",
+    )
+    if args.command == "run":
+        try:
+            status = run_config(args.config, args.out, force=args.force,
+                                progress=False if args.no_progress else None)
+        except ConfigError as e:
+            print(f"mfpc: error: {e}", file=sys.stderr)
+            return 2
+        except NumericalFailure as e:
+            print(f"mfpc: numerical failure: {e}", file=sys.stderr)
+            print(f"mfpc: what was computed is kept in {args.out} (attrs complete = 0)",
+                  file=sys.stderr)
+            return 3
+        for section, (path, state) in status.items():
+            if state.startswith("up to date"):
+                print(f"{path}: exists from the same config, {state}; nothing done "
+                      "(use --force to recompute)")
+            else:
+                print(f"{path}: {state}")
+        return 0
+    return 2  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

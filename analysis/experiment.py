@@ -1,0 +1,238 @@
+"""Experiments: read a TOML config, check every section, run them, write netCDF files.
+
+``run_config(path, out)`` is what ``mfpc run`` calls. Every section present in the
+config is checked before any work starts; each runnable section writes ``DIR/<section>.nc``
+with the resolved config (JSON), package versions and root seed in ``attrs``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from particles import Dynamics, NumericalFailure, simulate
+from particles import config as C
+from particles.problems import build_problem
+from particles.simulate import check_save_times
+
+from .io import read_dataset, write_dataset
+
+__all__ = ["load_config", "resolve", "run_config", "Experiment", "ConfigError"]
+
+log = logging.getLogger(__name__)
+ConfigError = C.ConfigError
+
+DYNAMICS_SCHEMA = {
+    "scheme": C.choice("gd", "sgd", "langevin"),
+    "integrator": C.choice("euler", "rk4"),
+    "dt": C.number(lo=0, lo_open=True),
+    "t_end": C.number(lo=0),
+    "save_times": C.number_list(min_len=1),
+    "form": C.choice("data", "kernel"),
+    "batch": C.schedule(C.integer(lo=1)),
+    "temperature": C.schedule(C.number(lo=0)),
+}
+PARTICLES_SCHEMA = {
+    "n": C.integer_list(lo=1),
+    "seeds": C.integer(lo=1),
+    "root_seed": C.integer(lo=0),
+    "save_state": C.boolean(),
+}
+#: sections mfpc run knows; value: whether the section is runnable here
+SECTIONS = ("problem", "init", "dynamics", "particles")
+
+
+def load_config(path) -> dict:
+    """Read a TOML file; a clear error if it is missing or not valid TOML."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+
+
+@dataclass
+class Experiment:
+    """A checked config: the problem and everything needed to run each section."""
+
+    config: dict
+    problem: object
+    dynamics: Dynamics
+    save_times: np.ndarray
+    particles: dict | None
+    init: tuple | None = None
+    base: Path = field(default_factory=Path.cwd)
+
+    def config_json(self) -> str:
+        return json.dumps(self.config, sort_keys=True)
+
+
+def _read_init_file(path, base):
+    p = Path(path)
+    if not p.is_absolute():
+        p = base / p
+    if not p.is_file():
+        raise ConfigError(f"init.file={str(path)!r}: no such file ({p})")
+    try:
+        ds = read_dataset(p)
+    except Exception as e:  # noqa: BLE001 - any reading failure is a config error here
+        raise ConfigError(f"init.file={str(path)!r} could not be read as netCDF: {e}") from None
+    for v in ("y", "c"):
+        if v not in ds:
+            raise ConfigError(f"init.file={str(path)!r} has no variable {v!r}; it needs y(member, particle) and c(member, particle)")
+    y, c = ds["y"], ds["c"]
+    if c.dims != ("member", "particle") or y.dims[:2] != ("member", "particle"):
+        raise ConfigError(
+            f"init.file={str(path)!r}: y has dims {y.dims} and c {c.dims}; "
+            "expected y(member, particle[, y_dim]) and c(member, particle)"
+        )
+    return np.asarray(y.values, float), np.asarray(c.values, float)
+
+
+def resolve(cfg: dict, base=None) -> Experiment:
+    """Check the whole config and build its objects; raise ConfigError before any work."""
+    base = Path.cwd() if base is None else Path(base)
+    if not isinstance(cfg, dict):
+        raise ConfigError("the config must be a TOML table")
+    unknown = sorted(set(cfg) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; known sections are {list(SECTIONS)}")
+    for s in ("problem", "dynamics"):
+        if s not in cfg:
+            raise ConfigError(f"missing section [{s}]")
+    problem = build_problem(cfg["problem"], cfg.get("init"))
+    dyn = C.check_section(cfg["dynamics"], DYNAMICS_SCHEMA, "dynamics",
+                          required=("scheme", "dt", "t_end", "save_times"))
+    try:
+        save_times = check_save_times(dyn["save_times"], dyn["t_end"])
+        dynamics = Dynamics(
+            scheme=dyn["scheme"],
+            integrator=dyn.get("integrator", "euler"),
+            dt=dyn["dt"],
+            form=dyn.get("form", "data"),
+            batch=dyn.get("batch"),
+            temperature=dyn.get("temperature"),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if dynamics.form == "kernel" and problem.kernel_form is None:
+        raise ConfigError(
+            f"dynamics.form='kernel' but problem {problem.kind!r} has no (F, K) form; use 'data'"
+        )
+    parts = None
+    init = None
+    if "particles" in cfg:
+        parts = C.check_section(cfg["particles"], PARTICLES_SCHEMA, "particles")
+        parts.setdefault("root_seed", 0)
+        parts.setdefault("save_state", True)
+        file = (cfg.get("init") or {}).get("file")
+        if file is not None:
+            init = _read_init_file(file, base)
+            S, n = init[1].shape
+            if "n" in parts and parts["n"] != [n]:
+                raise ConfigError(
+                    f"particles.n={parts['n']} does not fit init.file ({n} particles); drop particles.n"
+                )
+            if "seeds" in parts and parts["seeds"] != S:
+                raise ConfigError(
+                    f"particles.seeds={parts['seeds']} does not fit init.file ({S} members); drop particles.seeds"
+                )
+            yy = init[0] if init[0].ndim == 3 else init[0][..., None]
+            if yy.shape[2] != problem.N:
+                raise ConfigError(
+                    f"init.file: y has {yy.shape[2]} coordinates per particle; problem needs {problem.N}"
+                )
+            parts["n"], parts["seeds"] = [n], S
+        else:
+            for k in ("n", "seeds"):
+                if k not in parts:
+                    raise ConfigError(f"particles: missing required key {k!r}")
+    resolved = {k: v for k, v in cfg.items()}
+    resolved["dynamics"] = {**dynamics.params(), "t_end": dyn["t_end"],
+                            "save_times": save_times.tolist()}
+    if parts is not None:
+        resolved["particles"] = parts
+    return Experiment(resolved, problem, dynamics, save_times, parts, init, base)
+
+
+def _attrs(exp: Experiment, section: str) -> dict:
+    return {
+        "config": exp.config_json(),
+        "section": section,
+        "root_seed": int((exp.particles or {}).get("root_seed", 0)),
+        "mfpc_netcdf_conventions": "coords n, seed, t, x; config JSON in attrs['config']",
+    }
+
+
+def run_particles(exp: Experiment, progress=None) -> xr.Dataset:
+    """The [particles] section: an ensemble over n and seeds."""
+    p = exp.particles
+    return simulate(
+        exp.problem,
+        p["n"],
+        p["seeds"],
+        exp.dynamics,
+        exp.save_times,
+        root_seed=p["root_seed"],
+        init=exp.init,
+        save_state=p["save_state"],
+        progress=progress,
+    )
+
+
+RUNNERS = {"particles": run_particles}
+
+
+def run_config(config_path, out, *, force=False, progress=None) -> dict:
+    """Run every runnable section of a config into the folder ``out``.
+
+    Returns {section: (path, status)} with status "written", "up to date" or
+    "incomplete". An existing output is never overwritten unless ``force``; with the same
+    config it is left as it is ("up to date"), with another config it is an error.
+    """
+    config_path = Path(config_path)
+    exp = resolve(load_config(config_path), base=config_path.parent)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    todo, status = [], {}
+    for section, runner in RUNNERS.items():
+        if section not in exp.config:
+            continue
+        path = out / f"{section}.nc"
+        if path.exists() and not force:
+            try:
+                old = read_dataset(path).attrs.get("config")
+            except Exception:  # noqa: BLE001
+                old = None
+            if old != exp.config_json():
+                raise ConfigError(
+                    f"{path} exists and was written from a different config; "
+                    "pass --force to overwrite it or choose another --out"
+                )
+            note = "" if read_dataset(path).attrs.get("complete", 1) else " (incomplete)"
+            status[section] = (path, "up to date" + note)
+            continue
+        todo.append((section, runner, path))
+    for section, runner, path in todo:
+        log.info("running [%s] -> %s", section, path)
+        try:
+            ds = runner(exp, progress=progress)
+        except NumericalFailure as e:
+            ds = e.partial
+            ds.attrs.update(_attrs(exp, section))
+            write_dataset(ds, path, overwrite=True)
+            status[section] = (path, "incomplete")
+            raise
+        ds.attrs.update(_attrs(exp, section))
+        write_dataset(ds, path, overwrite=True)
+        status[section] = (path, "written")
+    return status
