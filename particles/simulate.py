@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .dynamics import Dynamics, State, step
 
-__all__ = ["simulate", "member_rng", "NumericalFailure", "versions"]
+__all__ = ["simulate", "integrate", "member_rng", "NumericalFailure", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,31 @@ def versions() -> dict:
 def _substeps(t0, t1, dt):
     """Number of equal steps of size <= dt from t0 to t1."""
     return max(0, math.ceil((t1 - t0) / dt - 1e-9))
+
+
+def integrate(problem, dynamics, state, a, save_times, observe, rngs=None, bar=None):
+    """The time loop: advance to each save time, then ``observe(j, state)``.
+
+    Steps are equal and at most ``dynamics.dt`` between consecutive save times. Returns
+    ``None``, or ``(t, members)`` when some members stopped being finite at time ``t``
+    (then the loop stops; earlier observations stand). Shared by the particle ensembles
+    and the characteristics solver of :mod:`meanfield`.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for j, t_save in enumerate(save_times):
+            m = _substeps(state.t, t_save, dynamics.dt)
+            if m:
+                h = (t_save - state.t) / m
+                for _ in range(m):
+                    state = step(problem, dynamics, state, h, a, rngs)
+                    if bar is not None:
+                        bar.update()
+                    ok = _finite_members(state.y, state.c)
+                    if not ok.all():
+                        return state.t, np.flatnonzero(~ok)
+            state = State(float(t_save), state.y, state.c)
+            observe(j, state)
+    return None
 
 
 def check_save_times(save_times, t_end=None):
@@ -204,33 +229,24 @@ def simulate(
                 c = np.stack([d[1] for d in draws])
             else:
                 y, c = y0_all.copy(), c0_all.copy()
-            state = State(0.0, y, c)
             a = 1.0 / nk
-            for j, t_save in enumerate(ts):
-                m = _substeps(state.t, t_save, dynamics.dt)
-                if m:
-                    h = (t_save - state.t) / m
-                    for _ in range(m):
-                        state = step(problem, dynamics, state, h, a, rngs)
-                        bar.update()
-                        ok = _finite_members(state.y, state.c)
-                        if not ok.all():
-                            bad = [seed_ids[b] for b in np.flatnonzero(~ok)]
-                            failure = (
-                                f"non-finite state at t={state.t:.6g} for n={nk}, "
-                                f"seed(s) {bad[:8]}; the step dt={dynamics.dt} is probably "
-                                "too large for this problem: lower dynamics.dt"
-                            )
-                            break
-                    if failure:
-                        break
-                state = State(float(t_save), state.y, state.c)
-                fk = problem.network(state.y, np.full(state.c.shape, a) * state.c)
+
+            def observe(j, state, k=k, nk=nk, a=a):
+                fk = problem.network(state.y, a * state.c)
                 f_n[k, :, j] = fk
                 loss[k, :, j] = problem.loss(fk)
                 if save_state:
                     ys[k, :, j, :nk] = problem.kernel.wrap(state.y)
                     cs[k, :, j, :nk] = state.c
+
+            bad = integrate(problem, dynamics, State(0.0, y, c), a, ts, observe, rngs, bar)
+            if bad is not None:
+                t_bad, members = bad
+                failure = (
+                    f"non-finite state at t={t_bad:.6g} for n={nk}, "
+                    f"seed(s) {[seed_ids[b] for b in members][:8]}; the step "
+                    f"dt={dynamics.dt} is probably too large for this problem: lower dynamics.dt"
+                )
             if failure:
                 break
     bar.close()

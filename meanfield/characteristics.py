@@ -1,0 +1,137 @@
+r"""The Lagrangian mean-field solver: weighted quadrature nodes of ρ_in along characteristics.
+
+:math:`\rho_0(t)` solves the pure transport equation (2.9), so it is the push-forward of
+:math:`\rho_{in}` by the self-consistent flow (THEORY §3). Take a tensor quadrature
+:math:`\{(y_j, c_j), w_j\}` of :math:`\rho_{in}` (trapezoid in periodic y, Gauss rules in y
+for a normal law, Gauss rules in c matched to the c law) and move the nodes with the
+particles' own dynamics, the weights :math:`w_j` in place of :math:`1/n`:
+
+.. math::
+    f_0(t, x) \approx \sum_j w_j C_j(t) \varphi(x, Y_j(t)), \qquad
+    \dot C_j = -U(t, Y_j), \quad \dot Y_j = -C_j\nabla_y U(t, Y_j),
+
+with :math:`U = \langle\varphi(\cdot, y), f_0 - f\rangle_\mu` (2.34). There is no
+numerical diffusion; for smooth problems the error decays geometrically in the node
+counts (spectral quadrature of a smooth flow map), so this is the accuracy reference for
+the grid solver. The dynamics code is :func:`particles.dynamics.step`, not a copy.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from particles import Dynamics, State
+from particles.laws import YNormal, YUniformCircle
+from particles.simulate import check_save_times, integrate, versions
+
+__all__ = ["characteristic_nodes", "c_rule", "solve_characteristics"]
+
+
+def c_rule(c_law, nc: int):
+    """Gauss rule matched to the c law: nodes and probability weights, shape (m,)."""
+    law = c_law.law
+    p = c_law.params()
+    if law == "normal":
+        t, w = np.polynomial.hermite_e.hermegauss(nc)
+        return p["mean"] + p["std"] * t, w / w.sum()
+    if law == "uniform":
+        t, w = np.polynomial.legendre.leggauss(nc)
+        return p["low"] + (t + 1) * (p["high"] - p["low"]) / 2, w / w.sum()
+    return np.array([p["value"]]), np.array([1.0])
+
+
+def _y_rule(y_law, ny: int):
+    if isinstance(y_law, YUniformCircle):
+        return (2 * np.pi * np.arange(ny) / ny)[:, None], np.full(ny, 1.0 / ny)
+    if isinstance(y_law, YNormal):
+        t, w = np.polynomial.hermite_e.hermegauss(ny)
+        w = w / w.sum()
+        grids = np.meshgrid(*([t] * y_law.N), indexing="ij")
+        nodes = y_law.mean + y_law.std * np.stack([g.ravel() for g in grids], axis=-1)
+        weights = np.prod(np.stack([g.ravel() for g in np.meshgrid(*([w] * y_law.N),
+                                                                    indexing="ij")]), axis=0)
+        return nodes, weights
+    raise ValueError(
+        f"the characteristics solver has no tensor quadrature for the y law "
+        f"{y_law.params()}; it supports y uniform on the circle and y normal"
+    )
+
+
+def characteristic_nodes(problem, ny: int, nc: int):
+    """Tensor quadrature of :math:`\\rho_{in} = \\rho_y\\otimes\\rho_c`.
+
+    Returns
+    -------
+    y : ndarray, shape (J, N)
+    c : ndarray, shape (J,)
+    w : ndarray, shape (J,)
+        Probability weights (sum to 1).
+    """
+    if ny < 1 or nc < 1:
+        raise ValueError(f"characteristics needs y >= 1 and c >= 1 nodes, got y={ny}, c={nc}")
+    yn, yw = _y_rule(problem.y_law, ny)
+    cn, cw = c_rule(problem.c_law, nc)
+    J = len(yw) * len(cw)
+    y = np.repeat(yn, len(cw), axis=0).reshape(J, -1)
+    c = np.tile(cn, len(yw))
+    w = np.outer(yw, cw).ravel()
+    return y, c, w
+
+
+def solve_characteristics(problem, save_times, *, ny: int = 128, nc: int = 24,
+                          dt: float = 0.05, integrator: str = "rk4",
+                          save_nodes: bool = False) -> xr.Dataset:
+    r"""Mean-field :math:`f_0(t, x)` along characteristics of (2.9).
+
+    Parameters
+    ----------
+    problem : particles.problem.Problem
+    save_times : sequence of float
+    ny, nc : int
+        Nodes per y dimension and in c.
+    dt : float
+        Time step of ``integrator`` (RK4 by default: time error negligible).
+    save_nodes : bool
+        Also return the nodes ``y(t, node, y_dim)``, ``c(t, node)`` and ``weight(node)``.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``f_0_characteristics(t, x)``, ``loss_0_characteristics(t)``.
+    """
+    ts = check_save_times(save_times)
+    y, c, w = characteristic_nodes(problem, ny, nc)
+    dyn = Dynamics("gd", integrator, dt)
+    T, Q, J = len(ts), problem.x.shape[0], len(w)
+    f0 = np.full((T, Q), np.nan)
+    ys = np.full((T, J, problem.N), np.nan)
+    cs = np.full((T, J), np.nan)
+
+    def observe(j, st):
+        f0[j] = problem.network(st.y, w * st.c)[0]
+        ys[j], cs[j] = problem.kernel.wrap(st.y[0]), st.c[0]
+
+    bad = integrate(problem, dyn, State(0.0, y[None], c[None]), w[None], ts, observe)
+    if bad is not None:
+        raise FloatingPointError(
+            f"characteristics: non-finite node state at t={bad[0]:.6g}; lower dt={dt}"
+        )
+    coords = {"t": ts}
+    coords.update({"x": problem.x[:, 0]} if problem.x.shape[1] == 1 else {"x": np.arange(Q)})
+    data = {
+        "f_0_characteristics": (("t", "x"), f0),
+        "loss_0_characteristics": (("t",), problem.loss(f0)),
+    }
+    if save_nodes:
+        data.update({"y_nodes": (("t", "node", "y_dim"), ys), "c_nodes": (("t", "node"), cs),
+                     "weight": (("node",), w)})
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs.update({
+        "characteristics_scheme": f"tensor quadrature of rho_in moved by particles.dynamics.step ({integrator})",
+        "characteristics_nodes": json.dumps({"y": ny, "c": nc, "total": J}),
+        "characteristics_dt": dt,
+        "versions": json.dumps(versions()),
+    })
+    return ds
