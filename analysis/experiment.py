@@ -127,6 +127,14 @@ def resolve(cfg: dict, base=None) -> Experiment:
         raise ConfigError(
             f"dynamics.form='kernel' but problem {problem.kind!r} has no (F, K) form; use 'data'"
         )
+    if problem.info.get("energy") == "interpolation" and (
+        dynamics.form != "kernel" or dynamics.scheme == "sgd"
+    ):
+        raise ConfigError(
+            "problem.energy='interpolation' defines the dynamics (4.5) through f and phi; "
+            "it needs dynamics.form = 'kernel' and scheme 'gd' or 'langevin' "
+            "(use energy = 'data' for SGD or the data form)"
+        )
     parts = None
     init = None
     if "particles" in cfg:

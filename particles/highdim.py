@@ -1,4 +1,4 @@
-r"""Builders for the high-dimensional problems of the paper's Sec. 4: ``rbf``, ``sphere``, ``sigmoid``.
+r"""Builders for the high-dimensional problems of the paper's Sec. 4: rbf, sphere, sigmoid.
 
 Each builder checks its ``[problem]`` section (``docs/config_problems.md``) and returns a
 :class:`~particles.problem.Problem`. They are registered in
@@ -165,10 +165,11 @@ def _draw_target(t, kernel, d, rng):
 def _gaussian_measure(d, nodes, scale, rng):
     if d <= 2:
         m = int(round(nodes ** (1.0 / d)))
+        m -= m**d > nodes
         if m**d != nodes:
             raise C.ConfigError(
                 f"problem.nodes={nodes}: with d={d} the Gauss–Hermite product rule has m^{d} "
-                f"nodes; use a perfect power such as {max(m, 1) ** d} or {(m + 1) ** d}"
+                f"nodes; use a perfect power such as {m ** d} or {(m + 1) ** d}"
             )
     return GaussianMeasure(d, nodes, rng=rng, scale=scale)
 
@@ -183,6 +184,10 @@ def rbf_problem(d, sigma, nodes, units, *, scale=1.0, seed=0, c_law=None, y_law=
     measure = _gaussian_measure(d, nodes, scale, x_rng)
     K, grad_K = rbf_gaussian_K(kernel, scale)
     F, grad_F = teacher_F(target, K, grad_K)
+    form = KernelForm(
+        F, grad_F, K, grad_K,
+        "closed forms for mu = N(0, scale^2 I): exact, where the data form uses the nodes",
+    )
     return Problem(
         kind="rbf",
         kernel=kernel,
@@ -190,11 +195,9 @@ def rbf_problem(d, sigma, nodes, units, *, scale=1.0, seed=0, c_law=None, y_law=
         target=target,
         y_law=y_law or YNormal(d),
         c_law=c_law or CLaw("normal"),
-        kernel_form=KernelForm(
-            F, grad_F, K, grad_K,
-            "closed forms for mu = N(0, scale^2 I) (exact; the data form uses the nodes)",
-        ),
-        info={**tinfo, "seed": int(seed), "seed_rule": SEED_RULE},
+        kernel_form=form,
+        info={**tinfo, "kernel_form": form.description, "seed": int(seed),
+              "seed_rule": SEED_RULE},
     )
 
 
@@ -226,8 +229,9 @@ def sphere_problem(d, alpha, nodes, energy, target="3spin", units=None, *, seed=
         y_law=YUniformSphere(d),
         c_law=c_law or CLaw("normal"),
         kernel_form=form,
-        info={**tinfo, "energy": energy, "energy.meaning": meaning, "seed": int(seed),
-              "seed_rule": SEED_RULE},
+        info={**tinfo, "energy": energy, "energy.meaning": meaning,
+              "kernel_form": form.description if form else "none (data form only)",
+              "seed": int(seed), "seed_rule": SEED_RULE},
     )
 
 
@@ -253,7 +257,8 @@ def sigmoid_problem(d, nodes, target="3spin", units=None, *, activation="sigmoid
         target=f,
         y_law=y_law or YNormal(d + 1),
         c_law=c_law or CLaw("normal"),
-        info={**tinfo, "measure": measure, "seed": int(seed), "seed_rule": SEED_RULE},
+        info={**tinfo, "measure": measure, "kernel_form": "none (data form only)",
+              "seed": int(seed), "seed_rule": SEED_RULE},
     )
 
 

@@ -9,6 +9,7 @@ with inputs ``x`` of shape ``(..., Q, d)`` and unit positions ``y`` of shape
 
 * ``phi(x, y)`` of shape ``(..., n, Q)``,
 * ``phi_grad(x, y)``: ``phi`` and :math:`\nabla_y \varphi` of shape ``(..., n, Q, N)``,
+* ``grad_x(x, y)``: :math:`\nabla_x \varphi` of shape ``(..., n, Q, d)`` (teacher targets),
 * ``pullback(y, a, x, w, f_x)``: the fused forward/backward pass of the residual form
   of (2.1) (``../shared/THEORY.md`` §2), O(n·Q) work and memory.
 
@@ -17,6 +18,8 @@ structure (the circle) override it, and tests hold every override against
 :func:`pullback_reference`.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 from scipy import special
@@ -48,6 +51,10 @@ class Kernel:
         raise NotImplementedError
 
     def phi_grad(self, x, y):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def grad_x(self, x, y):  # pragma: no cover - abstract
+        r""":math:`\nabla_x\varphi(x, y)`, shape (..., n, Q, d)."""
         raise NotImplementedError
 
     # -- manifold constraint (identity for unconstrained kernels) -----------------
@@ -159,8 +166,27 @@ class CircleKernel(Kernel):
         # d/dy exp(κ(cos(x−y)−1)) = κ sin(x−y) φ
         return p, (self.kappa * np.sin(diff) * p)[..., None]
 
+    def grad_x(self, x, y):
+        p, dp = self.phi_grad(x, y)
+        return -dp  # φ depends on x − y only
+
+    #: Elements of one block of E processed while it stays in cache
+    #: (2**17 float64 = 1 MiB, inside a per-core L2).
+    _BLOCK = 2**17
+    #: Per-thread work buffer of :meth:`pullback` (one per thread, so concurrent calls
+    #: never share it; a class attribute, so it is not pickled with the kernel).
+    _scratch = threading.local()
+
+    @classmethod
+    def _work(cls, rows, Q):
+        """A (rows, Q) view of this thread's reused work buffer, grown when too small."""
+        buf = getattr(cls._scratch, "buf", None)
+        if buf is None or buf.size < rows * Q:
+            buf = cls._scratch.buf = np.empty(rows * Q)
+        return buf[: rows * Q].reshape(rows, Q)
+
     def pullback(self, y, a, x, w, f_x):
-        r"""Fused pass with one transcendental per (particle, node) pair.
+        r"""Fused pass with one transcendental per (particle, node) pair and pass.
 
         By the angle-addition identities
         :math:`\kappa(\cos(x-y)-1) = [\cos y, \sin y, 1]\cdot\kappa[\cos x, \sin x, -1]`
@@ -168,25 +194,68 @@ class CircleKernel(Kernel):
         :math:`\sin(x-y) = \sin x\cos y - \cos x\sin y`, so
         :math:`g^y = \kappa(\cos y\, E(w r \sin x) - \sin y\, E(w r\cos x))`:
         both contractions are one product of ``E`` with a (Q, 3) matrix.
+
+        ``E`` is never formed whole: it is built in cache-sized blocks of particles in a
+        reused per-thread buffer. Pass 1 builds each block, takes its ``exp`` and adds
+        its share of ``f``; pass 2 (``r`` needs the whole ``f``) contracts the last block,
+        still in the buffer, and rebuilds the others. One block (n ≤ ``_BLOCK``/Q)
+        means one ``exp``; more blocks mean two, which on a cache-resident block costs
+        less than writing ``E`` to memory and reading it back. Memory is O((n + Q)·B)
+        plus the buffer; every BLAS call is small (single-threaded, no thread wake-ups).
+        Nothing returned is a view of the buffer.
         """
         x, w = _weighted(x, w)
         kappa = self.kappa
-        yy = y[..., 0]
-        cy, sy = np.cos(yy), np.sin(yy)
-        B, n = yy.shape
+        y = np.asarray(y, dtype=float)
+        a = np.asarray(a, dtype=float)
+        B, n = y.shape[:2]
+        Q = x.shape[-2]
         xx = x[..., 0]
         cx, sx = np.cos(xx), np.sin(xx)
-        Ymat = np.stack([cy, sy, np.ones_like(cy)], axis=-1)  # (B, n, 3)
-        Xmat = kappa * np.stack([cx, sx, -np.ones_like(cx)], axis=-2)  # (..., 3, Q)
-        E = np.matmul(Ymat, Xmat)  # (B, n, Q)
-        np.exp(E, out=E)
-        f = np.matmul(a[:, None, :], E)[:, 0, :]  # (B, Q)
-        wr = w * (f - f_x)
-        R = np.stack(np.broadcast_arrays(wr, wr * sx, wr * cx), axis=-1)  # (B, Q, 3)
-        G = np.matmul(E, R)  # (B, n, 3)
+        X = np.empty(xx.shape[:-1] + (3, Q))  # kappa [cos x, sin x, -1]
+        np.multiply(cx, kappa, out=X[..., 0, :])
+        np.multiply(sx, kappa, out=X[..., 1, :])
+        X[..., 2, :] = -kappa
+        X = np.broadcast_to(X, (B, 3, Q))
+        Y = np.empty((B, n, 3))  # [cos y, sin y, 1]
+        np.cos(y[..., 0], out=Y[..., 0])
+        np.sin(y[..., 0], out=Y[..., 1])
+        Y[..., 2] = 1.0
+        w, f_x = np.broadcast_to(w, (B, Q)), np.broadcast_to(f_x, (B, Q))
+        cx, sx = np.broadcast_to(cx, (B, Q)), np.broadcast_to(sx, (B, Q))
+
+        rows = max(1, min(n, self._BLOCK // max(Q, 1)))
+        blocks = [(s, min(s + rows, n)) for s in range(0, n, rows)]
+        E = self._work(rows, Q)
+        parts = np.empty((len(blocks), Q))  # per-block shares of f
+        f = np.empty((B, Q))
+        G = np.empty((B, n, 3))
+        R = np.empty((Q, 3))  # [w r, w r sin x, w r cos x]
+        matmul, exp = np.matmul, np.exp
+        for b in range(B):
+            Xb, Yb, ab, Gb = X[b], Y[b], a[b], G[b]
+            for j, (s, e) in enumerate(blocks):
+                Eb = E[: e - s]
+                matmul(Yb[s:e], Xb, out=Eb)
+                exp(Eb, out=Eb)
+                matmul(ab[s:e], Eb, out=parts[j])
+            np.sum(parts, axis=0, out=f[b])
+            r = R[:, 0]
+            np.subtract(f[b], f_x[b], out=r)
+            r *= w[b]
+            np.multiply(r, sx[b], out=R[:, 1])
+            np.multiply(r, cx[b], out=R[:, 2])
+            for j, (s, e) in enumerate(blocks[-1:] + blocks[:-1]):
+                Eb = E[: e - s]
+                if j:  # the last block of pass 1 is still in the buffer
+                    matmul(Yb[s:e], Xb, out=Eb)
+                    exp(Eb, out=Eb)
+                matmul(Eb, R, out=Gb[s:e])
         g_c = G[..., 0]
-        g_y = (kappa * (cy * G[..., 1] - sy * G[..., 2]))[..., None]
-        return f, g_c, g_y
+        g_y = Y[..., 0] * G[..., 1]
+        g_y -= Y[..., 1] * G[..., 2]
+        g_y *= kappa
+        return f, g_c, g_y[..., None]
 
     # closed forms (THEORY §7) --------------------------------------------------------
     def K(self, y, y2):
@@ -226,6 +295,10 @@ class GaussianRBF(Kernel):
         p = np.exp(-0.5 * np.sum(diff**2, axis=-1) / self.sigma**2)
         return p, p[..., None] * diff / self.sigma**2
 
+    def grad_x(self, x, y):
+        p, dp = self.phi_grad(x, y)
+        return -dp  # φ depends on x − y only
+
 
 class SphereRBF(Kernel):
     r"""RBF on the sphere :math:`|x| = |y| = \sqrt d`, (4.2)–(4.3) with the sign corrected.
@@ -254,6 +327,12 @@ class SphereRBF(Kernel):
         p = self.phi(x, y)
         xb = np.broadcast_to(x[..., None, :, :], p.shape + (self.d,))
         return p, self.alpha * p[..., None] * xb
+
+    def grad_x(self, x, y):
+        # φ is symmetric in (x, y): ∇_x φ = α y φ
+        p = self.phi(x, y)
+        yb = np.broadcast_to(y[..., :, None, :], p.shape + (self.d,))
+        return self.alpha * p[..., None] * yb
 
     def tangent(self, y, v):
         yy = np.sum(y * y, axis=-1, keepdims=True)
@@ -299,3 +378,8 @@ class SigmoidUnit(Kernel):
         xb = np.broadcast_to(x[..., None, :, :], h.shape + (self.d,))
         grad = np.concatenate([dh[..., None] * xb, dh[..., None]], axis=-1)
         return h, grad
+
+    def grad_x(self, x, y):
+        # ∇_x h(a·x + b) = h'(a·x + b) a
+        _, dh = self._h(self._pre(x, y))
+        return dh[..., None] * y[..., :, None, :-1]

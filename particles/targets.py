@@ -58,15 +58,8 @@ class TeacherNetwork:
         return np.einsum("m,...mq->...q", self.c, p) / len(self.c)
 
     def grad(self, x):
-        """Gradient in x by central differences of order 2 (used for checks only)."""
-        x = np.asarray(x, dtype=float)
-        h = 1e-6
-        out = np.empty(x.shape)
-        for k in range(x.shape[-1]):
-            e = np.zeros(x.shape[-1])
-            e[k] = h
-            out[..., k] = (self(x + e) - self(x - e)) / (2 * h)
-        return out
+        r""":math:`\nabla_x f = \frac1m\sum_j c^*_j\nabla_x\varphi(x, y^*_j)`, shape (..., Q, d)."""
+        return np.einsum("m,...mqk->...qk", self.c, self.kernel.grad_x(x, self.y)) / len(self.c)
 
 
 class ThreeSpin:
@@ -95,8 +88,26 @@ class ThreeSpin:
     def params(self):
         return {"d": self.d}
 
+    def _contract(self, x):
+        r""":math:`g_p = \sum_{q,r}(a_{pqr} + a_{rpq} + a_{qrp}) x_q x_r`, shape (..., d).
+
+        One matrix product with the (d², d) matrix of (4.6) on the outer products
+        :math:`x_q x_r`, in chunks of rows to bound the memory.
+        """
+        x = np.asarray(x, dtype=float)
+        d = self.d
+        X = x.reshape(-1, d)
+        G = self._g.reshape(d, d * d).T
+        out = np.empty(X.shape)
+        rows = max(1, 2**20 // (d * d))
+        for s in range(0, len(X), rows):
+            xs = X[s : s + rows]
+            out[s : s + rows] = (xs[:, :, None] * xs[:, None, :]).reshape(len(xs), d * d) @ G
+        return out.reshape(x.shape)
+
     def __call__(self, x):
-        return np.einsum("pqr,...p,...q,...r->...", self.a, x, x, x, optimize=True) / self.d
+        # f is homogeneous of degree 3, so x·∇f = 3f (Euler) and f = x·g/(3d)
+        return np.sum(np.asarray(x, float) * self._contract(x), axis=-1) / (3 * self.d)
 
     def grad(self, x):
-        return np.einsum("pqr,...q,...r->...p", self._g, x, x, optimize=True) / self.d
+        return self._contract(x) / self.d
