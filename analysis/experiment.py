@@ -37,6 +37,35 @@ DYNAMICS_SCHEMA = {
     "batch": C.schedule(C.integer(lo=1)),
     "temperature": C.schedule(C.number(lo=0)),
 }
+MEANFIELD_SCHEMA = {
+    "solvers": lambda v, where: _solvers(v, where),
+    "grid": C.table({
+        "y": C.integer(lo=4), "c": C.integer(lo=4), "c_min": C.number(), "c_max": C.number(),
+        "cfl": C.number(lo=0, hi=1, lo_open=True), "potential": C.choice("auto", "data", "fft"),
+        "allow_truncation": C.boolean(), "dt": C.number(lo=0, lo_open=True),
+    }),
+    "characteristics": C.table({"y": C.integer(lo=1), "c": C.integer(lo=1),
+                                "dt": C.number(lo=0, lo_open=True)}),
+}
+FLUCTUATIONS_SCHEMA = {
+    "method": C.choice("influence", "ensemble"),
+    "members": C.integer(lo=2),
+    "y": C.integer(lo=1),
+    "c": C.integer(lo=1),
+    "dt": C.number(lo=0, lo_open=True),
+}
+
+
+def _solvers(v, where):
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"{where}: expected a list of solvers, e.g. [\"grid\", \"characteristics\"]")
+    for s in v:
+        C.choice("grid", "characteristics")(s, where)
+    return list(dict.fromkeys(v))
+
+
 PARTICLES_SCHEMA = {
     "n": C.integer_list(lo=1),
     "seeds": C.integer(lo=1),
@@ -44,7 +73,7 @@ PARTICLES_SCHEMA = {
     "save_state": C.boolean(),
 }
 #: sections mfpc run knows; value: whether the section is runnable here
-SECTIONS = ("problem", "init", "dynamics", "particles")
+SECTIONS = ("problem", "init", "dynamics", "particles", "meanfield", "fluctuations")
 
 
 def load_config(path) -> dict:
@@ -163,12 +192,67 @@ def resolve(cfg: dict, base=None) -> Experiment:
             for k in ("n", "seeds"):
                 if k not in parts:
                     raise ConfigError(f"particles: missing required key {k!r}")
+    mf = fl = None
+    if "meanfield" in cfg:
+        mf = C.check_section(cfg["meanfield"], MEANFIELD_SCHEMA, "meanfield")
+        mf.setdefault("solvers", ["grid", "characteristics"])
+        mf["grid"] = {"y": 256, "c": 256, "c_min": -5.0, "c_max": 5.0, "cfl": 0.9,
+                      "potential": "auto", "allow_truncation": False, **mf.get("grid", {})}
+        mf["characteristics"] = {"y": 128, "c": 24, "dt": dynamics.dt,
+                                 **mf.get("characteristics", {})}
+        if mf["grid"]["c_max"] <= mf["grid"]["c_min"]:
+            raise ConfigError(f"meanfield.grid: c_min={mf['grid']['c_min']} must be below "
+                              f"c_max={mf['grid']['c_max']}")
+        if dynamics.scheme == "langevin" and "characteristics" in mf["solvers"]:
+            raise ConfigError("meanfield.solvers: characteristics carry no diffusion; with "
+                              "scheme = 'langevin' use solvers = ['grid']")
+        if dynamics.scheme == "langevin" and not np.isscalar(dynamics.temperature):
+            raise ConfigError("meanfield: the grid solver takes a constant temperature; "
+                              "a temperature schedule is not supported there")
+        _check_meanfield_problem(problem, mf)
+    if "fluctuations" in cfg:
+        fl = C.check_section(cfg["fluctuations"], FLUCTUATIONS_SCHEMA, "fluctuations")
+        fl = {"method": "influence", "members": 256, "y": 64, "c": 12, "dt": dynamics.dt, **fl}
+        if dynamics.scheme == "langevin":
+            raise ConfigError("fluctuations: the CLT prediction is for gd/sgd without "
+                              "thermal noise; remove [fluctuations] or use scheme = 'gd'")
+        if fl["method"] == "ensemble" and (mf is None or "grid" not in mf["solvers"]):
+            raise ConfigError("fluctuations.method = 'ensemble' linearises the grid solver: "
+                              "add [meanfield] with solvers including 'grid'")
     resolved = {k: v for k, v in cfg.items()}
+    if mf is not None:
+        resolved["meanfield"] = mf
+    if fl is not None:
+        resolved["fluctuations"] = fl
     resolved["dynamics"] = {**dynamics.params(), "t_end": dyn["t_end"],
                             "save_times": save_times.tolist()}
     if parts is not None:
         resolved["particles"] = parts
     return Experiment(resolved, problem, dynamics, save_times, parts, init, base)
+
+
+def _check_meanfield_problem(problem, mf):
+    """Refuse, before any work, what the mean-field solvers cannot do for this problem."""
+    from meanfield.grid import GridSolver, prepare
+
+    if problem.c_law.law == "constant":
+        raise ConfigError("meanfield: a constant c law is a Dirac in c, which no grid "
+                          "represents; use init.c law 'uniform' or 'normal'")
+    if "grid" in mf["solvers"]:
+        g = mf["grid"]
+        try:
+            grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
+                                     c_max=g["c_max"], allow_truncation=g["allow_truncation"])
+        except (ValueError, NotImplementedError) as e:
+            raise ConfigError(f"meanfield.grid: {e}") from None
+        if g.get("dt") is not None:
+            bound = GridSolver(problem, grid, potential=g["potential"]).cfl_bound(m0)
+            if g["dt"] > bound:
+                raise ConfigError(
+                    f"meanfield.grid.dt={g['dt']} exceeds the CFL (positivity) bound "
+                    f"{bound:.4g} of the initial density on this grid; use dt <= "
+                    f"{0.9 * bound:.3g}, or drop dt for the adaptive step"
+                )
 
 
 def _attrs(exp: Experiment, section: str) -> dict:
@@ -196,7 +280,54 @@ def run_particles(exp: Experiment, progress=None) -> xr.Dataset:
     )
 
 
-RUNNERS = {"particles": run_particles}
+def run_meanfield(exp: Experiment, progress=None) -> xr.Dataset:
+    """The [meanfield] section: f_0 from the grid and along characteristics."""
+    from meanfield.characteristics import solve_characteristics
+    from meanfield.grid import solve_grid
+
+    mf = exp.config["meanfield"]
+    parts = []
+    if "grid" in mf["solvers"]:
+        g = mf["grid"]
+        tau = exp.dynamics.temperature if exp.dynamics.scheme == "langevin" else 0.0
+        parts.append(solve_grid(
+            exp.problem, exp.save_times, ny=g["y"], nc=g["c"], c_min=g["c_min"],
+            c_max=g["c_max"], cfl=g["cfl"], potential=g["potential"], tau=float(tau),
+            allow_truncation=g["allow_truncation"], dt=g.get("dt"), progress=progress))
+    if "characteristics" in mf["solvers"]:
+        ch = mf["characteristics"]
+        parts.append(solve_characteristics(exp.problem, exp.save_times, ny=ch["y"],
+                                           nc=ch["c"], dt=ch["dt"]))
+    ds = xr.merge(parts, combine_attrs="no_conflicts" if len(parts) == 1 else "drop_conflicts")
+    if "f_0" not in ds:
+        ds["f_0"] = ds["f_0_characteristics"]
+        ds["loss_0"] = ds["loss_0_characteristics"]
+        ds.attrs["f_0_source"] = "characteristics"
+    else:
+        ds.attrs["f_0_source"] = "grid"
+    return ds
+
+
+def run_fluctuations(exp: Experiment, progress=None) -> xr.Dataset:
+    """The [fluctuations] section: the predicted CLT covariance of sqrt(n)(f_n - f_0)."""
+    fl = exp.config["fluctuations"]
+    if fl["method"] == "influence":
+        from meanfield.influence import clt_covariance_influence
+
+        return clt_covariance_influence(exp.problem, exp.save_times, ny=fl["y"], nc=fl["c"],
+                                        dt=fl["dt"])
+    from meanfield.linearised import clt_covariance_ensemble
+
+    g = exp.config["meanfield"]["grid"]
+    return clt_covariance_ensemble(
+        exp.problem, exp.save_times, members=fl["members"], ny=g["y"], nc=g["c"],
+        c_min=g["c_min"], c_max=g["c_max"], cfl=g["cfl"],
+        allow_truncation=g["allow_truncation"], root_seed=(exp.particles or {}).get("root_seed", 0),
+        progress=progress)
+
+
+RUNNERS = {"particles": run_particles, "meanfield": run_meanfield,
+           "fluctuations": run_fluctuations}
 
 
 def run_config(config_path, out, *, force=False, progress=None) -> dict:
@@ -234,6 +365,8 @@ def run_config(config_path, out, *, force=False, progress=None) -> dict:
         log.info("running [%s] -> %s", section, path)
         try:
             ds = runner(exp, progress=progress)
+        except ValueError as e:  # a bound found during the run (e.g. a later CFL bound)
+            raise ConfigError(f"[{section}]: {e}") from None
         except NumericalFailure as e:
             ds = e.partial
             ds.attrs.update(_attrs(exp, section))

@@ -1,0 +1,13 @@
+"""The mean-field limit of :mod:`particles` and its fluctuations (paper Sec. 2).
+
+Two independent solvers of (2.9): finite volumes on a (y, c) grid
+(:func:`solve_grid`) and weighted quadrature nodes along characteristics
+(:func:`solve_characteristics`); the CLT covariance of (2.24) by the influence method
+(:func:`clt_covariance_influence`).
+"""
+from .characteristics import solve_characteristics
+from .grid import GridSolver, project_particles, solve_grid
+from .influence import clt_covariance_influence
+
+__all__ = ["GridSolver", "clt_covariance_influence", "project_particles",
+           "solve_characteristics", "solve_grid"]

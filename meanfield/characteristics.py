@@ -22,7 +22,7 @@ import json
 import numpy as np
 import xarray as xr
 
-from particles import Dynamics, State
+from particles import Dynamics, NumericalFailure, State
 from particles.laws import YNormal, YUniformCircle
 from particles.simulate import check_save_times, integrate, versions
 
@@ -115,7 +115,7 @@ def solve_characteristics(problem, save_times, *, ny: int = 128, nc: int = 24,
 
     bad = integrate(problem, dyn, State(0.0, y[None], c[None]), w[None], ts, observe)
     if bad is not None:
-        raise FloatingPointError(
+        raise NumericalFailure(
             f"characteristics: non-finite node state at t={bad[0]:.6g}; lower dt={dt}"
         )
     coords = {"t": ts}

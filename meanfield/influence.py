@@ -28,7 +28,7 @@ import math
 import numpy as np
 import xarray as xr
 
-from particles import Dynamics, State, step
+from particles import Dynamics, NumericalFailure, State, step
 from particles.kernels import CircleKernel, GaussianRBF, SigmoidUnit
 from particles.simulate import check_save_times, versions
 
@@ -191,7 +191,8 @@ def influence_matrices(problem, save_times, *, ny=64, nc=16, dt=0.05, rank_tol=1
         ends[k] = (len(hs), st.y[0].copy(), st.c[0].copy())
         f0[k] = problem.network(st.y, w * st.c)[0]
     if not (np.all(np.isfinite(f0))):
-        raise FloatingPointError("influence: non-finite forward run; lower dt")
+        raise NumericalFailure("influence: non-finite forward run of the characteristics; "
+                               f"lower fluctuations.dt={dt}")
     # reverse sweep carrying the cotangents of every save time already passed
     Q, J, N = problem.x.shape[0], len(w), problem.N
     lam_Y = np.zeros((0, J, N))
