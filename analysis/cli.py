@@ -1,6 +1,8 @@
 """The command line ``mfpc``: a thin layer over :mod:`analysis.experiment`.
 
 ``mfpc run CONFIG.toml --out DIR [--force]`` runs every section of the config.
+``mfpc report DIR`` checks the paper's predictions on the outputs in DIR and writes
+``analysis.nc``, ``report.md`` and ``figures/`` there (:func:`analysis.report.make_report`).
 Exit codes: 0 done (or nothing to do), 2 bad input, 3 numerical failure (what was
 computed is kept in the output, marked incomplete).
 """
@@ -29,6 +31,9 @@ def _parser():
     r.add_argument("--out", required=True, help="output folder (created if missing)")
     r.add_argument("--force", action="store_true", help="overwrite existing outputs")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    rp = sub.add_parser("report", help="check the predictions on the outputs of `mfpc run`")
+    rp.add_argument("dir", help="output folder of `mfpc run` (holds particles.nc)")
+    rp.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("-v", "--verbose", action="store_true", help="more log messages")
     return p
 
@@ -57,6 +62,21 @@ def main(argv=None) -> int:
                       "(use --force to recompute)")
             else:
                 print(f"{path}: {state}")
+        return 0
+    if args.command == "report":
+        from pathlib import Path
+
+        from .report import make_report
+
+        if not (Path(args.dir) / "particles.nc").is_file():
+            print(f"mfpc: error: {args.dir} has no particles.nc; run `mfpc run CONFIG --out "
+                  f"{args.dir}` first", file=sys.stderr)
+            return 2
+        res = make_report(args.dir, figures=not args.no_figures)
+        v = res["verdicts"]
+        print(f"{res['report']}: {v['PASS']} PASS, {v['FAIL']} FAIL, {v['n.a.']} n.a.")
+        print(f"{res['analysis']}: written; {len(res['figures'])} figures in "
+              f"{Path(args.dir) / 'figures'}")
         return 0
     return 2  # pragma: no cover
 
