@@ -126,6 +126,12 @@ def per_time_level(T):
     return 1.0 - a, a, float(stats.norm.ppf(1.0 - a / 2))
 
 
+def _batch_alpha(cfg):
+    """α of an SGD batch scaled as P = ceil(P0 n^{2α}) (dynamics.batch), else None."""
+    batch = cfg.get("dynamics", {}).get("batch")
+    return float(batch["alpha"]) if isinstance(batch, dict) else None
+
+
 def run_checks(out, *, n_boot=1000, rng=None):
     """Read DIR and run the checks; returns (analysis Dataset, inputs dict, notes)."""
     out = Path(out)
@@ -142,7 +148,8 @@ def run_checks(out, *, n_boot=1000, rng=None):
     parts = [checks.loss_monotonicity(particles, meanfield),
              checks.time_to_level(particles, meanfield, n_boot=n_boot, rng=rng),
              checks.final_loss_scaling(particles, meanfield, n_boot=n_boot, rng=rng),
-             checks.fluctuation_scaling(particles, n_boot=n_boot, rng=rng)]
+             checks.fluctuation_scaling(particles, alpha=_batch_alpha(cfg), n_boot=n_boot,
+                                        rng=rng)]
     f0_name = None
     if meanfield is not None:
         f0, f0_name = checks.reference_f0(meanfield)
@@ -307,13 +314,13 @@ def rows(a, inputs):
     if scheme == "sgd":
         s = float(a["fluct_slope"].values[-1])
         e = float(a["fluct_expected_slope"])
+        lo, hi = float(a["fluct_slope_low"].values[-1]), float(a["fluct_slope_high"].values[-1])
         out.append(Row("SGD: variance of f_n − f_0 vs n at the last save time",
                        "Prop. 3.2 (3.23), (3.34)",
-                       f"slope {_g(s)} [{_g(a['fluct_slope_low'].values[-1])}, "
-                       f"{_g(a['fluct_slope_high'].values[-1])}]",
+                       f"slope {_g(s)} [{_g(lo)}, {_g(hi)}]",
                        f"−2α = {_g(e)}" if np.isfinite(e) else
                        "n.a.: dynamics.batch does not scale P ∝ n^{2α}",
-                       _verdict(None)))
+                       _verdict(bool(lo <= e <= hi) if np.isfinite(e) else None)))
     return out
 
 

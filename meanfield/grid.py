@@ -451,7 +451,8 @@ class GridSolver:
     def _bound(self, speeds):
         dims = self.grid.dy + (self.grid.dc,)
         rate = sum(2 * a / d + 2 * self.tau / d**2 for a, d in zip(speeds, dims))
-        return 1.0 / rate if rate > 0 else math.inf
+        # a rate below ~1e-300 (velocities vanishing to round-off) sets no bound
+        return 1.0 / rate if rate > 1e-300 else math.inf
 
     def support_c_max(self, m, widen=0):
         r"""Largest |c| over the c cells holding mass (m > 0 in some y cell), the support

@@ -15,6 +15,7 @@ paper's quench: P changes at a given time).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -78,8 +79,10 @@ class Dynamics:
         Largest time step; steps are shortened uniformly to land on save times.
     form : {"data", "kernel"}
         Residual form through the data (O(n·Q), default) or the (F, K) form (O(n²)).
-    batch : int or list of [time, P]
-        SGD batch size P, or a schedule (quench).
+    batch : int, list of [time, P], or dict {"P0": P0, "alpha": alpha}
+        SGD batch size P, a schedule (quench), or the scaling of Sec. 3:
+        :math:`P = \lceil P_0 n^{2\alpha}\rceil` (noise temperature
+        :math:`\theta = \Delta t/P \propto n^{-2\alpha}`, (3.23)).
     temperature : float or list of [time, tau]
         Langevin temperature :math:`\tau`, or a schedule.
     """
@@ -120,7 +123,12 @@ class Dynamics:
     def order(self) -> int:
         return INTEGRATORS[self.integrator].order
 
-    def batch_at(self, t) -> int:
+    def batch_at(self, t, n=None) -> int:
+        """Batch size at time ``t`` for ``n`` particles."""
+        if isinstance(self.batch, dict):
+            if n is None:
+                raise ValueError("a batch scaled with n needs n")
+            return max(1, math.ceil(self.batch["P0"] * n ** (2 * self.batch["alpha"]) - 1e-9))
         return int(_schedule(self.batch, t))
 
     def temperature_at(self, t) -> float:
@@ -158,7 +166,7 @@ def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None) -> State:
         v = lambda yy, cc: problem.velocity(yy, cc, a, form=dyn.form)  # noqa: E731
         y1, c1 = INTEGRATORS[dyn.integrator](v, y, c, h)
     elif dyn.scheme == "sgd":
-        P = dyn.batch_at(state.t)
+        P = dyn.batch_at(state.t, y.shape[1])
         xb = np.stack([problem.measure.sample(r, P) for r in rngs])  # (B, P, d)
         wb = np.full(xb.shape[:2], 1.0 / P)
         vy, vc = problem.velocity(y, c, a, x=xb, w=wb)

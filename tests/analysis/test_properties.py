@@ -137,8 +137,7 @@ def test_grid_step_conserves_mass_and_positivity(ny, nc, ucoef, cfl, seed, empty
     half = len(k)
     U = (np.cos(np.outer(yc, k)) @ np.asarray(ucoef[:half])
          + np.sin(np.outer(yc, k)) @ np.asarray(ucoef[half:2 * half]))
-    # U ≡ 0 moves nothing; near-zero (subnormal) U makes the bound 1/rate overflow in
-    # GridSolver._bound (reported to meanfield.grid), so keep U away from zero
+    # U ≡ 0 moves nothing and sets no CFL bound: keep U away from zero
     assume(np.max(np.abs(U)) > 1e-3)
     solver.U_of_g = lambda g: U
     m = rng.uniform(0.0, 1.0, grid.shape) * (rng.uniform(size=grid.shape) >= empty)

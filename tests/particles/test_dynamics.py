@@ -157,3 +157,11 @@ def test_numerical_failure_keeps_partial(circle):
     assert part.attrs["complete"] == 0
     assert np.all(np.isfinite(part["f_n"].isel(t=0).values))
     assert np.all(np.isnan(part["f_n"].isel(t=-1).values))
+
+
+def test_batch_scaled_with_n():
+    # Sec. 3: P = ceil(P0 n^{2 alpha}), so theta = dt / P ~ n^{-2 alpha} (3.23)
+    dyn = Dynamics("sgd", "euler", 0.1, batch={"P0": 0.2, "alpha": 0.5})
+    assert [dyn.batch_at(0.0, n) for n in (10, 100, 1000)] == [2, 20, 200]
+    dyn = Dynamics("sgd", "euler", 0.1, batch={"P0": 3.0, "alpha": 0.25})
+    assert dyn.batch_at(5.0, 16) == 12 and dyn.batch_at(0.0, 1) == 3
