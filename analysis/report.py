@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +28,7 @@ from scipy import stats
 from particles.problems import build_problem
 
 from . import checks
-from .io import read_dataset, write_dataset
+from .io import atomic_path, read_dataset, write_dataset
 from .mkernel import mkernel_checks
 
 __all__ = ["make_report", "Row", "rows", "render", "REPORT_SPAWN_KEY"]
@@ -79,16 +77,8 @@ def _verdict(ok):
 
 def _write_text(path, text):
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
     return path
 
 

@@ -166,7 +166,7 @@ class AxisSweep:
 
     def fill(self, m):
         """Copy the state into the padded array and set the ghost layers."""
-        P, n, ax = self.P, self.n, self.axis
+        P, n = self.P, self.n
         P[self._inner] = m
         if self.bc == PERIODIC:
             P[self._along(slice(0, 2))] = P[self._along(slice(n, n + 2))]

@@ -175,7 +175,7 @@ def influence_matrices(problem, save_times, *, ny=64, nc=16, dt=0.05, rank_tol=1
     y, c, w = characteristic_nodes(problem, ny, nc)
     dyn = Dynamics("gd", "rk4", dt)
     # forward: store the state at every step start, the step sizes and save indices
-    states, hs, save_after = [], [], {}
+    states, hs = [], []
     st = State(0.0, y[None], c[None])
     f0 = np.empty((len(ts), problem.x.shape[0]))
     ends = {}
@@ -194,7 +194,7 @@ def influence_matrices(problem, save_times, *, ny=64, nc=16, dt=0.05, rank_tol=1
         raise NumericalFailure("influence: non-finite forward run of the characteristics; "
                                f"lower fluctuations.dt={dt}")
     # reverse sweep carrying the cotangents of every save time already passed
-    Q, J, N = problem.x.shape[0], len(w), problem.N
+    J, N = len(w), problem.N
     lam_Y = np.zeros((0, J, N))
     lam_C = np.zeros((0, J))
     gw = np.zeros((0, J))

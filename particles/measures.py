@@ -13,6 +13,15 @@ import numpy as np
 __all__ = ["CircleUniform", "GaussianMeasure", "SphereUniform", "UniformBox"]
 
 
+def _product_rule(t, wt, d):
+    """Tensor product of a 1-D rule (nodes t, weights wt) in d dimensions: (Q, d), (Q,)."""
+    wt = wt / wt.sum()
+    nodes = np.stack([g.ravel() for g in np.meshgrid(*([t] * d), indexing="ij")], axis=-1)
+    weights = np.prod(np.stack([g.ravel() for g in np.meshgrid(*([wt] * d), indexing="ij")]),
+                      axis=0)
+    return nodes, weights
+
+
 class CircleUniform:
     """Uniform probability on [0, 2π) with the Q-point trapezoid rule (spectral)."""
 
@@ -38,12 +47,8 @@ class GaussianMeasure:
         if self.d <= 2:
             self.kind = "quadrature"
             m = int(round(self.Q ** (1.0 / self.d)))
-            t, wt = np.polynomial.hermite_e.hermegauss(m)
-            wt = wt / wt.sum()
-            grids = np.meshgrid(*([t] * self.d), indexing="ij")
-            self.nodes = self.scale * np.stack([g.ravel() for g in grids], axis=-1)
-            wg = np.meshgrid(*([wt] * self.d), indexing="ij")
-            self.weights = np.prod(np.stack([g.ravel() for g in wg]), axis=0)
+            nodes, self.weights = _product_rule(*np.polynomial.hermite_e.hermegauss(m), self.d)
+            self.nodes = self.scale * nodes
             self.Q = len(self.weights)
         else:
             self.kind = "samples"
@@ -69,11 +74,7 @@ class UniformBox:
             m = int(round(self.Q ** (1.0 / self.d)))
             t, wt = np.polynomial.legendre.leggauss(m)
             t = self.low + (t + 1) * (self.high - self.low) / 2
-            wt = wt / wt.sum()
-            grids = np.meshgrid(*([t] * self.d), indexing="ij")
-            self.nodes = np.stack([g.ravel() for g in grids], axis=-1)
-            wg = np.meshgrid(*([wt] * self.d), indexing="ij")
-            self.weights = np.prod(np.stack([g.ravel() for g in wg]), axis=0)
+            self.nodes, self.weights = _product_rule(t, wt, self.d)
             self.Q = len(self.weights)
         else:
             self.kind = "samples"

@@ -12,27 +12,15 @@ import pytest
 
 import particles
 from particles.config import ConfigError
-from particles.highdim import (problem_rngs, rbf_gaussian_K, rbf_problem, sigmoid_problem,
-                               sphere_problem)
+from particles.highdim import problem_rngs, rbf_gaussian_K, rbf_problem
 from particles.kernels import GaussianRBF
 from particles.measures import GaussianMeasure
 from particles.problems import build_problem
 from particles.targets import ThreeSpin
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-# Central differences with h = 1e-5 on O(1) smooth functions: truncation ~1e-10,
-# rounding ~1e-11 (see test_kernels.py), hence rtol 1e-7, atol 1e-9.
-H = 1e-5
-FD = dict(rtol=1e-7, atol=1e-9)
-
-
-def _fd(g, z):
-    out = np.empty(np.shape(g(z)) + (z.shape[-1],))
-    for k in range(z.shape[-1]):
-        e = np.zeros(z.shape[-1])
-        e[k] = H
-        out[..., k] = (g(z + e) - g(z - e)) / (2 * H)
-    return out
+# Central differences with h = 1e-5 on O(1) smooth functions: see test_kernels.py.
+from tests.particles.test_kernels import FD, _fd  # noqa: E402
 
 
 SPHERE = {"kind": "sphere", "d": 5, "alpha": 1.0, "nodes": 500, "energy": "interpolation",
