@@ -3,11 +3,13 @@
 Two independent solvers of (2.9): finite volumes on a (y, c) grid
 (:func:`solve_grid`) and weighted quadrature nodes along characteristics
 (:func:`solve_characteristics`); the CLT covariance of (2.24) by the influence method
-(:func:`clt_covariance_influence`).
+(:func:`clt_covariance_influence`) and by an ensemble of tangent-linear grid runs
+(:func:`clt_covariance_ensemble`).
 """
 from .characteristics import solve_characteristics
 from .grid import GridSolver, project_particles, solve_grid
 from .influence import clt_covariance_influence
+from .linearised import clt_covariance_ensemble
 
-__all__ = ["GridSolver", "clt_covariance_influence", "project_particles",
-           "solve_characteristics", "solve_grid"]
+__all__ = ["GridSolver", "clt_covariance_ensemble", "clt_covariance_influence",
+           "project_particles", "solve_characteristics", "solve_grid"]
