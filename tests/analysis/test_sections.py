@@ -81,3 +81,21 @@ def test_grid_dt_above_cfl_bound_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"grid.dt=1.0 exceeds the CFL \(positivity\) bound .* use dt <="):
         run_config(cfgp, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_fluctuations_ensemble_method_file(tmp_path):
+    from tests.analysis.test_cli import write_toml
+
+    cfg = small()
+    cfg["meanfield"]["solvers"] = ["grid"]
+    cfg["meanfield"]["grid"].update(y=64, c=48, c_min=-4.0, c_max=4.0)
+    cfg["fluctuations"] = {"method": "ensemble", "members": 8}
+    cfgp = write_toml(tmp_path / "c.toml", cfg)
+    run_config(cfgp, tmp_path / "out", progress=False)
+    with xr.open_dataset(tmp_path / "out" / "fluctuations.nc", engine="h5netcdf") as fl:
+        assert fl.attrs["method"] == "ensemble" and fl.attrs["members"] == 8
+        for v in ("clt_cov", "clt_cov_stderr"):
+            assert fl[v].dims == ("t", "x", "x_")
+        assert np.all(fl["clt_cov_stderr"].values >= 0)
+        np.testing.assert_allclose(fl["clt_var"].values,
+                                   np.diagonal(fl["clt_cov"].values, axis1=1, axis2=2))
