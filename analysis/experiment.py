@@ -75,7 +75,7 @@ PARTICLES_SCHEMA = {
     "root_seed": C.integer(lo=0),
     "save_state": C.boolean(),
 }
-#: sections mfpc run knows; value: whether the section is runnable here
+#: the sections a config may have (each runnable one writes DIR/<section>.nc)
 SECTIONS = ("problem", "init", "dynamics", "particles", "meanfield", "fluctuations")
 
 
