@@ -11,12 +11,11 @@ The law :math:`\rho_0(t, y, c)` of one unit obeys (2.9), written in THEORY §3 a
 (``τ > 0`` only for Langevin training, Sec. 4.1). The state is the array of cell masses
 ``m`` of shape ``(n_1, ..., n_N, n_c)`` (y coordinates first, c last). Pieces:
 
-* :class:`Grid` and :func:`make_grid`: uniform cells; y periodic on the circle
-  :math:`[0, 2\pi)`, otherwise a box with zero-flux walls; c in ``[c_min, c_max]``
-  with outflow boundaries (what leaves is recorded).
-* :func:`initial_masses`: exact cell masses of :math:`\rho_{in} = \rho_y\otimes\rho_c`
-  and the truncated mass; :func:`phi_resolution`: the resolution check of φ.
-* :class:`DataPotential` (any φ, O(Q·N_y)) and :class:`FFTPotential` (circle only).
+* :mod:`meanfield.cells`: :class:`Grid`, :func:`make_grid` (y periodic on the circle,
+  otherwise a box with zero-flux walls; c in ``[c_min, c_max]`` with outflow boundaries,
+  what leaves is recorded), :func:`initial_masses`, :func:`phi_resolution`.
+* :mod:`meanfield.potentials`: :class:`DataPotential` (any φ, O(Q·N_y)) and
+  :class:`FFTPotential` (circle only).
 * :class:`GridSolver`: ``rhs``, ``step`` (SSP-RK3), ``cfl_bound``, ``potential``, ``f0``.
 * :func:`solve_grid`: the time loop with adaptive steps landing on save times, returning
   an :class:`xarray.Dataset`; :func:`project_particles`: particle histograms on the grid.
@@ -29,22 +28,17 @@ import json
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
-from scipy import stats
 from tqdm.auto import tqdm
 
-from particles.kernels import CircleKernel
-from particles.laws import YNormal, YUniformCircle
-from particles.measures import CircleUniform
-from particles.problems import circle_fourier_F, circle_K
 from particles.simulate import NumericalFailure, check_save_times, versions
-from particles.targets import FourierTarget
 
 from . import fv
+from .cells import Grid, initial_masses, make_grid, phi_resolution
+from .potentials import DataPotential, FFTPotential, _choose_potential  # noqa: F401
 
 __all__ = [
     "Grid",
@@ -74,293 +68,6 @@ SCHEME = (
     "generalised-minmod (theta=2) reconstruction, upwind fluxes, central diffusive flux "
     "if tau > 0, SSP-RK3 in time with dt = cfl * positivity bound"
 )
-
-
-# -- grid -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Grid:
-    """Uniform tensor grid of ``n_1 × ... × n_N`` y cells times ``nc`` c cells.
-
-    Parameters
-    ----------
-    y_low, y_high : tuple of float, length N
-        The y box (``(0,)``, ``(2π,)`` on the circle).
-    ny : tuple of int, length N
-    y_periodic : tuple of bool, length N
-    c_min, c_max : float
-    nc : int
-    """
-
-    y_low: tuple
-    y_high: tuple
-    ny: tuple
-    y_periodic: tuple
-    c_min: float
-    c_max: float
-    nc: int
-
-    @property
-    def N(self) -> int:
-        return len(self.ny)
-
-    @property
-    def shape(self) -> tuple:
-        return tuple(self.ny) + (self.nc,)
-
-    @property
-    def dy(self) -> tuple:
-        return tuple((h - lo) / n for lo, h, n in zip(self.y_low, self.y_high, self.ny))
-
-    @property
-    def dc(self) -> float:
-        return (self.c_max - self.c_min) / self.nc
-
-    @property
-    def cell_volume(self) -> float:
-        return float(np.prod(self.dy)) * self.dc
-
-    def y_edges(self, k: int) -> np.ndarray:
-        return np.linspace(self.y_low[k], self.y_high[k], self.ny[k] + 1)
-
-    @property
-    def c_edges(self) -> np.ndarray:
-        return np.linspace(self.c_min, self.c_max, self.nc + 1)
-
-    @property
-    def y_centres(self) -> tuple:
-        return tuple(lo + (np.arange(n) + 0.5) * d
-                     for lo, n, d in zip(self.y_low, self.ny, self.dy))
-
-    @property
-    def c_centres(self) -> np.ndarray:
-        return self.c_min + (np.arange(self.nc) + 0.5) * self.dc
-
-    @property
-    def y_points(self) -> np.ndarray:
-        """Cell centres of the y grid, shape (prod(ny), N), in C order of the state."""
-        mesh = np.meshgrid(*self.y_centres, indexing="ij")
-        return np.stack([g.ravel() for g in mesh], axis=-1)
-
-    @property
-    def y_dims(self) -> tuple:
-        """Dataset dims: ``("y",)`` for N = 1, else ``("y_0", ..., "y_{N-1}")``."""
-        return ("y",) if self.N == 1 else tuple(f"y_{k}" for k in range(self.N))
-
-    @property
-    def dims(self) -> tuple:
-        return self.y_dims + ("c",)
-
-    def coords(self) -> dict:
-        out = dict(zip(self.y_dims, self.y_centres))
-        out["c"] = self.c_centres
-        return out
-
-    def params(self) -> dict:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_params(cls, p: dict) -> "Grid":
-        return cls(tuple(p["y_low"]), tuple(p["y_high"]), tuple(p["ny"]),
-                   tuple(p["y_periodic"]), p["c_min"], p["c_max"], p["nc"])
-
-
-def _is_circle(problem) -> bool:
-    return isinstance(problem.kernel, CircleKernel) or isinstance(problem.y_law, YUniformCircle)
-
-
-def make_grid(problem, ny=256, nc=256, c_min=-5.0, c_max=5.0, y_range=None) -> Grid:
-    """The grid of a problem: the circle ``[0, 2π)`` (periodic), else a y box with walls.
-
-    Parameters
-    ----------
-    ny : int or sequence of int
-        Cells per y coordinate.
-    nc : int
-    c_min, c_max : float
-    y_range : sequence of (low, high), optional
-        The y box for non-periodic problems; default mean ± 6 std of a ``YNormal`` law.
-    """
-    N = problem.N
-    ny = (int(ny),) * N if np.isscalar(ny) else tuple(int(v) for v in ny)
-    if len(ny) != N:
-        raise ValueError(f"ny={ny} must give one cell count per y coordinate (N={N})")
-    if min(ny) < 4 or int(nc) < 4:
-        raise ValueError(f"ny={ny}, nc={nc}: use at least 4 cells per axis")
-    if not c_max > c_min:
-        raise ValueError(f"c_min={c_min} must be < c_max={c_max}")
-    if _is_circle(problem):
-        if N != 1:
-            raise ValueError("a periodic (circle) y grid needs N = 1")
-        return Grid((0.0,), (2 * np.pi,), ny, (True,), float(c_min), float(c_max), int(nc))
-    if y_range is None:
-        law = problem.y_law
-        if not isinstance(law, YNormal):
-            raise ValueError(
-                f"no default y box for y law {type(law).__name__}; pass y_range=[(low, high)] "
-                "per y coordinate"
-            )
-        y_range = [(m - 6 * s, m + 6 * s) for m, s in zip(law.mean, law.std)]
-    y_range = np.asarray(y_range, float).reshape(-1, 2)
-    if len(y_range) == 1 and N > 1:
-        y_range = np.repeat(y_range, N, axis=0)
-    if y_range.shape != (N, 2) or np.any(y_range[:, 1] <= y_range[:, 0]):
-        raise ValueError(f"y_range={y_range.tolist()} must be {N} pairs (low, high), low < high")
-    return Grid(tuple(y_range[:, 0].tolist()), tuple(y_range[:, 1].tolist()), ny,
-                (False,) * N, float(c_min), float(c_max), int(nc))
-
-
-# -- initial data and checks --------------------------------------------------------------
-def initial_masses(problem, grid: Grid):
-    r"""Exact cell masses of :math:`\rho_{in} = \rho_y\otimes\rho_c` and the mass outside.
-
-    The c factor is the difference of ``c_law.cdf`` at the cell edges; the y factor is
-    ``1/n`` per cell on the circle and a difference of normal distribution functions
-    per coordinate for ``YNormal``.
-
-    Returns
-    -------
-    m : ndarray, shape grid.shape
-        Cell masses.
-    truncated : float
-        :math:`1 - \sum m`, the initial mass outside the grid.
-    """
-    law = problem.c_law
-    if getattr(law, "law", None) == "constant":
-        raise ValueError(
-            f"the c law is a Dirac at c={law.params()['value']}, which a (y, c) grid cannot "
-            "represent; use a 'normal' or 'uniform' c law (or the Lagrangian solver)"
-        )
-    pc = np.clip(np.diff(law.cdf(grid.c_edges)), 0.0, None)
-    ylaw = problem.y_law
-    if all(grid.y_periodic):
-        if not isinstance(ylaw, YUniformCircle):
-            raise ValueError(f"periodic y grid: y law must be uniform, got {type(ylaw).__name__}")
-        py = np.full(grid.ny, 1.0 / grid.ny[0])
-    elif isinstance(ylaw, YNormal):
-        factors = [np.diff(stats.norm.cdf(grid.y_edges(k), ylaw.mean[k], ylaw.std[k]))
-                   for k in range(grid.N)]
-        py = factors[0]
-        for f in factors[1:]:
-            py = np.multiply.outer(py, f)
-    else:
-        raise ValueError(f"no exact cell masses for y law {type(ylaw).__name__}")
-    m = np.multiply.outer(py, pc)
-    truncated = max(0.0, 1.0 - float(py.sum()) * float(pc.sum()))
-    return m, truncated
-
-
-def phi_resolution(problem, grid: Grid) -> float:
-    r"""How well the y cells resolve φ: the largest relative cell-centre error.
-
-    .. math::
-        \epsilon = \max_{q, j}\,\Big|\varphi(x_q, y_j) - \frac{1}{|C_j|}\int_{C_j}
-        \varphi(x_q, y)\,dy\Big| \Big/ \max_{q, j}|\varphi(x_q, y_j)|
-
-    (cell averages by a 3-point Gauss–Legendre rule per y coordinate). The midpoint
-    rule behind :math:`f_0 = \Phi G\Delta y` (2.34) and ``U`` makes this error,
-    :math:`\approx \Delta y^2|\partial_y^2\varphi|/24`; for the circle
-    (:math:`\partial_y^2\varphi \sim \kappa\varphi`) ``ε ≤ 1e-3`` means
-    :math:`\Delta y \lesssim 0.15/\sqrt\kappa`.
-    """
-    t, wt = np.polynomial.legendre.leggauss(3)
-    offs = np.stack([g.ravel() for g in np.meshgrid(*([t] * grid.N), indexing="ij")], -1)
-    wts = np.prod(np.stack([g.ravel() for g in np.meshgrid(*([wt / 2] * grid.N),
-                                                            indexing="ij")], -1), -1)
-    half = 0.5 * np.asarray(grid.dy)
-    yc = grid.y_points
-    x = problem.x
-    err, scale = 0.0, 0.0
-    chunk = max(1, 2**21 // (len(wts) * x.shape[0]))
-    for s in range(0, len(yc), chunk):
-        yb = yc[s:s + chunk]
-        centre = problem.kernel.phi(x, yb)  # (n, Q)
-        pts = (yb[:, None, :] + offs[None] * half).reshape(-1, grid.N)
-        avg = np.einsum("npq,p->nq", problem.kernel.phi(x, pts).reshape(len(yb), len(wts), -1),
-                        wts)
-        err = max(err, float(np.max(np.abs(centre - avg))))
-        scale = max(scale, float(np.max(np.abs(centre))))
-    return err / scale if scale > 0 else 0.0
-
-
-# -- potentials -----------------------------------------------------------------------------
-class DataPotential:
-    r"""``U`` through the data: :math:`f_0 = \Phi g`, :math:`U = \Phi^T W(f_0 - f)`.
-
-    ``g_j = Σ_k c_k m_{jk}`` is the charge in y cell j (:math:`G(y_j)\Delta y`),
-    :math:`\Phi_{qj} = \varphi(x_q, y_j)` and ``W = diag(w)``: the network's forward and
-    backward pass, O(Q·N_y) for any φ (THEORY §8; (2.34)).
-    """
-
-    name = "data"
-
-    def __init__(self, problem, grid: Grid):
-        self.Phi = np.ascontiguousarray(problem.kernel.phi(problem.x, grid.y_points).T)
-        self.w = np.asarray(problem.w, float)
-        self.f = np.asarray(problem.f_x, float)
-
-    def f0(self, g):
-        """:math:`f_0(x_q)`, shape (Q,), from the cell charges ``g`` (N_y,)."""
-        return self.Phi @ g
-
-    def __call__(self, g):
-        """:math:`U(y_j)`, shape (N_y,)."""
-        r = self.Phi @ g
-        r -= self.f
-        r *= self.w
-        return r @ self.Phi
-
-
-class FFTPotential:
-    r"""``U = K g − F`` on the circle by FFT: K translation invariant (THEORY §7).
-
-    :math:`K(y, y') = e^{-2\kappa}I_0(2\kappa|\cos\frac{y-y'}2|)`, and F in closed form
-    (:func:`particles.problems.circle_fourier_F`) for a Fourier target and uniform μ.
-    """
-
-    name = "fft"
-
-    def __init__(self, problem, grid: Grid):
-        if not fft_available(problem, grid):
-            raise ValueError(
-                "potential='fft' needs the circle problem (CircleKernel, uniform mu, Fourier "
-                "target) on a periodic grid; use potential='data'"
-            )
-        y = grid.y_points
-        K, _ = circle_K(problem.kernel)
-        self.n = len(y)
-        self.Khat = np.fft.rfft(K(y[:1], y)[0])
-        self.F = circle_fourier_F(problem.kernel, problem.target)[0](y)
-
-    def __call__(self, g):
-        U = np.fft.irfft(self.Khat * np.fft.rfft(g), self.n)
-        U -= self.F
-        return U
-
-
-def fft_available(problem, grid: Grid) -> bool:
-    return (isinstance(problem.kernel, CircleKernel) and isinstance(problem.measure, CircleUniform)
-            and isinstance(problem.target, FourierTarget) and all(grid.y_periodic))
-
-
-def _choose_potential(problem, grid, potential):
-    """``"auto"``: FFT where available and cheaper by operation count (see methods doc)."""
-    if potential == "data":
-        return DataPotential(problem, grid)
-    if potential == "fft":
-        return FFTPotential(problem, grid)
-    if potential != "auto":
-        raise ValueError(f"potential={potential!r} is not known; use 'auto', 'data' or 'fft'")
-    n_y = int(np.prod(grid.ny))
-    if fft_available(problem, grid) and problem.x.shape[0] * n_y > FFT_MIN_WORK:
-        return FFTPotential(problem, grid)
-    return DataPotential(problem, grid)
-
-
-#: ``auto`` takes the FFT when Q·N_y exceeds this: two (Q, N_y) products cost about
-#: 0.13 ns per entry against about 10 µs for the FFT pair at N_y ≤ 1024 (measured;
-#: docs/methods_grid.md). Either is small next to the fluxes.
-FFT_MIN_WORK = 5e4
 
 
 # -- the solver -----------------------------------------------------------------------------
