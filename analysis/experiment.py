@@ -352,15 +352,16 @@ def run_config(config_path, out, *, force=False, progress=None) -> dict:
         path = out / f"{section}.nc"
         if path.exists() and not force:
             try:
-                old = read_dataset(path).attrs.get("config")
-            except Exception:  # noqa: BLE001
-                old = None
-            if old != exp.config_json():
+                with xr.open_dataset(path, engine="h5netcdf") as old:
+                    old_attrs = dict(old.attrs)  # attributes only: no data is read
+            except Exception:  # noqa: BLE001 - unreadable counts as "not this config"
+                old_attrs = {}
+            if old_attrs.get("config") != exp.config_json():
                 raise ConfigError(
                     f"{path} exists and was written from a different config; "
                     "pass --force to overwrite it or choose another --out"
                 )
-            note = "" if read_dataset(path).attrs.get("complete", 1) else " (incomplete)"
+            note = "" if old_attrs.get("complete", 1) else " (incomplete)"
             status[section] = (path, "up to date" + note)
             continue
         todo.append((section, runner, path))
