@@ -236,7 +236,8 @@ def rows(a, inputs):
                                     bool(p >= p_min and pm >= p_min))))
     if a.sizes.get("source", 0) == 0:
         out.append(Row("M[ρ] ⪰ 0 and identity (2.39)", "(2.38), (2.39)", "not measured",
-                       "needs units in particles.nc or rho_0 in meanfield.nc", "n.a."))
+                       "needs units in particles.nc or rho_0 in meanfield.nc, and at most "
+                       f"{M_MAX_Q} x nodes (see the notes below)", "n.a."))
     else:
         tol = float(a["m_psd_tolerance"])
         for src in a["source"].values:
@@ -292,7 +293,10 @@ def rows(a, inputs):
                    _verdict(None if not np.isfinite(s) else flat)))
     s, hi = float(a["final_loss_slope"]), float(a["final_loss_slope_high"])
     floor = float(a["loss_floor_ratio"]) if "loss_floor_ratio" in a else np.nan
-    if np.isfinite(floor) and floor > FLOOR_MAX:
+    if not np.isfinite(floor):
+        # without ℓ_0(T) nothing tells whether T is a "long time" (f_0 near f)
+        ok, exp = None, "n.a.: no mean-field loss to tell long times; add [meanfield]"
+    elif floor > FLOOR_MAX:
         ok, exp = None, (f"n.a.: ℓ_0(T) is {_g(floor, 2)} of the loss (> {FLOOR_MAX:g}); "
                          "run longer")
     else:
