@@ -300,7 +300,7 @@ def run_meanfield(exp: Experiment, progress=None) -> xr.Dataset:
     if "characteristics" in mf["solvers"]:
         ch = mf["characteristics"]
         parts.append(solve_characteristics(exp.problem, exp.save_times, ny=ch["y"],
-                                           nc=ch["c"], dt=ch["dt"]))
+                                           nc=ch["c"], dt=ch["dt"], save_nodes=True))
     ds = xr.merge(parts, combine_attrs="no_conflicts" if len(parts) == 1 else "drop_conflicts")
     if "f_0" not in ds:
         ds["f_0"] = ds["f_0_characteristics"]

@@ -93,21 +93,13 @@ def _read_optional(path, notes):
         return None
 
 
-def _nodes(problem, particles, cfg, notes):
-    """Characteristic nodes at the save times (re-run, cheap) for M[rho_0]."""
-    mf = cfg.get("meanfield") or {}
-    if "characteristics" not in mf.get("solvers", []):
+def _nodes(meanfield, notes):
+    """Characteristic nodes at the save times (saved in meanfield.nc) for M[rho_0]."""
+    if meanfield is None or "y_nodes" not in meanfield:
+        notes.append("M[rho_0] from characteristic nodes: meanfield.nc has none "
+                     "(add 'characteristics' to meanfield.solvers)")
         return None
-    from meanfield.characteristics import solve_characteristics
-
-    ch = mf.get("characteristics", {})
-    try:
-        return solve_characteristics(problem, particles["t"].values, ny=ch.get("y", 128),
-                                     nc=ch.get("c", 24), dt=ch.get("dt", 0.05),
-                                     save_nodes=True)
-    except (ValueError, FloatingPointError, NotImplementedError) as e:
-        notes.append(f"M[rho_0] from characteristic nodes: not computed ({e})")
-        return None
+    return meanfield
 
 
 def per_time_level(T):
@@ -150,7 +142,7 @@ def run_checks(out, *, n_boot=1000, rng=None):
     else:
         notes.append("LLN and CLT need f_0 from meanfield.nc: n.a.")
     if problem.x.shape[0] <= M_MAX_Q:
-        nodes = _nodes(problem, particles, cfg, notes) if meanfield is not None else None
+        nodes = _nodes(meanfield, notes)
         if "y" not in particles:
             notes.append("particles.nc has no units (save_state = false): M[rho_n] n.a.")
         parts.append(mkernel_checks(problem, particles, meanfield, nodes,

@@ -24,6 +24,7 @@ import xarray as xr
 
 from particles import Dynamics, NumericalFailure, State
 from particles.laws import YNormal, YUniformCircle
+from particles.measures import _product_rule
 from particles.simulate import check_save_times, integrate, versions
 
 __all__ = ["characteristic_nodes", "c_rule", "solve_characteristics"]
@@ -46,13 +47,8 @@ def _y_rule(y_law, ny: int):
     if isinstance(y_law, YUniformCircle):
         return (2 * np.pi * np.arange(ny) / ny)[:, None], np.full(ny, 1.0 / ny)
     if isinstance(y_law, YNormal):
-        t, w = np.polynomial.hermite_e.hermegauss(ny)
-        w = w / w.sum()
-        grids = np.meshgrid(*([t] * y_law.N), indexing="ij")
-        nodes = y_law.mean + y_law.std * np.stack([g.ravel() for g in grids], axis=-1)
-        weights = np.prod(np.stack([g.ravel() for g in np.meshgrid(*([w] * y_law.N),
-                                                                    indexing="ij")]), axis=0)
-        return nodes, weights
+        nodes, weights = _product_rule(*np.polynomial.hermite_e.hermegauss(ny), y_law.N)
+        return y_law.mean + y_law.std * nodes, weights
     raise ValueError(
         f"the characteristics solver has no tensor quadrature for the y law "
         f"{y_law.params()}; it supports y uniform on the circle and y normal"

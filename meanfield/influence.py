@@ -23,14 +23,13 @@ the last save time down to 0 carries the cotangents of every save time.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import xarray as xr
 
-from particles import Dynamics, NumericalFailure, State, step
+from particles import Dynamics, NumericalFailure, State
 from particles.kernels import CircleKernel, GaussianRBF, SigmoidUnit
-from particles.simulate import check_save_times, versions
+from particles.simulate import check_save_times, integrate, versions
 
 from .characteristics import characteristic_nodes
 
@@ -173,25 +172,23 @@ def influence_matrices(problem, save_times, *, ny=64, nc=16, dt=0.05, rank_tol=1
     """
     ts = check_save_times(save_times)
     y, c, w = characteristic_nodes(problem, ny, nc)
-    dyn = Dynamics("gd", "rk4", dt)
-    # forward: store the state at every step start, the step sizes and save indices
+    # forward: the state at every step start, the step sizes, and each save time's end
     states, hs = [], []
-    st = State(0.0, y[None], c[None])
     f0 = np.empty((len(ts), problem.x.shape[0]))
     ends = {}
-    for k, T in enumerate(ts):
-        m = max(0, math.ceil((T - st.t) / dt - 1e-9))
-        if m:
-            h = (T - st.t) / m
-            for _ in range(m):
-                states.append((st.y[0], st.c[0]))
-                hs.append(h)
-                st = step(problem, dyn, st, h, w[None])
-        st = State(float(T), st.y, st.c)
+
+    def record(st, h):
+        states.append((st.y[0], st.c[0]))
+        hs.append(h)
+
+    def observe(k, st):
         ends[k] = (len(hs), st.y[0].copy(), st.c[0].copy())
         f0[k] = problem.network(st.y, w * st.c)[0]
-    if not (np.all(np.isfinite(f0))):
-        raise NumericalFailure("influence: non-finite forward run of the characteristics; "
+
+    bad = integrate(problem, Dynamics("gd", "rk4", dt), State(0.0, y[None], c[None]), w[None],
+                    ts, observe, before_step=record)
+    if bad is not None:
+        raise NumericalFailure(f"influence: non-finite characteristics at t={bad[0]:.6g}; "
                                f"lower fluctuations.dt={dt}")
     # reverse sweep carrying the cotangents of every save time already passed
     J, N = len(w), problem.N
@@ -245,16 +242,12 @@ def clt_covariance_influence(problem, save_times, *, ny=64, nc=16, dt=0.05,
     cov = 0.5 * (cov + cov.transpose(0, 2, 1))
     x = problem.x
     xc = x[:, 0] if x.shape[1] == 1 else np.arange(x.shape[0])
+    # The Gauss rule in c integrates the whole support of the c law (Gauss–Legendre on
+    # [low, high], Gauss–Hermite on the line): no mass of rho_in is cut off.
     law = problem.c_law
-    lo, hi = info["c_nodes_range"]
-    if law.law == "uniform":
-        beyond = 0.0  # a Gauss–Legendre rule integrates the whole bounded support
-        domain = [law.p["low"], law.p["high"]]
-    elif law.law == "normal":
-        beyond = 0.0  # Gauss–Hermite integrates the whole line (exact for polynomials)
-        domain = [-np.inf, np.inf]
-    else:
-        beyond, domain = 0.0, [law.p["value"], law.p["value"]]
+    domain = {"uniform": lambda p: [p["low"], p["high"]],
+              "normal": lambda p: ["-inf", "inf"],
+              "constant": lambda p: [p["value"], p["value"]]}[law.law](law.p)
     ds = xr.Dataset(
         {
             "clt_cov": (("t", "x", "x_"), cov),
@@ -269,9 +262,9 @@ def clt_covariance_influence(problem, save_times, *, ny=64, nc=16, dt=0.05,
         "method_description": "first variation d f_0(T)/d w_j of weighted characteristic "
                               "nodes, exact discrete adjoint of RK4 (THEORY §4, §8)",
         "resolution": json.dumps(info),
-        "c_domain": json.dumps([float(v) for v in domain]),
+        "c_domain": json.dumps(domain),
         "c_nodes_range": json.dumps(info["c_nodes_range"]),
-        "truncated_mass": beyond,
+        "truncated_mass": 0.0,
         "versions": json.dumps(versions()),
     })
     return ds

@@ -138,10 +138,9 @@ def pullback_reference(kernel, y, a, x, w, f_x):
 class CircleKernel(Kernel):
     r"""The circle kernel :math:`\varphi(x, y) = e^{\kappa(\cos(x-y)-1)}` on :math:`[0, 2\pi)`.
 
-    THEORY §7. ``x`` and ``y`` have a trailing axis of length 1.
-    Closed forms for the uniform measure:
-    :math:`K(y, y') = e^{-2\kappa} I_0(2\kappa|\cos\frac{y-y'}2|)` and
-    :math:`F(y) = e^{-\kappa}\sum_k I_k(\kappa)(a_k\cos ky + b_k\sin ky)`.
+    THEORY §7. ``x`` and ``y`` have a trailing axis of length 1. The closed forms of
+    ``F`` and ``K`` for the uniform measure are :func:`particles.problems.circle_K` and
+    :func:`particles.problems.circle_fourier_F`.
     """
 
     N = 1
@@ -342,24 +341,6 @@ class CircleKernel(Kernel):
         g_y -= Y[..., 1] * G[..., 2]
         g_y *= self.kappa
         return f, G[..., 0], g_y[..., None]
-
-    # closed forms (THEORY §7) --------------------------------------------------------
-    def K(self, y, y2):
-        """:math:`K(y, y')` for the uniform measure on the circle, shape (n, m)."""
-        dy = y[:, None, 0] - y2[None, :, 0]
-        z = 2 * self.kappa * np.abs(np.cos(dy / 2))
-        return special.ive(0, z) * np.exp(z - 2 * self.kappa)
-
-    def F(self, y, cos, sin):
-        """:math:`F(y) = \\langle f, \\varphi(\\cdot, y)\\rangle_\\mu` for a Fourier target."""
-        yy = y[..., 0]
-        out = np.zeros_like(yy)
-        kmax = max(len(cos), len(sin))
-        for k in range(kmax):
-            ak = cos[k] if k < len(cos) else 0.0
-            bk = sin[k] if k < len(sin) else 0.0
-            out += special.ive(k, self.kappa) * (ak * np.cos(k * yy) + bk * np.sin(k * yy))
-        return out
 
 
 class GaussianRBF(Kernel):

@@ -56,13 +56,16 @@ def _substeps(t0, t1, dt):
     return max(0, math.ceil((t1 - t0) / dt - 1e-9))
 
 
-def integrate(problem, dynamics, state, a, save_times, observe, rngs=None, bar=None):
+def integrate(problem, dynamics, state, a, save_times, observe, rngs=None, bar=None,
+              before_step=None):
     """The time loop: advance to each save time, then ``observe(j, state)``.
 
-    Steps are equal and at most ``dynamics.dt`` between consecutive save times. Returns
-    ``None``, or ``(t, members)`` when some members stopped being finite at time ``t``
-    (then the loop stops; earlier observations stand). Shared by the particle ensembles
-    and the characteristics solver of :mod:`meanfield`.
+    Steps are equal and at most ``dynamics.dt`` between consecutive save times;
+    ``before_step(state, h)``, if given, sees the state at the start of every step (the
+    influence method records the forward run this way). Returns ``None``, or
+    ``(t, members)`` when some members stopped being finite at time ``t`` (then the loop
+    stops; earlier observations stand). Shared by the particle ensembles and the
+    characteristics and influence solvers of :mod:`meanfield`.
     """
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for j, t_save in enumerate(save_times):
@@ -70,6 +73,8 @@ def integrate(problem, dynamics, state, a, save_times, observe, rngs=None, bar=N
             if m:
                 h = (t_save - state.t) / m
                 for _ in range(m):
+                    if before_step is not None:
+                        before_step(state, h)
                     state = step(problem, dynamics, state, h, a, rngs)
                     if bar is not None:
                         bar.update()

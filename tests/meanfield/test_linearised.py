@@ -24,7 +24,7 @@ from particles.kernels import SigmoidUnit
 from particles.laws import CLaw, YNormal
 from particles.measures import UniformBox
 from particles.problem import Problem
-from particles.problems import circle_problem
+from particles.problems import circle_K, circle_problem
 
 UNIFORM = CLaw("uniform", low=-1.5, high=1.5)
 
@@ -54,7 +54,7 @@ def smooth_masses(grid, y0, amp, c0, width):
 def sigma_0_closed_form(problem, c_law):
     # Sigma_0(x, x') = E[c^2] K(x, x') - E[c]^2 E_y phi(x) E_y phi(x'), with
     # K = e^{-2 kappa} I_0(2 kappa |cos((x - x')/2)|), E_y phi = e^{-kappa} I_0(kappa) (THEORY §7).
-    K = problem.kernel.K(problem.x, problem.x)
+    K = circle_K(problem.kernel)[0](problem.x, problem.x)
     return c_law.second_moment() * K - (c_law.mean() * special.ive(0, 2.0)) ** 2
 
 

@@ -59,8 +59,8 @@ def test_f_n_identity_with_M_kernel(circle):
     st = State(0.0, y, c)
     dyn = Dynamics("gd", "rk4", 1e-3)
     h = 1e-3
-    fp = circle.network(step(circle, dyn, st, h, 1 / n).y, step(circle, dyn, st, h, 1 / n).c / n)
-    fm = circle.network(step(circle, dyn, st, -h, 1 / n).y, step(circle, dyn, st, -h, 1 / n).c / n)
+    plus, minus = step(circle, dyn, st, h, 1 / n), step(circle, dyn, st, -h, 1 / n)
+    fp, fm = circle.network(plus.y, plus.c / n), circle.network(minus.y, minus.c / n)
     dfdt = ((fp - fm) / (2 * h))[0]
     x, w = circle.x, circle.w
     p, dp = circle.kernel.phi_grad(x, y[0])  # (n, Q), (n, Q, 1)
@@ -76,7 +76,6 @@ def test_mean_sgd_step_equals_gd_step(circle):
     n, P, M = 20, 4, 4000
     y, c = _units(circle, n, seed=7)
     rng = np.random.default_rng(0)
-    vy_gd, vc_gd = circle.velocity(y, c, 1.0 / n)
     circle_fine = circle_problem(2.0, 512, cos=[0.0, 0.0, 0.5], sin=[0.0, 1.0, 0.0, -0.3])
     vy_gd, vc_gd = circle_fine.velocity(y, c, 1.0 / n)  # near-exact integral over mu
     xb = circle.measure.sample(rng, M * P).reshape(M, P, 1)
