@@ -28,10 +28,10 @@ import numpy as np
 import xarray as xr
 
 from particles import Dynamics, NumericalFailure, State
-from particles.kernels import CircleKernel, GaussianRBF, SigmoidUnit
+from particles.config import require
 from particles.simulate import check_save_times, integrate, versions
 
-from .characteristics import characteristic_nodes
+from .nodes import characteristic_nodes
 
 __all__ = ["phi_derivatives", "velocity_vjp", "influence_matrices", "clt_covariance_influence"]
 
@@ -39,32 +39,11 @@ __all__ = ["phi_derivatives", "velocity_vjp", "influence_matrices", "clt_covaria
 def phi_derivatives(kernel, x, y):
     r"""φ, ∇_yφ and the Hessian ∇²_yφ: shapes (J, Q), (J, Q, N), (J, Q, N, N).
 
-    ``x`` (Q, d), ``y`` (J, N). Implemented for the circle, Gaussian RBF and sigmoid/tanh
-    kernels.
+    ``x`` (Q, d), ``y`` (J, N): the kernel's declared ``"hessian_y"`` capability
+    (:meth:`particles.kernels.Kernel.phi_hessian`).
     """
-    if isinstance(kernel, CircleKernel):
-        diff = x[None, :, 0] - y[:, None, 0]
-        k = kernel.kappa
-        p = np.exp(k * (np.cos(diff) - 1.0))
-        s = np.sin(diff)
-        return p, (k * s * p)[..., None], ((k * k * s * s - k * np.cos(diff)) * p)[..., None, None]
-    if isinstance(kernel, GaussianRBF):
-        p, dp = kernel.phi_grad(x, y)
-        diff = x[None, :, :] - y[:, None, :]
-        s2 = kernel.sigma**2
-        eye = np.eye(kernel.N)
-        hp = p[..., None, None] * (diff[..., :, None] * diff[..., None, :] / s2**2 - eye / s2)
-        return p, dp, hp
-    if isinstance(kernel, SigmoidUnit):
-        s = kernel._pre(x, y)
-        h, dh = kernel._h(s)
-        d2h = -2 * h * dh if kernel.activation == "tanh" else dh * (1 - 2 * h)
-        xe = np.concatenate([np.broadcast_to(x[None], s.shape + (kernel.d,)),
-                             np.ones(s.shape + (1,))], axis=-1)
-        return h, dh[..., None] * xe, d2h[..., None, None] * xe[..., :, None] * xe[..., None, :]
-    raise NotImplementedError(
-        f"the influence method needs second derivatives of phi; none for {type(kernel).__name__}"
-    )
+    require(kernel, "hessian_y", "the influence method (second derivatives of phi)")
+    return kernel.phi_hessian(x, y)
 
 
 def velocity_vjp(problem, Y, C, w, lam_Y, lam_C):

@@ -7,12 +7,28 @@ from __future__ import annotations
 
 import numbers
 
-__all__ = ["ConfigError", "check_section", "number", "integer", "choice", "number_list",
+__all__ = ["ConfigError", "CapabilityError", "require", "check_section", "number", "integer", "choice", "number_list",
            "integer_list", "table", "boolean", "string", "schedule"]
 
 
 class ConfigError(ValueError):
     """A config that cannot be run, with a message that says what to change."""
+
+
+class CapabilityError(ConfigError):
+    """A solver needs a capability the problem's parts do not declare."""
+
+
+def require(part, capability: str, purpose: str):
+    """Refuse, naming the capability, when ``part`` (a kernel, measure or target) does not
+    declare ``capability`` in its ``capabilities``."""
+    if capability not in getattr(part, "capabilities", frozenset()):
+        name = getattr(part, "name", type(part).__name__)
+        raise CapabilityError(
+            f"{purpose} needs the capability {capability!r}, which {name} does not declare "
+            f"(it declares {sorted(getattr(part, 'capabilities', ()))}); choose another "
+            "method or a part that provides it"
+        )
 
 
 def _fail(where, msg):

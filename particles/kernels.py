@@ -46,6 +46,15 @@ class Kernel:
     d: int
     #: True when y is constrained to a manifold (see :meth:`tangent`, :meth:`retract`).
     constrained = False
+    #: What this kernel can do beyond ``phi`` and ``phi_grad`` (declared, never discovered):
+    #: ``"grad_x"`` (:meth:`grad_x`), ``"hessian_y"`` (:meth:`phi_hessian`), ``"fourier"``
+    #: (:meth:`fourier_coefficients`), ``"constraint"`` (:meth:`tangent`, :meth:`retract`).
+    capabilities: frozenset = frozenset()
+
+    def phi_hessian(self, x, y):  # pragma: no cover - abstract
+        r"""φ, :math:`\nabla_y\varphi` and :math:`\nabla^2_y\varphi` for x (Q, d), y (J, N):
+        shapes (J, Q), (J, Q, N), (J, Q, N, N). Declared by ``"hessian_y"``."""
+        raise NotImplementedError
 
     def phi(self, x, y):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -145,6 +154,15 @@ class CircleKernel(Kernel):
 
     N = 1
     d = 1
+
+    capabilities = frozenset({"grad_x", "hessian_y"})
+
+    def phi_hessian(self, x, y):
+        diff = x[None, :, 0] - y[:, None, 0]
+        k = self.kappa
+        p = np.exp(k * (np.cos(diff) - 1.0))
+        s = np.sin(diff)
+        return p, (k * s * p)[..., None], ((k * k * s * s - k * np.cos(diff)) * p)[..., None, None]
 
     def __init__(self, kappa: float):
         self.kappa = float(kappa)
@@ -346,6 +364,16 @@ class CircleKernel(Kernel):
 class GaussianRBF(Kernel):
     r"""Gaussian RBF :math:`\varphi(x, y) = e^{-|x-y|^2/(2\sigma^2)}` on :math:`R^d`, ``N = d``."""
 
+    capabilities = frozenset({"grad_x", "hessian_y"})
+
+    def phi_hessian(self, x, y):
+        p, dp = self.phi_grad(x, y)
+        diff = x[None, :, :] - y[:, None, :]
+        s2 = self.sigma**2
+        eye = np.eye(self.N)
+        hp = p[..., None, None] * (diff[..., :, None] * diff[..., None, :] / s2**2 - eye / s2)
+        return p, dp, hp
+
     def __init__(self, d: int, sigma: float):
         self.d = self.N = int(d)
         self.sigma = float(sigma)
@@ -378,6 +406,7 @@ class SphereRBF(Kernel):
     """
 
     constrained = True
+    capabilities = frozenset({"grad_x", "constraint"})
 
     def __init__(self, d: int, alpha: float):
         self.d = self.N = int(d)
@@ -414,6 +443,16 @@ class SigmoidUnit(Kernel):
 
     ``h`` is the logistic sigmoid or ``tanh``; ``N = d + 1``.
     """
+
+    capabilities = frozenset({"grad_x", "hessian_y"})
+
+    def phi_hessian(self, x, y):
+        s = self._pre(x, y)
+        h, dh = self._h(s)
+        d2h = -2 * h * dh if self.activation == "tanh" else dh * (1 - 2 * h)
+        xe = np.concatenate([np.broadcast_to(x[None], s.shape + (self.d,)),
+                             np.ones(s.shape + (1,))], axis=-1)
+        return h, dh[..., None] * xe, d2h[..., None, None] * xe[..., :, None] * xe[..., None, :]
 
     def __init__(self, d: int, activation: str = "sigmoid"):
         if activation not in ("sigmoid", "tanh"):
