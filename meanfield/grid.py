@@ -43,7 +43,7 @@ from .cells import Grid, initial_masses, make_grid, phi_resolution
 from .defaults import GRID
 from .gridsolver import GridSolver, StepResult
 from .gridstep import GridState, GridStepper
-from .potentials import DataPotential, FFTPotential
+from .potentials import DataPotential, FFTPotential  # noqa: F401 - re-exported
 
 __all__ = [
     "Grid",

@@ -51,7 +51,6 @@ from .grid import OUTFLOW_WARN, GridSolver, prepare
 from .tangent import (  # noqa: F401 - re-exported
     Linearisation,
     TangentStepper,
-    _tangent_rk3,
     stage_linearisations,
     tangent_rk3,
     tangent_step,

@@ -310,8 +310,6 @@ def tangent_rk3(lins, dt, dm):
     return new, dt * (r0 / 6 + rates[0] / 6 + 2 * rates[1] / 3)
 
 
-_tangent_rk3 = tangent_rk3  # the former private name (benchmarks)
-
 
 # -- the stepper of the linearised ensemble -------------------------------------------------
 class EnsembleState(NamedTuple):

@@ -16,7 +16,7 @@ import logging
 import numpy as np
 
 from .dynamics import Dynamics, State
-from .loop import NumericalFailure, check_save_times, run
+from .loop import NumericalFailure, check_save_times, run  # noqa: F401 - re-exported
 from .results import dataset as cf_dataset
 from .results import VARIABLES, versions
 from .steppers import ParticleStepper
