@@ -100,7 +100,7 @@ def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"
             attrs["failure"] = failure
         return cf_dataset(data, coords, attrs, title="mfpc mean-field limit (characteristics)")
 
-    stepper = ParticleStepper(problem, dyn, w[None], name="characteristics",
+    stepper = ParticleStepper(problem, dyn, w[None], name="characteristics", labels=["nodes"],
                               advice=f"lower the characteristics' dt={dt}")
     run(stepper, stepper.init(y[None], c[None]), ts, observe, progress=progress,
         partial=dataset)

@@ -257,7 +257,8 @@ def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=16, dt=0.0
 
     fail = None if partial is None else (lambda msg: partial(f0, msg))
     fwd = ParticleStepper(problem, Dynamics("gd", "rk4", dt), w[None],
-                          name="influence (forward)", advice=f"lower fluctuations.dt={dt}")
+                          name="influence (forward)", labels=["nodes"],
+                          advice=f"lower fluctuations.dt={dt}")
     run(fwd, fwd.init(y[None], c[None]), ts, observe, before_step=record, progress=progress,
         partial=fail)
     # reverse sweep carrying the cotangents of every save time already passed
