@@ -1,7 +1,8 @@
 r"""Ensembles of finite-n runs over particle counts and seeds, returned as a Dataset.
 
-One time loop alternates "advance to the next save time" with "observe" (save f_n on
-the nodes, the loss (1.2) and, if asked, the units). For each n the ensemble of seeds is
+Each n is one :class:`particles.steppers.ParticleStepper` run by the one time loop
+:func:`particles.loop.run`, which alternates "advance to the next save time" with
+"observe" (save f_n on the nodes, the loss (1.2) and, if asked, the units). For each n the ensemble of seeds is
 one vectorised state of shape (seeds, n, N). Member ``(i_n, i_seed)`` draws its initial
 units and all its noise from
 ``Generator(PCG64(SeedSequence(root_seed, spawn_key=(i_n, i_seed))))``, so any member
@@ -15,13 +16,13 @@ import logging
 
 import numpy as np
 
-from .dynamics import Dynamics, State
+from .dynamics import Dynamics
 from .loop import NumericalFailure, check_save_times, run  # noqa: F401 - re-exported
 from .results import dataset as cf_dataset
 from .results import VARIABLES, versions
 from .steppers import ParticleStepper
 
-__all__ = ["simulate", "integrate", "member_rng", "NumericalFailure", "versions"]
+__all__ = ["simulate", "member_rng", "NumericalFailure", "versions"]
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +31,6 @@ def member_rng(root_seed: int, i_n: int, i_seed: int) -> np.random.Generator:
     """The generator of ensemble member (i_n, i_seed)."""
     ss = np.random.SeedSequence(int(root_seed), spawn_key=(int(i_n), int(i_seed)))
     return np.random.Generator(np.random.PCG64(ss))
-
-
-def integrate(problem, dynamics, state, a, save_times, observe, rngs=None, progress=False,
-              before_step=None):
-    """Thin wrapper of :func:`particles.loop.run` with a :class:`ParticleStepper`.
-
-    Advances ``state`` (a :class:`particles.dynamics.State`) to each save time and calls
-    ``observe(j, state)``; raises :class:`NumericalFailure` (no partial) when a member
-    stops being finite. Kept for callers of the former loop; new code uses the driver.
-    """
-    stepper = ParticleStepper(problem, dynamics, a)
-    run(stepper, stepper.init(state.y, state.c, rngs, t=state.t), save_times,
-        lambda j, st: observe(j, State(st.t, st.y, st.c)),
-        before_step=(None if before_step is None
-                     else lambda st, h: before_step(State(st.t, st.y, st.c), h)),
-        progress=progress)
 
 
 def simulate(
