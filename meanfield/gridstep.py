@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .defaults import GRID
 from .gridsolver import GridSolver
 
 __all__ = ["GridState", "GridStepper"]
@@ -43,7 +44,7 @@ class GridStepper:
         The solver named in failure messages.
     """
 
-    def __init__(self, solver: GridSolver, *, cfl=0.9, dt=None, name="grid"):
+    def __init__(self, solver: GridSolver, *, cfl=GRID["cfl"], dt=None, name="grid"):
         self.solver, self.cfl, self.dt, self.name = solver, float(cfl), dt, name
         self.advice = ("lower meanfield.cfl (or dt)" if dt is None
                        else f"lower meanfield.dt={dt}")

@@ -220,8 +220,9 @@ class AdjointStepper:
                               gw=np.concatenate([state.gw, dw]))
 
 
-def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=16, dt=0.05,
-                       rank_tol=INFLUENCE["rank_tol"], partial=None, progress=False):
+def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
+                       dt=0.05, rank_tol=INFLUENCE["rank_tol"], partial=None,
+                       progress=False):
     r"""D_k = ∂f_0(T_k, x)/∂w for each save time (shape (T, Q, J)) and the nodes.
 
     The forward run is the particle stepper with the node weights; the reverse sweep is

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import fv
+from .defaults import GRID
 from .gridsolver import GridSolver
 from .gridstep import GridState, GridStepper
 from .rk import ssp_rk3
@@ -339,7 +340,7 @@ class TangentStepper:
     cfl : float in (0, 1]
     """
 
-    def __init__(self, solver: GridSolver, batches, *, cfl=0.9, name="ensemble"):
+    def __init__(self, solver: GridSolver, batches, *, cfl=GRID["cfl"], name="ensemble"):
         self.solver, self.batches, self.name = solver, list(batches), name
         self.forward = GridStepper(solver, cfl=cfl, name=name)
         self.advice = "lower fluctuations.cfl"
