@@ -36,11 +36,10 @@ from meanfield.grid import GridSolver, advance, prepare  # noqa: E402
 from meanfield.influence import clt_covariance_influence, influence_matrices  # noqa: E402
 from meanfield.linearised import (  # noqa: E402
     _default_chunk,
-    _tangent_rk3,
     fluctuation_rng,
     sample_perturbations,
-    stage_linearisations,
 )
+from meanfield.tangent import stage_linearisations, tangent_rk3  # noqa: E402
 from particles.laws import CLaw  # noqa: E402
 from particles.problems import circle_problem  # noqa: E402
 
@@ -93,7 +92,7 @@ def bench_ensemble(args):
 
             def tan(lins=lins, h=h, dms=dms):
                 for d in dms:
-                    _tangent_rk3(lins, h, d)
+                    tangent_rk3(lins, h, d)
 
             smp = measure({"fwd": fwd, "tan": tan}, args.rounds, args.block_time, 2)
             f, t = float(np.median(smp["fwd"])), float(np.median(smp["tan"]))

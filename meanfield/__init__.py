@@ -4,7 +4,10 @@ Two independent solvers of (2.9): finite volumes on a (y, c) grid
 (:func:`solve_grid`) and weighted quadrature nodes along characteristics
 (:func:`solve_characteristics`); the CLT covariance of (2.24) by the influence method
 (:func:`clt_covariance_influence`) and by an ensemble of tangent-linear grid runs
-(:func:`clt_covariance_ensemble`).
+(:func:`clt_covariance_ensemble`). Every solver is a stepper driven by the one time loop
+:func:`particles.loop.run` (``docs/engine.md``): :class:`~meanfield.gridstep.GridStepper`,
+:class:`~meanfield.tangent.TangentStepper`, :class:`~meanfield.influence.AdjointStepper`,
+and :class:`particles.steppers.ParticleStepper` for the characteristics.
 """
 from .characteristics import solve_characteristics
 from .grid import GridSolver, project_particles, solve_grid

@@ -22,17 +22,23 @@ import json
 import numpy as np
 import xarray as xr
 
-from particles import Dynamics, NumericalFailure, State
-from particles.simulate import check_save_times, integrate, versions
+from particles import Dynamics
+from particles.loop import check_save_times, run
+from particles.results import dataset as cf_dataset
+from particles.results import versions
+from particles.steppers import ParticleStepper
 
+from .defaults import CHARACTERISTICS
 from .nodes import c_rule, characteristic_nodes  # noqa: F401 - re-exported
 
 __all__ = ["characteristic_nodes", "c_rule", "solve_characteristics"]
 
 
-def solve_characteristics(problem, save_times, *, ny: int = 128, nc: int = 24,
-                          dt: float = 0.05, integrator: str = "rk4",
-                          save_nodes: bool = False) -> xr.Dataset:
+def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"],
+                          nc: int = CHARACTERISTICS["nc"], dt: float = 0.05,
+                          integrator: str = CHARACTERISTICS["integrator"],
+                          save_nodes: bool = False, progress: bool | None = False
+                          ) -> xr.Dataset:
     r"""Mean-field :math:`f_0(t, x)` along characteristics of (2.9).
 
     Parameters
@@ -44,12 +50,21 @@ def solve_characteristics(problem, save_times, *, ny: int = 128, nc: int = 24,
     dt : float
         Time step of ``integrator`` (RK4 by default: time error negligible).
     save_nodes : bool
-        Also return the nodes ``y(t, node, y_dim)``, ``c(t, node)`` and ``weight(node)``.
+        Also return the nodes ``y_nodes(t, node, y_dim)``, ``c_nodes(t, node)`` and
+        ``weight(node)``.
+    progress : bool or None
+        Progress bar; ``None`` shows it only on a terminal.
 
     Returns
     -------
     xarray.Dataset
         ``f_0_characteristics(t, x)``, ``loss_0_characteristics(t)``.
+
+    Raises
+    ------
+    particles.loop.NumericalFailure
+        A non-finite node state; ``.partial`` is the Dataset of the save times reached
+        (``attrs["complete"] = 0``).
     """
     ts = check_save_times(save_times)
     y, c, w = characteristic_nodes(problem, ny, nc)
@@ -63,25 +78,30 @@ def solve_characteristics(problem, save_times, *, ny: int = 128, nc: int = 24,
         f0[j] = problem.network(st.y, w * st.c)[0]
         ys[j], cs[j] = problem.kernel.wrap(st.y[0]), st.c[0]
 
-    bad = integrate(problem, dyn, State(0.0, y[None], c[None]), w[None], ts, observe)
-    if bad is not None:
-        raise NumericalFailure(
-            f"characteristics: non-finite node state at t={bad[0]:.6g}; lower dt={dt}"
-        )
-    coords = {"t": ts}
-    coords.update({"x": problem.x[:, 0]} if problem.x.shape[1] == 1 else {"x": np.arange(Q)})
-    data = {
-        "f_0_characteristics": (("t", "x"), f0),
-        "loss_0_characteristics": (("t",), problem.loss(f0)),
-    }
-    if save_nodes:
-        data.update({"y_nodes": (("t", "node", "y_dim"), ys), "c_nodes": (("t", "node"), cs),
-                     "weight": (("node",), w)})
-    ds = xr.Dataset(data, coords=coords)
-    ds.attrs.update({
-        "characteristics_scheme": f"tensor quadrature of rho_in moved by particles.dynamics.step ({integrator})",
-        "characteristics_nodes": json.dumps({"y": ny, "c": nc, "total": J}),
-        "characteristics_dt": dt,
-        "versions": json.dumps(versions()),
-    })
-    return ds
+    def dataset(failure=None):
+        coords = {"t": ts}
+        coords["x"] = problem.x[:, 0] if problem.x.shape[1] == 1 else np.arange(Q, dtype=np.int32)
+        data = {
+            "f_0_characteristics": (("t", "x"), f0),
+            "loss_0_characteristics": (("t",), problem.loss(f0)),
+        }
+        if save_nodes:
+            data.update({"y_nodes": (("t", "node", "y_dim"), ys),
+                         "c_nodes": (("t", "node"), cs), "weight": (("node",), w)})
+        attrs = {
+            "characteristics_scheme": "tensor quadrature of rho_in moved by "
+                                      f"particles.dynamics.step ({integrator})",
+            "characteristics_nodes": json.dumps({"y": ny, "c": nc, "total": J}),
+            "characteristics_dt": dt,
+            "versions": json.dumps(versions()),
+            "complete": int(failure is None),
+        }
+        if failure is not None:
+            attrs["failure"] = failure
+        return cf_dataset(data, coords, attrs, title="mfpc mean-field limit (characteristics)")
+
+    stepper = ParticleStepper(problem, dyn, w[None], name="characteristics", labels=["nodes"],
+                              advice=f"lower the characteristics' dt={dt}")
+    run(stepper, stepper.init(y[None], c[None]), ts, observe, progress=progress,
+        partial=dataset)
+    return dataset()

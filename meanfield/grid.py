@@ -16,29 +16,34 @@ The law :math:`\rho_0(t, y, c)` of one unit obeys (2.9), written in THEORY §3 a
   what leaves is recorded), :func:`initial_masses`, :func:`phi_resolution`.
 * :mod:`meanfield.potentials`: :class:`DataPotential` (any φ, O(Q·N_y)) and
   :class:`FFTPotential` (circle only).
-* :class:`GridSolver`: ``rhs``, ``step`` (SSP-RK3), ``cfl_bound``, ``potential``, ``f0``.
-* :func:`solve_grid`: the time loop with adaptive steps landing on save times, returning
-  an :class:`xarray.Dataset`; :func:`project_particles`: particle histograms on the grid.
+* :mod:`meanfield.gridsolver`: :class:`GridSolver` (``rhs``, ``step`` (SSP-RK3),
+  ``cfl_bound``, ``potential``, ``f0``).
+* :mod:`meanfield.gridstep`: :class:`GridStepper`, the adaptive SSP-RK3 step for the one
+  time loop :func:`particles.loop.run`.
+* Here: :func:`prepare` (grid and initial masses, checked), :func:`solve_grid` (the
+  driver run to the save times, returning an :class:`xarray.Dataset`),
+  :func:`project_particles` (particle histograms on the grid).
 
 The method, its order and step bound are in ``docs/methods_grid.md``.
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
 import warnings
-from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
-from particles.simulate import NumericalFailure, check_save_times, versions
+from particles.loop import check_save_times, run
+from particles.results import dataset as cf_dataset
+from particles.results import versions
 
-from . import fv
 from .cells import Grid, initial_masses, make_grid, phi_resolution
-from .potentials import DataPotential, FFTPotential, _choose_potential  # noqa: F401
+from .defaults import GRID
+from .gridsolver import GridSolver, StepResult
+from .gridstep import GridState, GridStepper
+from .potentials import DataPotential, FFTPotential  # noqa: F401 - re-exported
 
 __all__ = [
     "Grid",
@@ -48,14 +53,14 @@ __all__ = [
     "DataPotential",
     "FFTPotential",
     "GridSolver",
+    "GridState",
+    "GridStepper",
     "StepResult",
     "prepare",
     "advance",
     "solve_grid",
     "project_particles",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Largest initial mass outside the grid accepted without ``allow_truncation``.
 TRUNCATION_TOL = 1e-8
@@ -70,195 +75,10 @@ SCHEME = (
 )
 
 
-# -- the solver -----------------------------------------------------------------------------
-class StepResult(NamedTuple):
-    """One SSP-RK3 step: new masses, mass that left through the c boundaries, and the
-    smallest positivity bound over the three stages."""
-
-    m: np.ndarray
-    outflow: float
-    bound: float
-
-
-class GridSolver:
-    r"""Right-hand side and SSP-RK3 step of the CCH scheme for (2.9) on a :class:`Grid`.
-
-    Face velocities: across c faces :math:`u = -U(y_j)` (exact); across y faces
-    :math:`u = -c_k (U_{j+1} - U_j)/\Delta y`, the centred difference of U at the cell
-    centres (CCH's :math:`-\Delta\xi/\Delta` with :math:`\xi = cU`, which keeps the
-    semi-discrete energy inequality). Positivity of a forward-Euler stage, hence of
-    SSP-RK3, holds for
-
-    .. math:: \Delta t \le \Big(\sum_k \frac{2a_k}{\Delta_k} + \frac{2\tau}{\Delta_k^2}\Big)^{-1}
-
-    with :math:`a_k` the largest face speed along axis k next to a cell holding mass (see
-    ``docs/methods_grid.md``; this contains CCH's :math:`\min(\Delta y/4a, \Delta c/4b)`).
-    In y, :math:`a_k = \max|c|\,\max|\partial_y U|` with |c| over the c rows that hold
-    mass: the bound follows the support, not the c range of the grid.
-
-    Parameters
-    ----------
-    problem : particles.problem.Problem
-    grid : Grid
-    tau : float
-        Diffusion (Langevin temperature), ≥ 0.
-    potential : {"auto", "data", "fft"}
-    block : int
-        Elements per cache block of the sweeps (a tuning knob; results do not depend on it).
-    """
-
-    def __init__(self, problem, grid: Grid, *, tau: float = 0.0, potential: str = "auto",
-                 block: int = 2**15):
-        if tau < 0:
-            raise ValueError(f"tau={tau} must be >= 0")
-        self.problem, self.grid, self.tau = problem, grid, float(tau)
-        self.data = DataPotential(problem, grid)
-        self.U_of_g = _choose_potential(problem, grid, potential)
-        self.c = grid.c_centres
-        shape = grid.shape
-        self.bcs = tuple(fv.PERIODIC if p else fv.WALL for p in grid.y_periodic) + (fv.OUTFLOW,)
-        self._sweeps = [fv.AxisSweep(shape, ax, bc, block) for ax, bc in enumerate(self.bcs)]
-        self._k = [np.empty(shape) for _ in range(3)]
-        self._stage = [np.empty(shape) for _ in range(2)]
-
-    # -- potential ------------------------------------------------------------------------
-    def charges(self, m):
-        """``g_j = Σ_k c_k m_jk``, shape (N_y,): :math:`G(y_j)\\Delta y` of (2.34)."""
-        return m.reshape(-1, self.grid.nc) @ self.c
-
-    def potential(self, m):
-        """:math:`U(y_j)` at the y cell centres, shape ``grid.ny``."""
-        return self.U_of_g(self.charges(m)).reshape(self.grid.ny)
-
-    def f0(self, m):
-        """The mean-field network (2.34) on the x nodes, shape (Q,)."""
-        return self.data.f0(self.charges(m))
-
-    def loss(self, m):
-        """:math:`\\tfrac12\\|f_0 - f\\|^2_\\mu` (1.2)."""
-        return float(self.problem.loss(self.f0(m)))
-
-    def _y_face_velocity(self, U, k):
-        """:math:`v_f = -(U_f - U_{f-1})/\\Delta_k` at the faces of y axis k, in the padded
-        layout: position ``p`` holds the face between padded cells ``p`` and ``p + 1``
-        (faces ``f = 0..n`` at ``p = f + 1``; walls and unused positions are 0)."""
-        n = U.shape[k]
-        shape = list(U.shape)
-        shape[k] += 4
-        v = np.zeros(shape)
-        vm = np.moveaxis(v, k, 0)
-        Um = np.moveaxis(U, k, 0)
-        np.subtract(Um[:-1], Um[1:], out=vm[2 : n + 1])
-        if self.grid.y_periodic[k]:
-            vm[1] = Um[n - 1] - Um[0]
-            vm[n + 1] = vm[1]
-        v /= self.grid.dy[k]
-        return v
-
-    def _bound(self, speeds):
-        dims = self.grid.dy + (self.grid.dc,)
-        rate = sum(2 * a / d + 2 * self.tau / d**2 for a, d in zip(speeds, dims))
-        # a rate below ~1e-300 (velocities vanishing to round-off) sets no bound
-        return 1.0 / rate if rate > 1e-300 else math.inf
-
-    def support_c_max(self, m, widen=0):
-        r"""Largest |c| over the c cells holding mass (m > 0 in some y cell), the support
-        first widened by ``widen`` cells on each side.
-
-        Only cells with mass can turn negative in a forward-Euler stage, so the y face
-        speeds :math:`|c_k|\,|\partial_y U|` enter the bound only for these rows. A stage
-        moves the support by at most one cell, so ``widen=2`` covers the three stages of
-        an SSP-RK3 step.
-        """
-        nz = np.flatnonzero(m.reshape(-1, self.grid.nc).max(axis=0))
-        if nz.size == 0:
-            return 0.0
-        lo, hi = max(nz[0] - widen, 0), min(nz[-1] + widen, self.grid.nc - 1)
-        return max(abs(self.c[lo]), abs(self.c[hi]))
-
-    def _speeds(self, U, c_sup):
-        a = [c_sup * float(np.max(np.abs(self._y_face_velocity(U, k))))
-             for k in range(self.grid.N)]
-        return a + [float(np.max(np.abs(U)))]
-
-    def speeds(self, m):
-        """Largest face speeds ``(a_1, ..., a_N, a_c)`` next to cells holding mass."""
-        m = np.asarray(m, float)
-        return tuple(self._speeds(self.potential(m), self.support_c_max(m)))
-
-    def cfl_bound(self, m):
-        """Largest forward-Euler (and SSP-RK3 stage) step keeping every cell mass ≥ 0."""
-        return self._bound(self.speeds(m))
-
-    # -- right-hand side ----------------------------------------------------------------
-    def _rhs(self, m, out):
-        """Write dm/dt into ``out``; return (outflow rate through the c faces, bound)."""
-        g = self.grid
-        U = self.potential(m)
-        for k in range(g.N):
-            v = self._y_face_velocity(U, k)
-            self._sweeps[k](m, v, self.c / g.dy[k], self.tau / g.dy[k] ** 2, out, first=(k == 0))
-        rate = self._sweeps[-1](m, -U / g.dc, None, self.tau / g.dc**2, out, first=False)
-        return rate, self._bound(self._speeds(U, self.support_c_max(m)))
-
-    def _step_bound(self, m):
-        """Bound for choosing an SSP-RK3 step from ``m``: the support widened by 2 cells."""
-        return self._bound(self._speeds(self.potential(m), self.support_c_max(m, widen=2)))
-
-    def rhs(self, m, out=None):
-        r"""Semi-discrete (2.9): dm/dt for cell masses ``m`` of shape ``grid.shape``.
-
-        O(N_y·N_c + Q·N_y) work; ``out`` may be a preallocated array of that shape.
-        """
-        out = np.empty(self.grid.shape) if out is None else out
-        self._rhs(np.asarray(m, float), out)
-        return out
-
-    def outflow_rate(self, m):
-        """Mass per unit time leaving through the faces ``c_min`` and ``c_max``."""
-        return self._rhs(np.asarray(m, float), np.empty(self.grid.shape))[0]
-
-    # -- time step ---------------------------------------------------------------------
-    def _rk3(self, m, dt, k0, rate0, bound0):
-        k1, k2 = self._k[1], self._k[2]
-        m1, m2 = self._stage
-        np.multiply(k0, dt, out=m1)
-        m1 += m
-        rate1, b1 = self._rhs(m1, k1)
-        k1 *= dt
-        m1 += k1  # m1 + dt L(m1)
-        np.multiply(m, 0.75, out=m2)
-        m1 *= 0.25
-        m2 += m1
-        rate2, b2 = self._rhs(m2, k2)
-        k2 *= dt
-        m2 += k2  # m2 + dt L(m2)
-        new = np.multiply(m, 1.0 / 3.0)
-        m2 *= 2.0 / 3.0
-        new += m2
-        outflow = dt * (rate0 / 6 + rate1 / 6 + 2 * rate2 / 3)
-        return StepResult(new, outflow, min(bound0, b1, b2))
-
-    def step(self, m, dt):
-        r"""One SSP-RK3 (Shu–Osher) step of size ``dt`` from masses ``m`` (not modified).
-
-        .. math::
-            m^{(1)} = m + \Delta t L(m),\quad
-            m^{(2)} = \tfrac34 m + \tfrac14(m^{(1)} + \Delta t L(m^{(1)})),\quad
-            m^{+} = \tfrac13 m + \tfrac23(m^{(2)} + \Delta t L(m^{(2)})).
-
-        Third order in time, a convex combination of forward-Euler stages: positive
-        when ``dt`` is below the returned ``bound`` (the smallest stage bound).
-        """
-        m = np.asarray(m, float)
-        k0 = self._k[0]
-        rate0, b0 = self._rhs(m, k0)
-        return self._rk3(m, dt, k0, rate0, b0)
-
-
 # -- time loop ------------------------------------------------------------------------------
-def prepare(problem, *, ny=256, nc=256, c_min=-5.0, c_max=5.0, y_range=None,
-            allow_truncation=False, phi_tol=1e-3):
+def prepare(problem, *, ny=GRID["ny"], nc=GRID["nc"], c_min=GRID["c_min"],
+            c_max=GRID["c_max"], y_range=None, allow_truncation=GRID["allow_truncation"],
+            phi_tol=GRID["phi_tol"]):
     """Grid, initial cell masses, truncated mass and φ resolution, with every input check.
 
     Raises ValueError (saying what to change) for a Dirac c law, more than 1e-8 of
@@ -293,64 +113,38 @@ def prepare(problem, *, ny=256, nc=256, c_min=-5.0, c_max=5.0, y_range=None,
     return grid, m, truncated, eps
 
 
-def advance(solver, m, t, t_end, *, cfl=0.9, dt=None, after_step=None):
+def advance(solver, m, t, t_end, *, cfl=GRID["cfl"], dt=None, after_step=None):
     """SSP-RK3 steps from ``t`` to exactly ``t_end``; returns ``(m, outflow)``.
 
-    Adaptive (``dt=None``): each step is ``h = (t_end - t)/k`` with the smallest ``k``
-    giving ``h <= cfl * bound(m)``; a step whose later stages have a smaller bound is
-    redone shorter. Fixed: equal substeps ``<= dt``, and a ValueError when one exceeds
-    the bound. ``after_step(t, m, res, h)`` is called after every accepted step.
+    The steps of :class:`GridStepper` (adaptive ``cfl * bound`` with redo, or fixed equal
+    substeps ``<= dt``) driven by :func:`particles.loop.run`; ``after_step(t, m, res, h)``
+    is called after every accepted step (``res`` with ``outflow`` and ``bound``).
     """
-    outflow = 0.0
-    n_fixed = math.ceil((t_end - t) / dt - 1e-9) if dt is not None else 0
-    while t < t_end:
-        k0 = solver._k[0]
-        rate0, b0 = solver._rhs(m, k0)
-        left = t_end - t
-        if dt is not None:
-            h = left / max(n_fixed, 1)
-        else:
-            b = solver._step_bound(m)
-            h = left / math.ceil(left / (cfl * b) - 1e-9) if b < math.inf else left
-        for attempt in range(31):
-            res = solver._rk3(m, h, k0, rate0, b0)
-            if h <= res.bound * (1 + 1e-12):
-                break
-            if dt is not None:
-                raise ValueError(
-                    f"dt={h:.4g} exceeds the CFL (positivity) bound {res.bound:.4g} at "
-                    f"t={t:.4g} on this grid; use dt <= {cfl * res.bound:.3g}, or dt=None "
-                    "for the adaptive step cfl*bound"
-                )
-            if attempt == 30:  # pragma: no cover - the bound moves by O(h) per stage
-                raise RuntimeError(f"no step below the positivity bound at t={t:.6g}")
-            h = left / math.ceil(left / (cfl * res.bound) - 1e-9)
-        m = res.m
-        n_fixed -= 1
-        t = t_end if h >= left else t + h
-        outflow += res.outflow
-        if after_step is not None:
-            after_step(t, m, res, h)
-        if not (np.isfinite(res.outflow) and np.isfinite(m[(0,) * m.ndim])):
-            raise NumericalFailure(f"non-finite state at t={t:.6g}; lower cfl or dt")
-    return m, outflow
+    stepper = GridStepper(solver, cfl=cfl, dt=dt)
+    hook = None
+    if after_step is not None:
+        def hook(old, new):
+            after_step(new.t, new.m, StepResult(new.m, new.step_outflow, new.bound), new.h)
+    end = run(stepper, GridState(float(t), np.asarray(m, float)), [t_end],
+              lambda j, st: None, after_step=hook, progress=False)
+    return end.m, end.outflow
 
 
 def solve_grid(
     problem,
     save_times,
     *,
-    ny=256,
-    nc=256,
-    c_min: float = -5.0,
-    c_max: float = 5.0,
+    ny=GRID["ny"],
+    nc=GRID["nc"],
+    c_min: float = GRID["c_min"],
+    c_max: float = GRID["c_max"],
     y_range=None,
-    cfl: float = 0.9,
+    cfl: float = GRID["cfl"],
     dt: float | None = None,
     tau: float = 0.0,
-    potential: str = "auto",
-    allow_truncation: bool = False,
-    phi_tol: float = 1e-3,
+    potential: str = GRID["potential"],
+    allow_truncation: bool = GRID["allow_truncation"],
+    phi_tol: float = GRID["phi_tol"],
     save_rho: bool = True,
     on_step=None,
     progress: bool | None = None,
@@ -426,72 +220,65 @@ def solve_grid(
            "mass": np.full(T, np.nan), "outflow": np.full(T, np.nan)}
     if save_rho:
         out["rho_0"] = np.full((T,) + grid.shape, np.nan)
-    stats_ = {"dt": [], "cfl": [], "outflow": 0.0, "warned": False}
-    bar = tqdm(total=float(ts[-1]), disable=(None if progress is None else not progress),
-               desc="grid", unit="time", leave=False)
+    stats_ = {"dt": [], "cfl": [], "warned": False}
 
-    def after_step(t, m_new, res, h):
-        stats_["dt"].append(h)
-        stats_["cfl"].append(h / res.bound if res.bound < math.inf else 0.0)
-        stats_["outflow"] += res.outflow
-        bar.update(h)
-        if not stats_["warned"] and stats_["outflow"] > OUTFLOW_WARN:
+    def after_step(old, new):
+        stats_["dt"].append(new.h)
+        stats_["cfl"].append(new.h / new.bound if new.bound < math.inf else 0.0)
+        if not stats_["warned"] and new.outflow > OUTFLOW_WARN:
             stats_["warned"] = True
-            warnings.warn(f"mass {stats_['outflow']:.3g} has left through the c boundaries "
-                          f"[{c_min}, {c_max}] by t={t:.4g}; widen c_min/c_max", stacklevel=3)
+            warnings.warn(f"mass {new.outflow:.3g} has left through the c boundaries "
+                          f"[{c_min}, {c_max}] by t={new.t:.4g}; widen c_min/c_max",
+                          stacklevel=4)
         if on_step is not None:
-            on_step(t, m_new)
+            on_step(new.t, new.m)
 
-    t, failure = 0.0, None
-    try:
-        for j, t_save in enumerate(ts):
-            m, _ = advance(solver, m, t, t_save, cfl=cfl, dt=dt, after_step=after_step)
-            t = float(t_save)
-            f0 = solver.f0(m)
-            out["f_0"][j], out["loss_0"][j] = f0, problem.loss(f0)
-            out["mass"][j], out["outflow"][j] = m.sum(), stats_["outflow"]
-            if save_rho:
-                out["rho_0"][j] = m / grid.cell_volume
-    except NumericalFailure as e:
-        failure = str(e)
-    finally:
-        bar.close()
-    ds = _dataset(problem, grid, ts, out)
-    d = np.asarray(stats_["dt"]) if stats_["dt"] else np.zeros(1)
-    ds.attrs.update({
-        "scheme": SCHEME,
-        "order": "2 in space on smooth solutions (limiter: 1 at extrema), 3 in time",
-        "grid": json.dumps(grid.params()),
-        "ny": json.dumps(list(grid.ny)),
-        "nc": grid.nc,
-        "c_min": grid.c_min,
-        "c_max": grid.c_max,
-        "y_dims": json.dumps(list(grid.y_dims)),
-        "truncated_mass": truncated,
-        "phi_resolution": eps,
-        "potential": solver.U_of_g.name,
-        "tau": float(tau),
-        "cfl": float(cfl),
-        "dt_fixed": float(dt) if dt is not None else "adaptive",
-        "dt_min": float(d.min()),
-        "dt_max": float(d.max()),
-        "dt_mean": float(d.mean()),
-        "n_steps": len(stats_["dt"]),
-        "cfl_max": float(max(stats_["cfl"])) if stats_["cfl"] else 0.0,
-        "problem": json.dumps(problem.params()),
-        "c_law": json.dumps(problem.c_law.params()),
-        "y_law": json.dumps(problem.y_law.params()),
-        "versions": json.dumps(versions()),
-        "complete": int(failure is None),
-    })
-    if failure:
-        ds.attrs["failure"] = failure
-        log.error(failure)
-        raise NumericalFailure(failure, ds)
-    return ds
+    def observe(j, st):
+        f0 = solver.f0(st.m)
+        out["f_0"][j], out["loss_0"][j] = f0, problem.loss(f0)
+        out["mass"][j], out["outflow"][j] = st.m.sum(), st.outflow
+        if save_rho:
+            out["rho_0"][j] = st.m / grid.cell_volume
+
+    def dataset(failure=None):
+        d = np.asarray(stats_["dt"]) if stats_["dt"] else np.zeros(1)
+        attrs = {
+            "scheme": SCHEME,
+            "order": "2 in space on smooth solutions (limiter: 1 at extrema), 3 in time",
+            "grid": json.dumps(grid.params()),
+            "ny": json.dumps(list(grid.ny)),
+            "nc": grid.nc,
+            "c_min": grid.c_min,
+            "c_max": grid.c_max,
+            "y_dims": json.dumps(list(grid.y_dims)),
+            "truncated_mass": truncated,
+            "phi_resolution": eps,
+            "potential": solver.U_of_g.name,
+            "tau": float(tau),
+            "cfl": float(cfl),
+            "dt_fixed": float(dt) if dt is not None else "adaptive",
+            "dt_min": float(d.min()),
+            "dt_max": float(d.max()),
+            "dt_mean": float(d.mean()),
+            "n_steps": len(stats_["dt"]),
+            "cfl_max": float(max(stats_["cfl"])) if stats_["cfl"] else 0.0,
+            "problem": json.dumps(problem.params()),
+            "c_law": json.dumps(problem.c_law.params()),
+            "y_law": json.dumps(problem.y_law.params()),
+            "versions": json.dumps(versions()),
+            "complete": int(failure is None),
+        }
+        if failure is not None:
+            attrs["failure"] = failure
+        return _dataset(problem, grid, ts, out, attrs)
+
+    stepper = GridStepper(solver, cfl=cfl, dt=dt)
+    run(stepper, stepper.init(m), ts, observe, after_step=after_step, progress=progress,
+        desc="grid", partial=dataset)
+    return dataset()
 
 
-def _dataset(problem, grid, ts, out):
+def _dataset(problem, grid, ts, out, attrs):
     x = problem.x
     coords = {"t": ts}
     data = {
@@ -505,18 +292,14 @@ def _dataset(problem, grid, ts, out):
     if x.shape[1] == 1:
         coords["x"] = x[:, 0]
     else:
-        coords["x"] = np.arange(x.shape[0])
+        coords["x"] = np.arange(x.shape[0], dtype=np.int32)
         data["x_nodes"] = (("x", "x_dim"), x)
     coords.update(grid.coords())
     if "rho_0" in out:
         data["rho_0"] = (("t",) + grid.dims, out["rho_0"])
-    ds = xr.Dataset(data, coords=coords)
-    ds["f_0"].attrs["long_name"] = "mean-field network f_0 on the x nodes (2.34)"
-    ds["loss_0"].attrs["long_name"] = "loss 1/2 ||f_0 - f||^2_mu (1.2)"
-    ds["outflow"].attrs["long_name"] = "cumulative mass out through c_min and c_max"
-    if "rho_0" in ds:
-        ds["rho_0"].attrs["long_name"] = "density of rho_0 (cell mass / cell volume)"
-    return ds
+    meta = {name: (f"unit position coordinate y_{k} (cell centre)", "1")
+            for k, name in enumerate(grid.y_dims) if name != "y"}
+    return cf_dataset(data, coords, attrs, title="mfpc mean-field limit (grid)", meta=meta)
 
 
 # -- particles on the grid ----------------------------------------------------------------

@@ -23,17 +23,23 @@ the last save time down to 0 carries the cotangents of every save time.
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
 
-from particles import Dynamics, NumericalFailure, State
+from particles import Dynamics
 from particles.config import require
-from particles.simulate import check_save_times, integrate, versions
+from particles.loop import check_save_times, run
+from particles.results import dataset as cf_dataset
+from particles.results import versions
+from particles.steppers import ParticleStepper
 
+from .defaults import INFLUENCE
 from .nodes import characteristic_nodes
 
-__all__ = ["phi_derivatives", "velocity_vjp", "influence_matrices", "clt_covariance_influence"]
+__all__ = ["phi_derivatives", "velocity_vjp", "influence_matrices", "clt_covariance_influence",
+           "AdjointState", "AdjointStepper"]
 
 
 def phi_derivatives(kernel, x, y):
@@ -138,8 +144,94 @@ def _observable_basis(problem, Y, C, w, rank_tol):
     return U[:, :r], lam_Y, lam_C, dw
 
 
-def influence_matrices(problem, save_times, *, ny=64, nc=16, dt=0.05, rank_tol=1e-13):
+class AdjointState(NamedTuple):
+    """The reverse sweep at reverse time ``t = -t_forward``: ``k`` forward steps not yet
+    reversed, cotangents ``lam_Y`` (K, J, N), ``lam_C`` (K, J) of the state at step ``k``
+    and the accumulated cotangents ``gw`` (K, J) of the weights (K rows, one per injected
+    observable)."""
+
+    t: float
+    k: int
+    lam_Y: np.ndarray
+    lam_C: np.ndarray
+    gw: np.ndarray
+
+
+class AdjointStepper:
+    r"""The exact discrete adjoint of a recorded RK4 run of weighted nodes, stepped backwards.
+
+    Reverse time is :math:`-t`, so the driver :func:`particles.loop.run` goes forward
+    through the save times ``-t_K < ... < -t_0``. Each step reverses one recorded forward
+    step (:func:`_rk4_vjp`) with its recorded size; cotangents of the observables are
+    injected at the save times by the observer (it returns the state with more rows).
+
+    Parameters
+    ----------
+    problem : particles.problem.Problem
+    w : ndarray, shape (J,)
+        Node weights.
+    starts : list of (float, ndarray (J, N), ndarray (J,))
+        Time, Y and C at the start of every forward step.
+    hs : list of float
+        The forward step sizes.
+    """
+
+    name = "influence (adjoint)"
+    advice = "lower fluctuations.dt"
+
+    def __init__(self, problem, w, starts, hs):
+        self.problem, self.w, self.starts, self.hs = problem, w, starts, hs
+
+    def init(self, t_end) -> AdjointState:
+        J, N = len(self.w), self.problem.N
+        return AdjointState(-float(t_end), len(self.hs), np.zeros((0, J, N)),
+                            np.zeros((0, J)), np.zeros((0, J)))
+
+    def propose(self, state, t_start, t_end):
+        return self.hs[state.k - 1] if state.k > 0 and t_end > state.t else 0.0
+
+    def step(self, state, h):
+        s = state.k - 1
+        t, Ys, Cs = self.starts[s]
+        lam_Y, lam_C, gw = state.lam_Y, state.lam_C, state.gw
+        if lam_C.shape[0]:
+            lam_Y, lam_C, dw = _rk4_vjp(self.problem, Ys, Cs, self.w, self.hs[s], lam_Y, lam_C)
+            gw = gw + dw
+        return AdjointState(-float(t), s, lam_Y, lam_C, gw)
+
+    def check(self, state):
+        if np.isfinite(state.gw.sum() + state.lam_C.sum() + state.lam_Y.sum()):
+            return None
+        return "cotangents"
+
+    def capture(self, state) -> dict:
+        return {"t": float(state.t), "k": int(state.k), "lam_Y": np.array(state.lam_Y),
+                "lam_C": np.array(state.lam_C), "gw": np.array(state.gw)}
+
+    def restore(self, snap) -> AdjointState:
+        return AdjointState(float(snap["t"]), int(snap["k"]),
+                            np.array(snap["lam_Y"], float), np.array(snap["lam_C"], float),
+                            np.array(snap["gw"], float))
+
+    def inject(self, state, lam_Y, lam_C, dw):
+        """The state with the rows of new observables' cotangents appended."""
+        return state._replace(lam_Y=np.concatenate([state.lam_Y, lam_Y]),
+                              lam_C=np.concatenate([state.lam_C, lam_C]),
+                              gw=np.concatenate([state.gw, dw]))
+
+
+def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
+                       dt=0.05, rank_tol=INFLUENCE["rank_tol"], partial=None,
+                       progress=False):
     r"""D_k = ∂f_0(T_k, x)/∂w for each save time (shape (T, Q, J)) and the nodes.
+
+    The forward run is the particle stepper with the node weights; the reverse sweep is
+    :class:`AdjointStepper`; both through :func:`particles.loop.run`.
+
+    Parameters
+    ----------
+    partial : callable ``(f0, message) -> xarray.Dataset``, optional
+        Builds the partial result of a failure from ``f0`` (T, Q) observed so far.
 
     Returns
     -------
@@ -152,98 +244,105 @@ def influence_matrices(problem, save_times, *, ny=64, nc=16, dt=0.05, rank_tol=1
     ts = check_save_times(save_times)
     y, c, w = characteristic_nodes(problem, ny, nc)
     # forward: the state at every step start, the step sizes, and each save time's end
-    states, hs = [], []
-    f0 = np.empty((len(ts), problem.x.shape[0]))
+    starts, hs = [], []
+    f0 = np.full((len(ts), problem.x.shape[0]), np.nan)
     ends = {}
 
     def record(st, h):
-        states.append((st.y[0], st.c[0]))
+        starts.append((float(st.t), st.y[0], st.c[0]))
         hs.append(h)
 
     def observe(k, st):
-        ends[k] = (len(hs), st.y[0].copy(), st.c[0].copy())
+        ends[k] = (st.y[0].copy(), st.c[0].copy())
         f0[k] = problem.network(st.y, w * st.c)[0]
 
-    bad = integrate(problem, Dynamics("gd", "rk4", dt), State(0.0, y[None], c[None]), w[None],
-                    ts, observe, before_step=record)
-    if bad is not None:
-        raise NumericalFailure(f"influence: non-finite characteristics at t={bad[0]:.6g}; "
-                               f"lower fluctuations.dt={dt}")
+    fail = None if partial is None else (lambda msg: partial(f0, msg))
+    fwd = ParticleStepper(problem, Dynamics("gd", "rk4", dt), w[None],
+                          name="influence (forward)", labels=["nodes"],
+                          advice=f"lower fluctuations.dt={dt}")
+    run(fwd, fwd.init(y[None], c[None]), ts, observe, before_step=record, progress=progress,
+        partial=fail)
     # reverse sweep carrying the cotangents of every save time already passed
-    J, N = len(w), problem.N
-    lam_Y = np.zeros((0, J, N))
-    lam_C = np.zeros((0, J))
-    gw = np.zeros((0, J))
-    bases, rows = {}, {}
-    ranks = []
-    s_idx = len(hs)
-    for k in range(len(ts) - 1, -1, -1):
-        n_end, Yk, Ck = ends[k]
-        # walk back from s_idx to n_end
-        while s_idx > n_end:
-            s_idx -= 1
-            if lam_C.shape[0]:
-                Ys, Cs = states[s_idx]
-                lam_Y, lam_C, dw = _rk4_vjp(problem, Ys, Cs, w, hs[s_idx], lam_Y, lam_C)
-                gw = gw + dw
-        U, lY, lC, dw0 = _observable_basis(problem, Yk, Ck, w, rank_tol)
+    K = len(ts)
+    bases, rows, ranks = {}, {}, []
+    back = AdjointStepper(problem, w, starts, hs)
+
+    def inject(j, st):
+        if j >= K:
+            return None
+        k = K - 1 - j
+        U, lY, lC, dw0 = _observable_basis(problem, *ends[k], w, rank_tol)
         ranks.append(U.shape[1])
-        rows[k] = slice(lam_C.shape[0], lam_C.shape[0] + U.shape[1])
+        rows[k] = slice(st.lam_C.shape[0], st.lam_C.shape[0] + U.shape[1])
         bases[k] = U
-        lam_Y = np.concatenate([lam_Y, lY])
-        lam_C = np.concatenate([lam_C, lC])
-        gw = np.concatenate([gw, dw0])
-    while s_idx > 0:
-        s_idx -= 1
-        Ys, Cs = states[s_idx]
-        lam_Y, lam_C, dw = _rk4_vjp(problem, Ys, Cs, w, hs[s_idx], lam_Y, lam_C)
-        gw = gw + dw
-    D = np.stack([bases[k] @ gw[rows[k]] for k in range(len(ts))])
-    info = {"nodes": {"y": ny, "c": nc, "total": J}, "dt": dt, "ranks": ranks[::-1],
+        return back.inject(st, lY, lC, dw0)
+
+    rev = [-t for t in ts[::-1]] + ([0.0] if ts[0] > 0 else [])
+    end = run(back, back.init(ts[-1]), rev, inject, progress=progress, partial=fail)
+    D = np.stack([bases[k] @ end.gw[rows[k]] for k in range(K)])
+    info = {"nodes": {"y": ny, "c": nc, "total": len(w)}, "dt": dt, "ranks": ranks[::-1],
             "rank_tol": rank_tol, "c_nodes_range": [float(c.min()), float(c.max())]}
     return D, w, f0, info
 
 
-def clt_covariance_influence(problem, save_times, *, ny=64, nc=16, dt=0.05,
-                             rank_tol=1e-13) -> xr.Dataset:
+def clt_covariance_influence(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
+                             dt=0.05, rank_tol=INFLUENCE["rank_tol"],
+                             progress: bool | None = False) -> xr.Dataset:
     r"""Predicted covariance of :math:`\sqrt n (f_n - f_0)(t)` by the influence method.
 
     Returns
     -------
     xarray.Dataset
-        ``clt_cov(t, x, x_)``, ``clt_var(t, x)``; attrs name the method, its resolution,
-        the c domain covered by the nodes and the mass of ρ_in beyond it.
+        ``clt_cov(t, x, x_)``, ``clt_var(t, x)``, ``f_0_influence(t, x)``; attrs name the
+        method, its resolution, the c domain covered by the nodes and the mass of ρ_in
+        beyond it.
+
+    Raises
+    ------
+    particles.loop.NumericalFailure
+        A non-finite forward or adjoint state; ``.partial`` is the Dataset with the
+        forward ``f_0_influence`` observed so far and ``attrs["complete"] = 0``.
     """
     ts = check_save_times(save_times)
-    D, w, f0, info = influence_matrices(problem, ts, ny=ny, nc=nc, dt=dt, rank_tol=rank_tol)
-    m = D @ w  # (T, Q)
-    cov = np.einsum("tqj,j,tpj->tqp", D, w, D) - m[:, :, None] * m[:, None, :]
-    cov = 0.5 * (cov + cov.transpose(0, 2, 1))
     x = problem.x
-    xc = x[:, 0] if x.shape[1] == 1 else np.arange(x.shape[0])
+    xc = x[:, 0] if x.shape[1] == 1 else np.arange(x.shape[0], dtype=np.int32)
     # The Gauss rule in c integrates the whole support of the c law (Gauss–Legendre on
     # [low, high], Gauss–Hermite on the line): no mass of rho_in is cut off.
     law = problem.c_law
     domain = {"uniform": lambda p: [p["low"], p["high"]],
               "normal": lambda p: ["-inf", "inf"],
               "constant": lambda p: [p["value"], p["value"]]}[law.law](law.p)
-    ds = xr.Dataset(
-        {
+
+    def dataset(f0, cov, info, failure=None):
+        attrs = {
+            "method": "influence",
+            "method_description": "first variation d f_0(T)/d w_j of weighted characteristic "
+                                  "nodes, exact discrete adjoint of RK4 (THEORY §4, §8)",
+            "resolution": json.dumps(info),
+            "c_domain": json.dumps(domain),
+            "c_nodes_range": json.dumps(info.get("c_nodes_range")),
+            "truncated_mass": 0.0,
+            "versions": json.dumps(versions()),
+            "complete": int(failure is None),
+        }
+        if failure is not None:
+            attrs["failure"] = failure
+        data = {
             "clt_cov": (("t", "x", "x_"), cov),
             "clt_var": (("t", "x"), np.diagonal(cov, axis1=1, axis2=2).copy()),
             "f_0_influence": (("t", "x"), f0),
-        },
-        coords={"t": ts, "x": xc, "x_": xc},
-    )
-    ds["clt_cov"].attrs["long_name"] = "predicted covariance of sqrt(n) (f_n - f_0)(t)"
-    ds.attrs.update({
-        "method": "influence",
-        "method_description": "first variation d f_0(T)/d w_j of weighted characteristic "
-                              "nodes, exact discrete adjoint of RK4 (THEORY §4, §8)",
-        "resolution": json.dumps(info),
-        "c_domain": json.dumps(domain),
-        "c_nodes_range": json.dumps(info["c_nodes_range"]),
-        "truncated_mass": 0.0,
-        "versions": json.dumps(versions()),
-    })
-    return ds
+        }
+        return cf_dataset(data, {"t": ts, "x": xc, "x_": xc}, attrs,
+                          title="mfpc CLT covariance (influence method)")
+
+    def partial(f0, message):
+        Q = len(xc)
+        info = {"nodes": {"y": ny, "c": nc}, "dt": dt, "rank_tol": rank_tol}
+        return dataset(f0, np.full((len(ts), Q, Q), np.nan), info, message)
+
+    D, w, f0, info = influence_matrices(problem, ts, ny=ny, nc=nc, dt=dt, rank_tol=rank_tol,
+                                        partial=partial, progress=progress)
+    m = D @ w  # (T, Q)
+    cov = np.einsum("tqj,j,tpj->tqp", D, w, D) - m[:, :, None] * m[:, None, :]
+    cov = 0.5 * (cov + cov.transpose(0, 2, 1))
+    return dataset(f0, cov, info)

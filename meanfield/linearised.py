@@ -41,12 +41,20 @@ import warnings
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
-from particles.simulate import NumericalFailure, check_save_times, versions
+from particles.loop import NumericalFailure, check_save_times, run
+from particles.results import dataset as cf_dataset
+from particles.results import versions
 
-from . import fv
-from .grid import OUTFLOW_WARN, GridSolver, advance, prepare
+from .defaults import ENSEMBLE, GRID
+from .grid import OUTFLOW_WARN, GridSolver, prepare
+from .tangent import (  # noqa: F401 - re-exported
+    Linearisation,
+    TangentStepper,
+    stage_linearisations,
+    tangent_rk3,
+    tangent_step,
+)
 
 __all__ = [
     "FLUCT_KEY",
@@ -117,301 +125,6 @@ def sample_perturbations(m, members, rng):
     return xi.reshape((int(members),) + m.shape)
 
 
-# -- the frozen linearisation of one right-hand side --------------------------------------
-def _pad(a, ax, bc):
-    """``a`` with two ghost layers per side along ``ax`` (as :meth:`meanfield.fv.AxisSweep.fill`:
-    periodic images, zero-gradient copies at a wall, zeros at an outflow face). Linear."""
-    shape = list(a.shape)
-    n = shape[ax]
-    shape[ax] += 4
-    out = np.empty(shape)
-
-    def along(sl):
-        return (slice(None),) * ax + (sl,)
-
-    out[along(slice(2, n + 2))] = a
-    if bc == fv.PERIODIC:
-        out[along(slice(0, 2))] = a[along(slice(n - 2, n))]
-        out[along(slice(n + 2, n + 4))] = a[along(slice(0, 2))]
-    elif bc == fv.WALL:
-        out[along(slice(0, 2))] = a[along(slice(0, 1))]
-        out[along(slice(n + 2, n + 4))] = a[along(slice(n - 1, n))]
-    else:
-        out[along(slice(0, 2))] = 0.0
-        out[along(slice(n + 2, n + 4))] = 0.0
-    return out
-
-
-class _AxisData:
-    """Frozen choices of one axis sweep at a state: limiter coefficients, upwind sides."""
-
-    __slots__ = ("ax", "bc", "n", "ca", "cb", "up", "um", "Z", "F", "branch", "upwind")
-
-
-class Linearisation:
-    r"""The CCH right-hand side :math:`L(m)` of (2.9) and its frozen derivative at a state.
-
-    For each axis, with padded masses :math:`P` and jumps :math:`D_{p} = P_{p+1} - P_p`,
-    the half-slope of cell ``p`` is :math:`h_p = \mathrm{minmod}(a, b, (a + b)/4)`,
-    ``a = D_{p-1}``, ``b = D_p`` (:func:`meanfield.fv.limited_half_slopes`), i.e. one of
-    ``(a + b)/4``, ``a``, ``b`` or 0. Its branch is frozen as coefficients
-    :math:`\delta h = c_a\,\delta a + c_b\,\delta b` ((¼, ¼), (1, 0), (0, 1), (0, 0); a
-    tie goes to the first of 0, ``(a+b)/4``, ``a``, ``b``). The face flux
-    :math:`F = u^+E + u^-W` (:math:`E = P_p + h_p`, :math:`W = P_{p+1} - h_{p+1}`)
-    has the derivative
-
-    .. math::
-        \delta F = u^+\delta E + u^-\delta W + \delta u\,Z, \qquad
-        Z = E \text{ if } u > 0 \text{ else } W,
-
-    with :math:`\delta u` the face velocity of :math:`\delta U = \Phi^\top W\Phi\,\delta g`
-    (y faces: :math:`-c_k(\delta U_{j+1} - \delta U_j)/\Delta y`; c faces: :math:`-\delta U_j`).
-    Everything that depends on ``m`` is computed once here; :meth:`apply` then acts on a
-    batch of perturbations. No diffusion (the CLT is for GD, THEORY §4).
-
-    Parameters
-    ----------
-    solver : meanfield.grid.GridSolver
-        With ``tau = 0``.
-    m : ndarray, shape ``solver.grid.shape``
-        The state (cell masses) to linearise at.
-    """
-
-    def __init__(self, solver: GridSolver, m):
-        if solver.tau != 0:
-            raise ValueError("the tangent-linear scheme is for tau = 0 (GD); the CLT "
-                             "prediction does not cover Langevin training")
-        self.solver, self.grid = solver, solver.grid
-        g = self.grid
-        m = np.asarray(m, float)
-        self.U = solver.potential(m)
-        self.axes = []
-        L = np.zeros(g.shape)
-        self.outflow_rate = 0.0
-        for k, bc in enumerate(solver.bcs):
-            if k < g.N:
-                Y = solver._y_face_velocity(self.U, k)  # padded along k
-                n = g.ny[k]
-                Yf = Y[(slice(None),) * k + (slice(1, n + 2),)]
-                u = Yf[..., None] * (solver.c / g.dy[k])
-            else:
-                n = g.nc
-                u = (-self.U / g.dc)[..., None]  # the same on every c face of a y cell
-            d = self._axis(m, k, bc, n, u)
-            L += self._divergence(d.F, k, n)
-            if bc == fv.OUTFLOW:
-                self.outflow_rate += self._outflow(d.F, k, n)
-            d.F = None
-            self.axes.append(d)
-        self.L = L
-        # the linear response of the potential to a charge perturbation
-        pot = solver.U_of_g
-        if pot.name == "fft":
-            self._Khat, self._n = pot.Khat, pot.n
-        else:
-            self._Khat = None
-            self._Phi, self._w = pot.Phi, pot.w
-
-    def choices(self):
-        """The frozen choices as one int8 array: per axis the limiter branch of every
-        (padded) cell (0: zero, 1: (a+b)/4, 2: a, 3: b), then the upwind side of every
-        face (1: u > 0, from below). Two states linearise alike iff these are equal."""
-        return np.concatenate([np.concatenate([d.branch.ravel(), d.upwind.ravel().astype(np.int8)])
-                               for d in self.axes])
-
-    @staticmethod
-    def _along(ax, sl, ndim):
-        return (slice(None),) * ax + (sl,) + (slice(None),) * (ndim - ax - 1)
-
-    def _axis(self, m, k, bc, n, u):
-        nd = m.ndim
-        sl = lambda s: self._along(k, s, nd)  # noqa: E731
-        P = _pad(m, k, bc)
-        D = np.diff(P, axis=k)  # n + 3 jumps; D[p] between padded cells p, p + 1
-        a, b = D[sl(slice(0, n + 2))], D[sl(slice(1, n + 3))]  # jumps of cells p = 1..n+2
-        h, tmp = np.empty_like(a), np.empty_like(a)
-        fv.limited_half_slopes(a, b, h, tmp)
-        t = a + b
-        t *= 0.25  # as in fv.limited_half_slopes
-        zero = h == 0.0
-        is_t = ~zero & (h == t)
-        is_a = ~zero & ~is_t & (h == a)
-        is_b = ~zero & ~is_t & ~is_a
-        d = _AxisData()
-        d.ax, d.bc, d.n = k, bc, n
-        d.ca = 0.25 * is_t + is_a
-        d.cb = 0.25 * is_t + is_b
-        d.branch = (is_t + 2 * is_a + 3 * is_b).astype(np.int8)
-        E = P[sl(slice(1, n + 2))] + h[sl(slice(0, n + 1))]  # faces q = 0..n
-        W = P[sl(slice(2, n + 3))] - h[sl(slice(1, n + 2))]
-        d.up, d.um = np.maximum(u, 0.0), np.minimum(u, 0.0)
-        d.upwind = np.broadcast_to(u > 0, E.shape)
-        d.Z = np.where(d.upwind, E, W)
-        d.F = d.up * E + d.um * W
-        return d
-
-    def _divergence(self, F, k, n, lead=0):
-        nd = F.ndim
-        return (F[self._along(k + lead, slice(0, n), nd)]
-                - F[self._along(k + lead, slice(1, n + 1), nd)])
-
-    def _outflow(self, F, k, n, lead=0):
-        nd = F.ndim
-        hi = F[self._along(k + lead, slice(n, n + 1), nd)]
-        lo = F[self._along(k + lead, slice(0, 1), nd)]
-        diff = hi - lo
-        return diff.reshape(diff.shape[:lead] + (-1,)).sum(axis=-1) if lead else float(diff.sum())
-
-    def dU(self, dm):
-        r""":math:`\delta U`, shape ``(M,) + ny``, of perturbations ``dm`` (``(M,) + shape``)."""
-        M = dm.shape[0]
-        dg = dm.reshape(M, -1, self.grid.nc) @ self.solver.c
-        if self._Khat is not None:
-            dU = np.fft.irfft(self._Khat * np.fft.rfft(dg, axis=-1), self._n, axis=-1)
-        else:
-            r = dg @ self._Phi.T
-            r *= self._w
-            dU = r @ self._Phi
-        return dU.reshape((M,) + tuple(self.grid.ny))
-
-    def _dY(self, dU, k):
-        """Batched :meth:`GridSolver._y_face_velocity` at faces q = 0..n (no padding)."""
-        n = dU.shape[k + 1]
-        shape = list(dU.shape)
-        shape[k + 1] = n + 1
-        v = np.zeros(shape)
-        vm, Um = np.moveaxis(v, k + 1, 0), np.moveaxis(dU, k + 1, 0)
-        np.subtract(Um[:-1], Um[1:], out=vm[1:n])
-        if self.grid.y_periodic[k]:
-            vm[0] = Um[n - 1] - Um[0]
-            vm[n] = vm[0]
-        v /= self.grid.dy[k]
-        return v
-
-    def apply(self, dm):
-        r"""The frozen derivative :math:`L'(m)\,\delta m` for a batch of perturbations.
-
-        Parameters
-        ----------
-        dm : ndarray, shape ``(M,) + grid.shape``
-
-        Returns
-        -------
-        dL : ndarray, shape ``(M,) + grid.shape``
-        d_outflow_rate : ndarray, shape (M,)
-            Derivative of the mass leaving through the c faces per unit time.
-        """
-        g = self.grid
-        dm = np.asarray(dm, float)
-        dU = self.dU(dm)
-        dL = np.zeros(dm.shape)
-        drate = np.zeros(dm.shape[0])
-        for d in self.axes:
-            k, n = d.ax, d.n
-            nd = dm.ndim
-            sl = lambda s: self._along(k + 1, s, nd)  # noqa: E731
-            P = _pad(dm, k + 1, d.bc)
-            D = np.diff(P, axis=k + 1)
-            h = d.ca * D[sl(slice(0, n + 2))]
-            h += d.cb * D[sl(slice(1, n + 3))]
-            E = P[sl(slice(1, n + 2))] + h[sl(slice(0, n + 1))]
-            W = P[sl(slice(2, n + 3))] - h[sl(slice(1, n + 2))]
-            F = E
-            F *= d.up
-            W *= d.um
-            F += W
-            if k < g.N:
-                du = self._dY(dU, k)[..., None] * (self.solver.c / g.dy[k])
-            else:
-                du = (-dU / g.dc)[..., None]
-            du = du * d.Z
-            F += du
-            dL += self._divergence(F, k, n, lead=1)
-            if d.bc == fv.OUTFLOW:
-                drate += self._outflow(F, k, n, lead=1)
-        return dL, drate
-
-
-def tangent_step(solver: GridSolver, m, dt, dm):
-    r"""One SSP-RK3 step of the scheme and of its tangent-linear, from ``m`` and ``dm``.
-
-    .. math::
-        m^{(1)} = m + \Delta t L(m),\quad
-        m^{(2)} = \tfrac34 m + \tfrac14(m^{(1)} + \Delta t L(m^{(1)})),\quad
-        m^+ = \tfrac13 m + \tfrac23(m^{(2)} + \Delta t L(m^{(2)})),
-
-    and the same with :math:`L(m^{(s)})\delta m^{(s)}` replaced by
-    :math:`L'(m^{(s)})\delta m^{(s)}` (:class:`Linearisation` at each stage state):
-    the exact derivative of the step for fixed ``dt`` wherever no limiter or upwind choice
-    switches.
-
-    Parameters
-    ----------
-    solver : GridSolver
-    m : ndarray, shape ``grid.shape``
-    dt : float
-    dm : ndarray, shape ``(M,) + grid.shape``
-
-    Returns
-    -------
-    m_new : ndarray, shape ``grid.shape``
-        As :meth:`GridSolver.step` (same stage arithmetic; equal to round-off).
-    dm_new : ndarray, shape ``(M,) + grid.shape``
-    d_outflow : ndarray, shape (M,)
-        Derivative of the mass leaving through the c faces during the step.
-    """
-    lins, new = stage_linearisations(solver, m, dt)
-    dm_new, dout = _tangent_rk3(lins, dt, dm)
-    return new, dm_new, dout
-
-
-def stage_linearisations(solver: GridSolver, m, dt):
-    """The :class:`Linearisation` at the three SSP-RK3 stage states of a step from ``m``,
-    and the new state (the stage arithmetic of :meth:`GridSolver.step`, to round-off).
-
-    Returns
-    -------
-    lins : list of 3 Linearisation
-    m_new : ndarray, shape ``grid.shape``
-    """
-    m = np.asarray(m, float)
-    l0 = Linearisation(solver, m)
-    m1 = l0.L * dt
-    m1 += m
-    l1 = Linearisation(solver, m1)
-    k1 = l1.L * dt
-    m1 = m1 + k1
-    m2 = np.multiply(m, 0.75)
-    m1 *= 0.25
-    m2 += m1
-    l2 = Linearisation(solver, m2)
-    k2 = l2.L * dt
-    m2 += k2
-    new = np.multiply(m, 1.0 / 3.0)
-    m2 *= 2.0 / 3.0
-    new += m2
-    return [l0, l1, l2], new
-
-
-def _tangent_rk3(lins, dt, dm):
-    l0, l1, l2 = lins
-    k, r0 = l0.apply(dm)
-    d1 = k
-    d1 *= dt
-    d1 += dm
-    k, r1 = l1.apply(d1)
-    d1 += dt * k
-    d2 = 0.75 * dm
-    d1 *= 0.25
-    d2 += d1
-    k, r2 = l2.apply(d2)
-    d2 += dt * k
-    new = dm / 3.0
-    d2 *= 2.0 / 3.0
-    new += d2
-    return new, dt * (r0 / 6 + r1 / 6 + 2 * r2 / 3)
-
-
 def f_half(solver: GridSolver, dm):
     r""":math:`f_{1/2}(x_q) = \sum_{j,k}c_k\varphi(x_q, y_j)\,\delta m_{jk}`, shape (M, Q)."""
     dm = np.asarray(dm, float)
@@ -452,16 +165,16 @@ def clt_covariance_ensemble(
     problem,
     save_times,
     *,
-    members: int = 256,
-    ny=256,
-    nc: int = 256,
-    c_min: float = -5.0,
-    c_max: float = 5.0,
-    cfl: float = 0.9,
-    allow_truncation: bool = False,
+    members: int = ENSEMBLE["members"],
+    ny=GRID["ny"],
+    nc: int = GRID["nc"],
+    c_min: float = GRID["c_min"],
+    c_max: float = GRID["c_max"],
+    cfl: float = GRID["cfl"],
+    allow_truncation: bool = GRID["allow_truncation"],
     root_seed: int = 0,
-    potential: str = "auto",
-    phi_tol: float = 1e-3,
+    potential: str = GRID["potential"],
+    phi_tol: float = GRID["phi_tol"],
     chunk: int | None = None,
     progress: bool | None = None,
 ) -> xr.Dataset:
@@ -520,69 +233,56 @@ def clt_covariance_ensemble(
     rng = fluctuation_rng(root_seed)
     Q = problem.x.shape[0]
     T = len(ts)
-    fh = np.empty((T, members, Q))
-    f0 = np.empty((T, Q))
+    fh = np.full((T, members, Q), np.nan)
+    f0 = np.full((T, Q), np.nan)
     batches = [(s, min(members, s + chunk)) for s in range(0, members, chunk)]
     dms = [sample_perturbations(m0, b - a, rng) for a, b in batches]  # member order
-    dout = np.zeros(members)
     hs = []
-    box = {"m": m0, "outflow": 0.0, "warned": False}
-    bar = tqdm(total=float(ts[-1]), disable=(None if progress is None else not progress),
-               desc="ensemble", unit="time", leave=False)
+    box = {"outflow": 0.0, "warned": False}
 
-    def after_step(t, m_new, res, h):
-        lins, _ = stage_linearisations(solver, box["m"], h)
-        for i, (a, b) in enumerate(batches):
-            dms[i], r = _tangent_rk3(lins, h, dms[i])
-            dout[a:b] += r
-        if not np.isfinite(dms[0].flat[0]):
-            raise NumericalFailure(f"ensemble: non-finite perturbation at t={t:.6g}")
-        box["m"] = m_new
-        box["outflow"] += res.outflow
-        if not box["warned"] and box["outflow"] > OUTFLOW_WARN:
+    def after_step(old, new):
+        box["outflow"] = new.outflow
+        if not box["warned"] and new.outflow > OUTFLOW_WARN:
             box["warned"] = True
-            warnings.warn(f"mass {box['outflow']:.3g} of rho_0 has left through the c "
-                          f"boundaries [{c_min}, {c_max}] by t={t:.4g}: the prediction "
-                          "misses it; widen c_min/c_max", stacklevel=3)
-        hs.append(h)
-        bar.update(h)
+            warnings.warn(f"mass {new.outflow:.3g} of rho_0 has left through the c "
+                          f"boundaries [{c_min}, {c_max}] by t={new.t:.4g}: the prediction "
+                          "misses it; widen c_min/c_max", stacklevel=4)
+        hs.append(new.h)
 
-    t = 0.0
-    m = m0
-    try:
-        for j, t_save in enumerate(ts):
-            m, _ = advance(solver, m, t, t_save, cfl=cfl, after_step=after_step)
-            t = float(t_save)
-            f0[j] = solver.f0(m)
-            for i, (a, b) in enumerate(batches):
-                fh[j, a:b] = f_half(solver, dms[i])
-    finally:
-        bar.close()
+    def observe(j, st):
+        f0[j] = solver.f0(st.m)
+        for (a, b), d in zip(batches, st.dm):
+            fh[j, a:b] = f_half(solver, d)
+
+    def dataset(failure=None):
+        return _dataset(problem, grid, ts, fh, f0, hs, members, root_seed, cfl, eps,
+                        truncated, box["outflow"], solver.U_of_g.name, failure)
+
+    stepper = TangentStepper(solver, batches, cfl=cfl)
+    run(stepper, stepper.init(m0, dms), ts, observe, after_step=after_step,
+        progress=progress, desc="ensemble", partial=dataset)
     if not np.all(np.isfinite(fh)):
-        raise NumericalFailure("ensemble: non-finite f_1/2; lower cfl")
-    dev = fh - fh.mean(axis=1, keepdims=True)
-    cov = np.einsum("tmq,tmp->tqp", dev, dev) / (members - 1)
-    cov = 0.5 * (cov + cov.transpose(0, 2, 1))
+        message = "ensemble: non-finite f_1/2 at a save time; lower fluctuations.cfl"
+        raise NumericalFailure(message, dataset(message))
+    return dataset()
+
+
+def _dataset(problem, grid, ts, fh, f0, hs, members, root_seed, cfl, eps, truncated,
+             outflow, potential, failure):
+    """The Dataset of :func:`clt_covariance_ensemble` (``failure``: a partial one)."""
+    with np.errstate(invalid="ignore"):
+        dev = fh - fh.mean(axis=1, keepdims=True)
+        cov = np.einsum("tmq,tmp->tqp", dev, dev) / (members - 1)
+        cov = 0.5 * (cov + cov.transpose(0, 2, 1))
+        stderr = covariance_stderr(cov, members)
     x = problem.x
-    xc = x[:, 0] if x.shape[1] == 1 else np.arange(x.shape[0])
-    ds = xr.Dataset(
-        {
-            "clt_cov": (("t", "x", "x_"), cov),
-            "clt_var": (("t", "x"), np.diagonal(cov, axis1=1, axis2=2).copy()),
-            "clt_cov_stderr": (("t", "x", "x_"), covariance_stderr(cov, members)),
-            "f_0_grid": (("t", "x"), f0),
-        },
-        coords={"t": ts, "x": xc, "x_": xc},
-    )
-    ds["clt_cov"].attrs["long_name"] = "predicted covariance of sqrt(n) (f_n - f_0)(t)"
-    ds["clt_cov_stderr"].attrs["long_name"] = (
-        "standard error of clt_cov from the ensemble size: sqrt((S_ab^2 + S_aa S_bb)/(M-1))")
+    xc = x[:, 0] if x.shape[1] == 1 else np.arange(x.shape[0], dtype=np.int32)
     d = np.asarray(hs) if hs else np.zeros(1)
     resolution = {"ny": list(grid.ny), "nc": grid.nc, "c_min": grid.c_min,
                   "c_max": grid.c_max, "cfl": float(cfl), "n_steps": len(hs),
                   "dt_min": float(d.min()), "dt_max": float(d.max()),
-                  "potential": solver.U_of_g.name, "phi_resolution": eps}
-    ds.attrs.update({
+                  "potential": potential, "phi_resolution": eps}
+    attrs = {
         "method": "ensemble",
         "method_description": "sample covariance of f_1/2 over tangent-linear runs of the "
                               "CCH grid scheme (limiter and upwind choices frozen along "
@@ -593,7 +293,17 @@ def clt_covariance_ensemble(
         "resolution": json.dumps(resolution),
         "c_domain": json.dumps([float(grid.c_min), float(grid.c_max)]),
         "truncated_mass": float(truncated),
-        "outflow": float(box["outflow"]),
+        "outflow": float(outflow),
         "versions": json.dumps(versions()),
-    })
-    return ds
+        "complete": int(failure is None),
+    }
+    if failure is not None:
+        attrs["failure"] = failure
+    data = {
+        "clt_cov": (("t", "x", "x_"), cov),
+        "clt_var": (("t", "x"), np.diagonal(cov, axis1=1, axis2=2).copy()),
+        "clt_cov_stderr": (("t", "x", "x_"), stderr),
+        "f_0_grid": (("t", "x"), f0),
+    }
+    return cf_dataset(data, {"t": ts, "x": xc, "x_": xc}, attrs,
+                      title="mfpc CLT covariance (linearised grid ensemble)")

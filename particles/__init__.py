@@ -5,16 +5,21 @@ imports :mod:`meanfield` or :mod:`analysis`.
 """
 from .dynamics import INTEGRATORS, Dynamics, State, step
 from .problem import KernelForm, Problem
-from .simulate import NumericalFailure, member_rng, simulate
+from .loop import NumericalFailure, run
+from .simulate import member_rng, simulate
+from .steppers import ParticleState, ParticleStepper
 
 __all__ = [
     "Dynamics",
     "INTEGRATORS",
     "KernelForm",
     "NumericalFailure",
+    "ParticleState",
+    "ParticleStepper",
     "Problem",
     "State",
     "member_rng",
+    "run",
     "simulate",
     "step",
 ]

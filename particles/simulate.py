@@ -1,7 +1,8 @@
 r"""Ensembles of finite-n runs over particle counts and seeds, returned as a Dataset.
 
-One time loop alternates "advance to the next save time" with "observe" (save f_n on
-the nodes, the loss (1.2) and, if asked, the units). For each n the ensemble of seeds is
+Each n is one :class:`particles.steppers.ParticleStepper` run by the one time loop
+:func:`particles.loop.run`, which alternates "advance to the next save time" with
+"observe" (save f_n on the nodes, the loss (1.2) and, if asked, the units). For each n the ensemble of seeds is
 one vectorised state of shape (seeds, n, N). Member ``(i_n, i_seed)`` draws its initial
 units and all its noise from
 ``Generator(PCG64(SeedSequence(root_seed, spawn_key=(i_n, i_seed))))``, so any member
@@ -12,99 +13,24 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 import numpy as np
-import xarray as xr
-from tqdm.auto import tqdm
 
-from .dynamics import Dynamics, State, step
+from .dynamics import Dynamics
+from .loop import NumericalFailure, check_save_times, run  # noqa: F401 - re-exported
+from .results import dataset as cf_dataset
+from .results import VARIABLES, versions
+from .steppers import ParticleStepper
 
-__all__ = ["simulate", "integrate", "member_rng", "NumericalFailure", "versions"]
+__all__ = ["simulate", "member_rng", "NumericalFailure", "versions"]
 
 log = logging.getLogger(__name__)
-
-
-class NumericalFailure(RuntimeError):
-    """A run produced NaN or overflow. ``partial`` holds everything computed before."""
-
-    def __init__(self, message, partial=None):
-        super().__init__(message)
-        self.partial = partial
 
 
 def member_rng(root_seed: int, i_n: int, i_seed: int) -> np.random.Generator:
     """The generator of ensemble member (i_n, i_seed)."""
     ss = np.random.SeedSequence(int(root_seed), spawn_key=(int(i_n), int(i_seed)))
     return np.random.Generator(np.random.PCG64(ss))
-
-
-def versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("mfpc", "numpy", "scipy", "xarray", "h5netcdf", "h5py"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def _substeps(t0, t1, dt):
-    """Number of equal steps of size <= dt from t0 to t1."""
-    return max(0, math.ceil((t1 - t0) / dt - 1e-9))
-
-
-def integrate(problem, dynamics, state, a, save_times, observe, rngs=None, bar=None,
-              before_step=None):
-    """The time loop: advance to each save time, then ``observe(j, state)``.
-
-    Steps are equal and at most ``dynamics.dt`` between consecutive save times;
-    ``before_step(state, h)``, if given, sees the state at the start of every step (the
-    influence method records the forward run this way). Returns ``None``, or
-    ``(t, members)`` when some members stopped being finite at time ``t`` (then the loop
-    stops; earlier observations stand). Shared by the particle ensembles and the
-    characteristics and influence solvers of :mod:`meanfield`.
-    """
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for j, t_save in enumerate(save_times):
-            m = _substeps(state.t, t_save, dynamics.dt)
-            if m:
-                h = (t_save - state.t) / m
-                for _ in range(m):
-                    if before_step is not None:
-                        before_step(state, h)
-                    state = step(problem, dynamics, state, h, a, rngs)
-                    if bar is not None:
-                        bar.update()
-                    ok = _finite_members(state.y, state.c)
-                    if not ok.all():
-                        return state.t, np.flatnonzero(~ok)
-            state = State(float(t_save), state.y, state.c)
-            observe(j, state)
-    return None
-
-
-def check_save_times(save_times, t_end=None):
-    ts = np.asarray(save_times, dtype=float)
-    if ts.ndim != 1 or ts.size == 0:
-        raise ValueError("dynamics.save_times must be a non-empty list of numbers")
-    if not np.all(np.isfinite(ts)) or np.any(ts < 0):
-        raise ValueError(f"dynamics.save_times={ts.tolist()} must be finite and >= 0")
-    if np.any(np.diff(ts) <= 0):
-        raise ValueError(f"dynamics.save_times={ts.tolist()} must be strictly increasing")
-    if t_end is not None and ts[-1] > t_end + 1e-12:
-        raise ValueError(
-            f"dynamics.save_times={ts.tolist()} must lie in [0, t_end={t_end}]; "
-            "drop the later times or raise t_end"
-        )
-    return ts
-
-
-def _finite_members(y, c):
-    s = np.sum(c, axis=-1) + np.sum(y, axis=(-2, -1))
-    return np.isfinite(s)
 
 
 def simulate(
@@ -184,13 +110,10 @@ def simulate(
     if save_state:
         ys = np.full((len(ns), S, T, nmax, problem.N), np.nan)
         cs = np.full((len(ns), S, T, nmax), np.nan)
-    total = sum(_substeps(0.0, ts[-1], dynamics.dt) for _ in ns) if ts[-1] > 0 else 0
-    bar = tqdm(total=total, disable=(None if progress is None else not progress),
-               desc="particles", unit="step", leave=False)
-    failure = None
 
-    def dataset():
-        coords = {"n": ns, "seed": seed_ids, "t": ts}
+    def dataset(failure=None):
+        coords = {"n": np.asarray(ns, np.int32), "seed": np.asarray(seed_ids, np.int32),
+                  "t": ts}
         dims_x = ("x",)
         data = {
             "f_n": (("n", "seed", "t", "x"), f_n),
@@ -201,62 +124,47 @@ def simulate(
         if x.shape[1] == 1:
             coords["x"] = x[:, 0]
         else:
-            coords["x"] = np.arange(Q)
+            coords["x"] = np.arange(Q, dtype=np.int32)
             data["x_nodes"] = (("x", "x_dim"), x)
         if save_state:
-            data["y"] = (("n", "seed", "t", "particle", "y_dim"), ys)
-            data["c"] = (("n", "seed", "t", "particle"), cs)
-        ds = xr.Dataset(data, coords=coords)
-        ds["f_n"].attrs["long_name"] = "network f_n on the x nodes (1.1)"
-        ds["loss"].attrs["long_name"] = "loss 1/2 ||f_n - f||^2_mu (1.2)"
-        ds.attrs.update(
-            {
-                "root_seed": int(root_seed),
-                "n_index": json.dumps(n_index),
-                "seed_spawn_key": "SeedSequence(root_seed, spawn_key=(n_index[i_n], seed))",
-                "problem": json.dumps(problem.params()),
-                "dynamics": json.dumps(dynamics.params()),
-                "time_step_rule": "equal steps <= dt between consecutive save times",
-                "versions": json.dumps(versions()),
-                "complete": int(failure is None),
-            }
-        )
+            data["y"] = (("n", "seed", "t", "particle", "y_dim"), ys,
+                         {"long_name": VARIABLES["y_unit"][0], "units": "1"})
+            data["c"] = (("n", "seed", "t", "particle"), cs,
+                         {"long_name": VARIABLES["c_unit"][0], "units": "1"})
+        attrs = {
+            "root_seed": int(root_seed),
+            "n_index": json.dumps(n_index),
+            "seed_spawn_key": "SeedSequence(root_seed, spawn_key=(n_index[i_n], seed))",
+            "problem": json.dumps(problem.params()),
+            "dynamics": json.dumps(dynamics.params()),
+            "time_step_rule": "equal steps <= dt between consecutive save times",
+            "versions": json.dumps(versions()),
+            "complete": int(failure is None),
+        }
         if failure is not None:
-            ds.attrs["failure"] = failure
-        return ds
+            attrs["failure"] = failure
+        return cf_dataset(data, coords, attrs, title="mfpc particle ensembles")
 
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for k, nk in enumerate(ns):
-            rngs = [member_rng(root_seed, n_index[k], s) for s in seed_ids]
-            if init is None:
-                draws = [problem.sample_init(r, nk) for r in rngs]
-                y = np.stack([d[0] for d in draws])
-                c = np.stack([d[1] for d in draws])
-            else:
-                y, c = y0_all.copy(), c0_all.copy()
-            a = 1.0 / nk
+    for k, nk in enumerate(ns):
+        rngs = [member_rng(root_seed, n_index[k], s) for s in seed_ids]
+        if init is None:
+            draws = [problem.sample_init(r, nk) for r in rngs]
+            y = np.stack([d[0] for d in draws])
+            c = np.stack([d[1] for d in draws])
+        else:
+            y, c = y0_all.copy(), c0_all.copy()
+        a = 1.0 / nk
 
-            def observe(j, state, k=k, nk=nk, a=a):
-                fk = problem.network(state.y, a * state.c)
-                f_n[k, :, j] = fk
-                loss[k, :, j] = problem.loss(fk)
-                if save_state:
-                    ys[k, :, j, :nk] = problem.kernel.wrap(state.y)
-                    cs[k, :, j, :nk] = state.c
+        def observe(j, state, k=k, nk=nk, a=a):
+            fk = problem.network(state.y, a * state.c)
+            f_n[k, :, j] = fk
+            loss[k, :, j] = problem.loss(fk)
+            if save_state:
+                ys[k, :, j, :nk] = problem.kernel.wrap(state.y)
+                cs[k, :, j, :nk] = state.c
 
-            bad = integrate(problem, dynamics, State(0.0, y, c), a, ts, observe, rngs, bar)
-            if bad is not None:
-                t_bad, members = bad
-                failure = (
-                    f"non-finite state at t={t_bad:.6g} for n={nk}, "
-                    f"seed(s) {[seed_ids[b] for b in members][:8]}; the step "
-                    f"dt={dynamics.dt} is probably too large for this problem: lower dynamics.dt"
-                )
-            if failure:
-                break
-    bar.close()
-    ds = dataset()
-    if failure:
-        log.error(failure)
-        raise NumericalFailure(failure, ds)
-    return ds
+        stepper = ParticleStepper(problem, dynamics, a, name="particles",
+                                  labels=[f"n={nk}, seed {s}" for s in seed_ids])
+        run(stepper, stepper.init(y, c, rngs), ts, observe, progress=progress,
+            desc=f"particles n={nk}", partial=dataset)
+    return dataset()

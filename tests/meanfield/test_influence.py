@@ -5,10 +5,9 @@ from scipy import special
 
 from meanfield.characteristics import characteristic_nodes
 from meanfield.influence import clt_covariance_influence, influence_matrices, velocity_vjp
-from particles import Dynamics, State
+from particles import Dynamics, ParticleStepper, run
 from particles.laws import CLaw
 from particles.problems import circle_K, circle_problem
-from particles.simulate import integrate
 
 
 def _circle(c_law, Q=32):
@@ -64,8 +63,9 @@ def test_influence_is_the_derivative_of_the_discrete_flow():
 
     def f_of(wv):
         out = {}
-        integrate(p, Dynamics("gd", "rk4", 0.1), State(0.0, y[None], c[None]), wv[None], ts,
-                  lambda k, st: out.__setitem__(k, p.network(st.y, wv * st.c)[0]))
+        st = ParticleStepper(p, Dynamics("gd", "rk4", 0.1), wv[None])
+        run(st, st.init(y[None], c[None]), ts,
+            lambda k, s: out.__setitem__(k, p.network(s.y, wv * s.c)[0]))
         return np.stack([out[k] for k in range(len(ts))])
 
     np.testing.assert_allclose(f_of(w), f0, rtol=1e-14, atol=1e-14)

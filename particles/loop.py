@@ -1,0 +1,146 @@
+r"""The one time loop: any stepper advanced between save times, observed, failures handled.
+
+A *stepper* (particles, characteristics, the influence forward and adjoint runs, the
+grid, the tangent-linear grid ensemble) declares its state and its step; the driver
+:func:`run` never knows which equation is stepped (jax-md ``init_fn, apply_fn``; diffrax
+``AbstractSolver.init/step``; py-pde ``Controller``). The protocol (``docs/engine.md``):
+
+``name`` : str
+    Which solver, for messages (``"particles (n=64)"``, ``"grid"``, ...).
+``advice`` : str
+    What to lower when the state stops being finite (``"lower dynamics.dt"``).
+``propose(state, t_start, t_end) -> h``
+    The next step from ``state`` inside the save interval ``[t_start, t_end]``; ``0``
+    when nothing is left to do. Fixed-step steppers return the equal substep
+    ``(t_end - t_start)/m``, ``m = ceil((t_end - t_start)/dt - 1e-9)``, computed from the
+    interval alone (so the numbers do not depend on where a run was restored).
+``step(state, h) -> state``
+    One step; it may take a shorter one (the grid's redo) and says so by the time of
+    the state it returns. States are ``NamedTuple`` with a float field ``t``.
+``check(state) -> None | str``
+    ``None`` while the state is finite, else which part is not (``"member(s) ['n=64,
+    seed 1']"``); the driver then fails with ``"<name>: non-finite state at t=<t>
+    (<which>); <advice>"``.
+``capture(state) -> dict`` and ``restore(snapshot) -> state``
+    The state as a flat dict of numpy arrays and numbers (``np.savez``), the generator
+    states under the key ``"rng"`` as a list of ``bit_generator.state`` dicts (JSON);
+    ``restore`` on a freshly built stepper continues bitwise as a run that never stopped.
+
+A run lands on a save time when what is left is at most half the step just taken; the
+state's time is then set to the save time exactly.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = ["NumericalFailure", "run", "check_save_times"]
+
+log = logging.getLogger(__name__)
+
+
+class NumericalFailure(RuntimeError):
+    """A run produced NaN or overflow. ``partial`` holds everything computed before.
+
+    ``partial`` is an :class:`xarray.Dataset` with ``attrs["complete"] = 0`` and
+    ``attrs["failure"]`` the message (or ``None`` when the caller gave no dataset).
+    """
+
+    def __init__(self, message, partial=None):
+        super().__init__(message)
+        self.partial = partial
+
+
+def check_save_times(save_times, t_end=None):
+    """Save times as a float array, checked: non-empty, finite, >= 0, increasing."""
+    ts = np.asarray(save_times, dtype=float)
+    if ts.ndim != 1 or ts.size == 0:
+        raise ValueError("dynamics.save_times must be a non-empty list of numbers")
+    if not np.all(np.isfinite(ts)) or np.any(ts < 0):
+        raise ValueError(f"dynamics.save_times={ts.tolist()} must be finite and >= 0")
+    if np.any(np.diff(ts) <= 0):
+        raise ValueError(f"dynamics.save_times={ts.tolist()} must be strictly increasing")
+    if t_end is not None and ts[-1] > t_end + 1e-12:
+        raise ValueError(
+            f"dynamics.save_times={ts.tolist()} must lie in [0, t_end={t_end}]; "
+            "drop the later times or raise t_end"
+        )
+    return ts
+
+
+def run(stepper, state, save_times, observe, *, before_step=None, after_step=None,
+        progress=None, desc=None, partial=None):
+    r"""Advance ``stepper`` from ``state`` to each save time and observe there.
+
+    Parameters
+    ----------
+    stepper : object following the stepper protocol (module doc)
+    state : NamedTuple with a float field ``t``
+        ``state.t`` must not exceed ``save_times[0]``.
+    save_times : sequence of float, increasing
+    observe : callable ``(j, state) -> None | state``
+        Called at save time ``j`` with ``state.t == save_times[j]``. It may return a
+        state to continue from (the adjoint sweep injects cotangents this way).
+    before_step, after_step : callable, optional
+        ``before_step(state, h)`` before every step (the influence method records its
+        forward run); ``after_step(old, new)`` after every step (statistics).
+    progress : bool or None
+        The progress bar (in model time); ``None`` shows it only on a terminal.
+    desc : str, optional
+        Its label (default ``stepper.name``).
+    partial : callable ``(message) -> xarray.Dataset``, optional
+        Builds the dataset of everything observed so far, marked ``complete = 0``.
+
+    Returns
+    -------
+    state
+        The state at the last save time.
+
+    Raises
+    ------
+    NumericalFailure
+        When ``stepper.check`` reports a non-finite state: the message names the solver,
+        the time and what to lower; ``.partial`` is ``partial(message)``.
+    """
+    ts = [float(t) for t in save_times]
+    span = max(ts[-1] - float(state.t), 0.0)
+    bar = tqdm(total=span, disable=(None if progress is None else not progress),
+               desc=desc or stepper.name, unit="time", leave=False)
+    try:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for j, t1 in enumerate(ts):
+                t0 = float(state.t)
+                while True:
+                    h = stepper.propose(state, t0, t1)
+                    if not h > 0:
+                        break
+                    if before_step is not None:
+                        before_step(state, h)
+                    new = stepper.step(state, h)
+                    taken = float(new.t) - float(state.t)
+                    if after_step is not None:
+                        after_step(state, new)
+                    landed = t1 - float(new.t) <= 0.5 * taken
+                    state = new
+                    bar.update(taken)
+                    bad = stepper.check(state)
+                    if bad is not None:
+                        _fail(stepper, state, bad, partial)
+                    if landed:
+                        break
+                state = state._replace(t=t1)
+                got = observe(j, state)
+                if got is not None:
+                    state = got
+    finally:
+        bar.close()
+    return state
+
+
+def _fail(stepper, state, bad, partial):
+    message = (f"{stepper.name}: non-finite state at t={float(state.t):.6g} ({bad}); "
+               f"{stepper.advice}")
+    log.error(message)
+    raise NumericalFailure(message, partial(message) if partial is not None else None)
