@@ -48,8 +48,11 @@ def _failure(e, out):
         print(f"mfpc: what was computed is kept in {path} (attrs complete = 0)",
               file=sys.stderr)
     else:
-        print(f"mfpc: the failed section kept nothing; the sections before it are in {out}",
+        print("mfpc: the failed section kept nothing (its solver returned no partial result)",
               file=sys.stderr)
+    done = [str(p) for p, state in getattr(e, "status", {}).values() if state == "written"]
+    if done:
+        print(f"mfpc: complete before the failure: {', '.join(done)}", file=sys.stderr)
     return 3
 
 
