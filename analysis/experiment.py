@@ -1,8 +1,15 @@
 """Experiments: read a TOML config, check every section, run them, write netCDF files.
 
-``run_config(path, out)`` is what ``mfpc run`` calls. Every section present in the
-config is checked before any work starts; each runnable section writes ``DIR/<section>.nc``
-with the resolved config (JSON), package versions and root seed in ``attrs``.
+``run_config(path, out)`` is what ``mfpc run`` calls: :func:`resolve` checks every section
+present in the config, then :mod:`analysis.preflight` refuses what a solver cannot do for
+this problem, all before any work starts; :func:`run_experiment` then runs each section
+into ``DIR/<section>.nc`` (CF-1.8 through :func:`particles.results.finish`) with the
+resolved config (JSON), package versions and root seed in ``attrs``. A
+:class:`~particles.NumericalFailure` in any section writes that section's partial Dataset
+(if its solver kept one) marked ``complete = 0`` and is raised again as a
+:class:`SectionFailure` (``mfpc run`` exits 3). A ready :class:`~particles.problem.Problem`
+(a user's own kernel) runs through ``resolve(cfg, problem=...)`` and :func:`run_experiment`.
+Defaults of ``[meanfield]`` and ``[fluctuations]`` come from :mod:`meanfield.defaults`.
 """
 from __future__ import annotations
 
@@ -339,7 +346,7 @@ def run_fluctuations(exp: Experiment, progress=None) -> xr.Dataset:
     g = exp.config["meanfield"]["grid"]
     return clt_covariance_ensemble(
         exp.problem, exp.save_times, members=fl["members"], ny=g["y"], nc=g["c"],
-        c_min=g["c_min"], c_max=g["c_max"], cfl=g["cfl"],
+        c_min=g["c_min"], c_max=g["c_max"], cfl=g["cfl"], potential=g["potential"],
         allow_truncation=g["allow_truncation"], root_seed=(exp.particles or {}).get("root_seed", 0),
         progress=progress)
 

@@ -148,7 +148,8 @@ def _check_grid(problem, g):
             raise ConfigError(
                 f"meanfield.grid.dt={g['dt']} exceeds the CFL (positivity) bound "
                 f"{bound:.4g} of the initial density on this grid; use dt <= "
-                f"{0.9 * bound:.3g}, or drop dt for the adaptive step"
+                f"{g['cfl'] * bound:.3g} (cfl times the bound), or drop dt for the adaptive "
+                "step"
             )
 
 
