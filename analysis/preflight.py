@@ -42,6 +42,8 @@ def capabilities(problem, grid=None) -> frozenset:
     declared = getattr(problem, "capabilities", None)
     if callable(declared):
         return frozenset(declared())
+    if declared is not None:  # declared as a set rather than a method
+        return frozenset(declared)
     caps = set(getattr(problem.kernel, "capabilities", frozenset()))
     if getattr(problem, "kernel_form", None) is not None:
         caps.add("kernel_form")
