@@ -128,22 +128,17 @@ def check_meanfield(problem, dynamics, mf) -> None:
 
 
 def _check_grid(problem, g):
-    from meanfield.cells import make_grid
     from meanfield.grid import GridSolver, prepare
 
     try:
-        grid = make_grid(problem, g["y"], g["c"], g["c_min"], g["c_max"])
+        grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
+                                 c_max=g["c_max"], allow_truncation=g["allow_truncation"])
     except (ValueError, NotImplementedError) as e:
         raise ConfigError(f"meanfield.grid: {e}") from None
     if g["potential"] == "fft":
         _require(capabilities(problem, grid), "fft", "meanfield.grid.potential",
                  "the FFT potential (a translation-invariant kernel on a periodic grid)",
                  problem)
-    try:
-        grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-                                 c_max=g["c_max"], allow_truncation=g["allow_truncation"])
-    except (ValueError, NotImplementedError) as e:
-        raise ConfigError(f"meanfield.grid: {e}") from None
     if g.get("dt") is not None:
         bound = GridSolver(problem, grid, potential=g["potential"]).cfl_bound(m0)
         if g["dt"] > bound:

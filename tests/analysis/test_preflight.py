@@ -37,6 +37,7 @@ def rbf():
     cfg["problem"] = {"kind": "rbf", "d": 1, "sigma": 1.0, "nodes": 16,
                       "target": {"kind": "teacher", "units": 2}}
     cfg["init"] = {"c": {"law": "uniform", "low": -1.0, "high": 1.0}}
+    cfg["meanfield"]["grid"]["y"] = 96  # resolves phi on the box of +-6 std
     del cfg["fluctuations"]
     return cfg
 
