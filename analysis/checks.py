@@ -11,10 +11,12 @@ How each statistic is derived and which tolerance decides a verdict is in
 * :func:`clt` — CLT (Prop. 2.1, (2.32)): :math:`\sqrt n (f_n - f_0)(t) \to N(0, \Sigma_t)`.
 * :func:`analysis.mkernel.mkernel_checks` — :math:`M[\rho] \succeq 0` (2.38)–(2.39), the
   tangent-kernel identity and the convergence of the spectrum of :math:`M[\rho_n]`.
-* :func:`loss_monotonicity`, :func:`time_to_level` — convexity in f (2.37), (2.43) and the
-  n-independent rate (remark after Prop. 2.2).
-* :func:`final_loss_scaling` — self-healing (Prop. 2.3, 2.4, (2.52)–(2.54)).
-* :func:`fluctuation_scaling` — SGD fluctuations (Prop. 3.2, (3.23), (3.34)).
+* :mod:`analysis.losses` (re-exported here): :func:`loss_monotonicity`,
+  :func:`time_to_level` — convexity in f (2.37), (2.43) and the n-independent rate (remark
+  after Prop. 2.2); :func:`final_loss_scaling` — self-healing (Prop. 2.3, 2.4,
+  (2.52)–(2.54)); :func:`fluctuation_scaling` — SGD fluctuations (Prop. 3.2, (3.23), (3.34)).
+* :mod:`analysis.estimators` (re-exported here): reference f_0, alignment, bootstrap and
+  power-law fits shared by every check.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from .fit import fit_power_law
+from .losses import final_loss_scaling, fluctuation_scaling, loss_monotonicity, time_to_level
+from .estimators import (align_to, bootstrap_slope, bootstrap_stat, finite_rows,
+                    power_law_slopes, reference_f0, reference_loss0, slope_fit, trace_sigma)
 
 __all__ = [
     "reference_f0",
@@ -41,122 +45,6 @@ __all__ = [
     "final_loss_scaling",
     "fluctuation_scaling",
 ]
-
-
-# -- helpers ----------------------------------------------------------------------------
-def reference_f0(meanfield):
-    """The most accurate :math:`f_0(t, x)` in ``meanfield.nc`` and its name.
-
-    Characteristics (spectral in the node counts, no numerical diffusion) when present,
-    else ``f_0`` (the grid, or whatever ``mfpc run`` stored there).
-    """
-    if "f_0_characteristics" in meanfield:
-        return meanfield["f_0_characteristics"], "characteristics"
-    return meanfield["f_0"], str(meanfield.attrs.get("f_0_source", "grid"))
-
-
-def reference_loss0(meanfield):
-    r""":math:`\ell(f_0(t))` of :func:`reference_f0` (characteristics preferred)."""
-    for v in ("loss_0_characteristics", "loss_0"):
-        if v in meanfield:
-            return meanfield[v]
-    return None
-
-
-def align_to(da, like):
-    """``da`` on the save times and x nodes of ``like`` (a particles dataset)."""
-    if "t" in da.dims:
-        da = da.sel(t=like["t"].values, method="nearest", tolerance=1e-9)
-        da = da.assign_coords(t=like["t"].values)
-    if "x" in da.dims:
-        if da.sizes["x"] != like.sizes["x"] or not np.allclose(da["x"].values, like["x"].values):
-            raise ValueError("the mean-field/fluctuation x nodes differ from the particles' x "
-                             "nodes; both must come from the same config")
-        da = da.assign_coords(x=like["x"].values)
-    if "x_" in da.dims:
-        da = da.assign_coords(x_=like["x"].values)
-    return da
-
-
-def trace_sigma(fluctuations, particles):
-    r""":math:`\mathrm{tr}_\mu\Sigma_t = \sum_q w_q\Sigma_t(x_q, x_q)`, shape (t,)."""
-    var = align_to(fluctuations["clt_var"], particles)
-    return (var * particles["x_weight"]).sum("x")
-
-
-def _slope(n, y, level):
-    """fit_power_law of y against n where y is finite and positive, else NaNs."""
-    n, y = np.asarray(n, float), np.asarray(y, float)
-    ok = np.isfinite(y) & (y > 0)
-    if ok.sum() < 2:
-        nan = float("nan")
-        return nan, nan, nan, nan, nan
-    f = fit_power_law(n[ok], y[ok], level)
-    return f.slope, f.intercept, f.low, f.high, f.stderr
-
-
-def finite_rows(a):
-    """Rows of ``a`` (S, ...) that are finite everywhere."""
-    a = np.asarray(a, float)
-    ok = np.all(np.isfinite(a.reshape(a.shape[0], -1)), axis=1)
-    return a[ok]
-
-
-def bootstrap_stat(groups, stat, n_boot, rng):
-    """``stat`` of seed resamples, drawn with replacement independently per group.
-
-    ``groups[i]`` has shape (S_i, ...); ``stat`` maps resamples (B, S_i, ...) to (B,).
-    Returns an array (n_boot, len(groups)) (NaN for empty groups).
-    """
-    out = np.full((n_boot, len(groups)), np.nan)
-    for i, g in enumerate(groups):
-        if len(g):
-            idx = rng.integers(0, len(g), (n_boot, len(g)))
-            step = max(1, 2**23 // max(1, g.size))  # bounded memory for resamples
-            for b in range(0, n_boot, step):
-                out[b:b + step, i] = stat(g[idx[b:b + step]])
-    return out
-
-
-def power_law_slopes(x, Y):
-    """Least-squares slopes of ``log Y[b]`` against ``log x`` for every row b, vectorised.
-
-    The same estimator as :func:`analysis.fit.fit_power_law` (its ``slope``; a test holds
-    them equal), for the thousands of bootstrap refits. Entries of ``Y`` that are not
-    finite and positive are left out of their row; rows with fewer than two points give
-    NaN.
-
-    Parameters
-    ----------
-    x : ndarray, shape (m,)
-    Y : ndarray, shape (B, m)
-    """
-    lx = np.log(np.asarray(x, float))[None, :]
-    Y = np.asarray(Y, float)
-    ok = np.isfinite(Y) & (Y > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ly = np.where(ok, np.log(np.where(ok, Y, 1.0)), 0.0)
-        cnt = ok.sum(axis=1)
-        mx = (lx * ok).sum(axis=1) / cnt
-        my = ly.sum(axis=1) / cnt
-        dx = np.where(ok, lx - mx[:, None], 0.0)
-        s = (dx * (ly - my[:, None])).sum(axis=1) / (dx**2).sum(axis=1)
-    return np.where(cnt >= 2, s, np.nan)
-
-
-def bootstrap_slope(ns, point, boot, level):
-    """Fit of ``point`` against n and the percentile interval of refits of ``boot`` rows.
-
-    Returns (slope, intercept, low, high); NaNs when fewer than two usable n.
-    """
-    s, b = _slope(ns, point, level)[:2]
-    if not np.isfinite(s):
-        return s, b, s, s
-    slopes = power_law_slopes(ns, boot)
-    if np.mean(np.isfinite(slopes)) < 0.5:
-        return s, b, float("nan"), float("nan")
-    lo, hi = np.nanquantile(slopes, [(1 - level) / 2, (1 + level) / 2])
-    return s, b, float(lo), float(hi)
 
 
 # -- LLN --------------------------------------------------------------------------------
@@ -221,7 +109,7 @@ def lln(particles, meanfield, fluctuations=None, *, f0=None, n_boot=1000, level=
         boot = bootstrap_stat(groups, lambda r: r.mean(axis=1), n_boot, rng)
         s, b, lo, hi = bootstrap_slope(ns, E.values[:, j], boot, level)
         out["slope"][j], out["intercept"][j], out["low"][j], out["high"][j] = s, b, lo, hi
-        out["fit_low"][j], out["fit_high"][j] = _slope(ns, E.values[:, j], level)[2:4]
+        out["fit_low"][j], out["fit_high"][j] = slope_fit(ns, E.values[:, j], level)[2:4]
         if np.isfinite(s):
             with np.errstate(divide="ignore"):
                 logA = np.nanmean(np.log(boot * ns), axis=1)
@@ -375,168 +263,4 @@ def clt(particles, meanfield, fluctuations, *, f0=None, k=4, rank_rtol=1e-10):
         "sqrt(2 tr(Sigma_w^2)/(S-1)) / tr(Sigma_w), Gaussian prediction")
     ds["clt_ks_p"].attrs["long_name"] = "Bonferroni-combined KS p-value of the top-k modes"
     ds["clt_mahalanobis_p"].attrs["long_name"] = "KS p-value of sum_k xi_k^2 against chi2_k"
-    return ds
-
-
-# -- losses -----------------------------------------------------------------------------
-def loss_monotonicity(particles, meanfield=None):
-    r"""Largest increase of the loss between consecutive save times, relative to ℓ(0).
-
-    Gradient descent decreases :math:`E = n\ell` (:math:`dE/dt = -\sum|\dot z_i|^2`,
-    THEORY §2) and the mean field decreases :math:`\ell(f_0)` ((2.37) with
-    :math:`M \succeq 0`). Negative values mean strictly decreasing.
-
-    Returns
-    -------
-    xarray.Dataset
-        ``loss_max_increase(n)`` (max over seeds and save intervals of
-        :math:`(\ell(t_{j+1}) - \ell(t_j))/\ell(0)`) and, for each mean-field loss present,
-        ``loss_0_max_increase(solver)``.
-    """
-    L = particles["loss"].transpose("n", "seed", "t").values
-    with np.errstate(invalid="ignore"):
-        inc = np.nanmax(np.diff(L, axis=2) / L[:, :, :1], axis=(1, 2)) if L.shape[2] > 1 \
-            else np.full(L.shape[0], np.nan)
-    ds = xr.Dataset({"loss_max_increase": ("n", inc)}, coords={"n": particles["n"].values})
-    if meanfield is not None:
-        names = [v for v in ("loss_0", "loss_0_characteristics") if v in meanfield]
-        vals = []
-        for v in names:
-            l0 = meanfield[v].values
-            vals.append(float(np.max(np.diff(l0) / l0[0])) if l0.size > 1 else np.nan)
-        if names:
-            ds["loss_0_max_increase"] = ("solver", vals)
-            ds = ds.assign_coords(solver=["grid" if v == "loss_0" else "characteristics"
-                                          for v in names])
-    return ds
-
-
-def _crossing_time(t, loss, level):
-    """First time the loss reaches ``level``, linear in log(loss) between save times."""
-    t, loss = np.asarray(t, float), np.asarray(loss, float)
-    if not np.isfinite(loss[0]):
-        return np.nan
-    if loss[0] <= level:
-        return 0.0
-    for j in range(1, len(t)):
-        if not np.isfinite(loss[j]):
-            return np.nan
-        if loss[j] <= level:
-            a, b = np.log(loss[j - 1]), np.log(loss[j])
-            return float(t[j - 1] + (t[j] - t[j - 1]) * (a - np.log(level)) / (a - b))
-    return np.nan
-
-
-def time_to_level(particles, meanfield=None, *, fraction=0.5, n_boot=1000, level=0.95, rng):
-    r"""Time for the loss to reach a fixed level, against n (expected flat: slope 0).
-
-    The level is ``fraction`` × the initial mean-field loss :math:`\ell_0(0)` (of
-    :func:`reference_loss0`; or, without
-    ``meanfield``, of the mean initial loss at the largest n). If the reference curve does
-    not reach it by the last save time, the level is the geometric mean of its first
-    and last values (recorded in ``attrs["level_rule"]``). Crossing times are interpolated
-    linearly in :math:`\log\ell` between save times; members that never reach the level are
-    left out and counted.
-
-    Returns
-    -------
-    xarray.Dataset
-        ``time_to_level(n)`` (mean over seeds), ``time_to_level_stderr(n)``,
-        ``time_to_level_reached(n)``, ``time_to_level_0`` (mean field),
-        ``time_to_level_slope`` with ``_low``/``_high`` (bootstrap over seeds),
-        ``loss_level``.
-    """
-    ts = particles["t"].values
-    L = particles["loss"].transpose("n", "seed", "t").values
-    l0 = None if meanfield is None else reference_loss0(meanfield)
-    if l0 is not None:
-        refcurve = align_to(l0, particles).values
-    else:
-        refcurve = np.nanmean(L[int(np.argmax(particles["n"].values))], axis=0)
-    lev = fraction * refcurve[0]
-    rule = f"{fraction} x initial reference loss"
-    if not refcurve[-1] <= lev:
-        lev = float(np.sqrt(refcurve[0] * refcurve[-1]))
-        rule = "geometric mean of the reference loss at the first and last save times"
-    tc = np.array([[_crossing_time(ts, L[i, s], lev) for s in range(L.shape[1])]
-                   for i in range(L.shape[0])])
-    reached = np.sum(np.isfinite(tc), axis=1)
-    with np.errstate(invalid="ignore"):
-        mean = np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in tc])
-        sd = np.array([np.nanstd(r, ddof=1) if np.isfinite(r).sum() > 1 else np.nan for r in tc])
-    groups = [r[np.isfinite(r)] for r in tc]
-    boot = bootstrap_stat(groups, lambda r: r.mean(axis=1), n_boot, rng)
-    s, b, lo, hi = bootstrap_slope(particles["n"].values, mean, boot, level)
-    ds = xr.Dataset(
-        {"time_to_level": ("n", mean), "time_to_level_stderr": ("n", sd / np.sqrt(reached)),
-         "time_to_level_reached": ("n", reached),
-         "time_to_level_0": _crossing_time(ts, refcurve, lev),
-         "time_to_level_slope": s, "time_to_level_slope_low": lo,
-         "time_to_level_slope_high": hi, "loss_level": lev},
-        coords={"n": particles["n"].values})
-    ds.attrs["level_rule"] = rule
-    return ds
-
-
-def final_loss_scaling(particles, meanfield=None, *, n_boot=1000, level=0.95, rng):
-    r"""Loss at the last save time against n (self-healing: slope below −1).
-
-    :math:`E\ell(f_n(T)) = \ell(f_0(T)) + O(\text{fluctuations})`; the fluctuation part
-    decays faster than :math:`n^{-1}` at times :math:`\gg\log n` (Prop. 2.3, 2.4). The
-    mean-field floor :math:`\ell_0(T)` (``loss_floor``, :func:`reference_loss0`) must be
-    small beside the measured
-    loss for the slope to show it (``loss_floor_ratio`` = floor / mean loss at the
-    largest n). Interval: bootstrap over seeds.
-    """
-    L = particles["loss"].isel(t=-1).transpose("n", "seed").values
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(L, axis=1)
-    groups = [finite_rows(r) for r in L]
-    boot = bootstrap_stat(groups, lambda r: r.mean(axis=1), n_boot, rng)
-    s, b, lo, hi = bootstrap_slope(particles["n"].values, mean, boot, level)
-    ds = xr.Dataset(
-        {"final_loss": ("n", mean),
-         "final_loss_stderr": ("n", np.nanstd(L, axis=1, ddof=1) / np.sqrt(
-             np.sum(np.isfinite(L), axis=1))),
-         "final_loss_slope": s, "final_loss_slope_low": lo, "final_loss_slope_high": hi,
-         "final_time": float(particles["t"].values[-1])},
-        coords={"n": particles["n"].values})
-    l0 = None if meanfield is None else reference_loss0(meanfield)
-    if l0 is not None:
-        floor = float(align_to(l0, particles).values[-1])
-        ds["loss_floor"] = floor
-        ds["loss_floor_ratio"] = floor / float(mean[int(np.argmax(particles["n"].values))])
-    return ds
-
-
-def fluctuation_scaling(particles, *, alpha=None, n_boot=1000, level=0.95, rng):
-    r"""Fluctuation :math:`\sum_q w_q\mathrm{Var}_{seeds}(f_n - f_0)(t, x_q)` against n.
-
-    For SGD with batch :math:`P \propto n^{2\alpha}` (3.23) the noise-driven fluctuations
-    are :math:`O(n^{-\alpha})` (Prop. 3.2, (3.34)), so the variance exponent is
-    :math:`-2\alpha` (at times :math:`\gg\log n`, where the intrinsic
-    :math:`O(n^{-1/2})` part has self-healed). ``alpha`` None: no prediction (the config
-    does not scale P with n). :math:`f_0` is deterministic, so this is the variance of
-    :math:`f_n`. Interval: bootstrap over seeds.
-    """
-    f = particles["f_n"]
-    var = (f.var("seed", ddof=1, skipna=True) * particles["x_weight"]).sum("x", skipna=False)
-    var = var.transpose("n", "t")
-    T = particles.sizes["t"]
-    w = particles["x_weight"].values
-    F = f.transpose("n", "seed", "t", "x").values
-
-    def wvar(r):
-        return np.sum(w * np.var(r, axis=1, ddof=1), axis=-1)
-
-    fits = []
-    for j in range(T):
-        groups = [finite_rows(F[i, :, j]) for i in range(F.shape[0])]
-        boot = bootstrap_stat(groups, wvar, n_boot, rng)
-        fits.append(bootstrap_slope(particles["n"].values, var.values[:, j], boot, level))
-    ds = xr.Dataset({"fluct_var": var,
-                     "fluct_slope": ("t", [f[0] for f in fits]),
-                     "fluct_slope_low": ("t", [f[2] for f in fits]),
-                     "fluct_slope_high": ("t", [f[3] for f in fits])})
-    ds["fluct_expected_slope"] = np.nan if alpha is None else -2.0 * float(alpha)
     return ds

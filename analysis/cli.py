@@ -3,13 +3,15 @@
 ``mfpc run CONFIG.toml --out DIR [--force]`` runs every section of the config.
 ``mfpc report DIR`` checks the paper's predictions on the outputs in DIR and writes
 ``analysis.nc``, ``report.md`` and ``figures/`` there (:func:`analysis.report.make_report`).
-Exit codes: 0 done (or nothing to do), 2 bad input, 3 numerical failure (what was
-computed is kept in the output, marked incomplete).
+Exit codes: 0 done (or nothing to do), 2 bad input (refused before any work: nothing is
+written), 3 numerical failure in any section (what was computed is kept in
+``DIR/<section>.nc`` marked ``complete = 0``; the sections before it are complete).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 
 from particles import NumericalFailure
@@ -38,8 +40,26 @@ def _parser():
     return p
 
 
+def _failure(e, out):
+    """The message of a numerical failure: what failed and what was kept."""
+    print(f"mfpc: numerical failure: {e}", file=sys.stderr)
+    path = getattr(e, "path", None)
+    if path is not None:
+        print(f"mfpc: what was computed is kept in {path} (attrs complete = 0)",
+              file=sys.stderr)
+    else:
+        print("mfpc: the failed section kept nothing (its solver returned no partial result)",
+              file=sys.stderr)
+    done = [str(p) for p, state in getattr(e, "status", {}).values() if state == "written"]
+    if done:
+        print(f"mfpc: complete before the failure: {', '.join(done)}", file=sys.stderr)
+    return 3
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    command = "mfpc " + " ".join(shlex.quote(str(a)) for a in argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="mfpc: %(levelname)s: %(message)s",
@@ -47,15 +67,13 @@ def main(argv=None) -> int:
     if args.command == "run":
         try:
             status = run_config(args.config, args.out, force=args.force,
-                                progress=False if args.no_progress else None)
+                                progress=False if args.no_progress else None,
+                                command=command)
         except ConfigError as e:
             print(f"mfpc: error: {e}", file=sys.stderr)
             return 2
-        except NumericalFailure as e:
-            print(f"mfpc: numerical failure: {e}", file=sys.stderr)
-            print(f"mfpc: what was computed is kept in {args.out} (attrs complete = 0)",
-                  file=sys.stderr)
-            return 3
+        except NumericalFailure as e:  # a SectionFailure: any section
+            return _failure(e, args.out)
         for section, (path, state) in status.items():
             if state.startswith("up to date"):
                 print(f"{path}: exists from the same config, {state}; nothing done "
@@ -72,7 +90,11 @@ def main(argv=None) -> int:
             print(f"mfpc: error: {args.dir} has no particles.nc; run `mfpc run CONFIG --out "
                   f"{args.dir}` first", file=sys.stderr)
             return 2
-        res = make_report(args.dir, figures=not args.no_figures)
+        try:
+            res = make_report(args.dir, figures=not args.no_figures, command=command)
+        except ConfigError as e:
+            print(f"mfpc: error: {e}", file=sys.stderr)
+            return 2
         v = res["verdicts"]
         print(f"{res['report']}: {v['PASS']} PASS, {v['FAIL']} FAIL, {v['n.a.']} n.a.")
         print(f"{res['analysis']}: written; {len(res['figures'])} figures in "

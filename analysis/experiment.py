@@ -1,8 +1,15 @@
 """Experiments: read a TOML config, check every section, run them, write netCDF files.
 
-``run_config(path, out)`` is what ``mfpc run`` calls. Every section present in the
-config is checked before any work starts; each runnable section writes ``DIR/<section>.nc``
-with the resolved config (JSON), package versions and root seed in ``attrs``.
+``run_config(path, out)`` is what ``mfpc run`` calls: :func:`resolve` checks every section
+present in the config, then :mod:`analysis.preflight` refuses what a solver cannot do for
+this problem, all before any work starts; :func:`run_experiment` then runs each section
+into ``DIR/<section>.nc`` (CF-1.8 through :func:`particles.results.finish`) with the
+resolved config (JSON), package versions and root seed in ``attrs``. A
+:class:`~particles.NumericalFailure` in any section writes that section's partial Dataset
+(if its solver kept one) marked ``complete = 0`` and is raised again as a
+:class:`SectionFailure` (``mfpc run`` exits 3). A ready :class:`~particles.problem.Problem`
+(a user's own kernel) runs through ``resolve(cfg, problem=...)`` and :func:`run_experiment`.
+Defaults of ``[meanfield]`` and ``[fluctuations]`` come from :mod:`meanfield.defaults`.
 """
 from __future__ import annotations
 
@@ -18,11 +25,16 @@ import xarray as xr
 from particles import Dynamics, NumericalFailure, simulate
 from particles import config as C
 from particles.problems import build_problem
+from particles.results import finish
 from particles.simulate import check_save_times
+from meanfield import defaults as D
 
+from . import preflight
 from .io import read_dataset, write_dataset
+from .variables import cf_meta
 
-__all__ = ["load_config", "resolve", "run_config", "Experiment", "ConfigError"]
+__all__ = ["load_config", "resolve", "run_config", "run_experiment", "Experiment",
+           "ConfigError", "SectionFailure", "TITLES"]
 
 log = logging.getLogger(__name__)
 ConfigError = C.ConfigError
@@ -129,8 +141,64 @@ def _read_init_file(path, base):
     return np.asarray(y.values, float), np.asarray(c.values, float)
 
 
-def resolve(cfg: dict, base=None) -> Experiment:
-    """Check the whole config and build its objects; raise ConfigError before any work."""
+#: the [problem] section of a ready Problem: a description, stored, never parsed
+USER_PROBLEM_SCHEMA = {"kind": C.string(), "description": C.string()}
+
+
+def _problem(cfg, problem):
+    """The problem: built from ``[problem]`` and ``[init]``, or the ready one given."""
+    if problem is None:
+        return build_problem(cfg["problem"], cfg.get("init"))
+    C.check_section(cfg["problem"], USER_PROBLEM_SCHEMA, "problem")
+    extra = sorted(set(cfg.get("init") or {}) - {"file"})
+    if extra:
+        raise ConfigError(
+            f"init: key(s) {extra} do not apply to a ready Problem, which carries its own "
+            "initial law (y_law, c_law); drop them (init.file is allowed)")
+    return problem
+
+
+def _meanfield_section(cfg, dynamics):
+    """``[meanfield]`` checked, with the defaults of :mod:`meanfield.defaults`."""
+    mf = C.check_section(cfg["meanfield"], MEANFIELD_SCHEMA, "meanfield")
+    mf.setdefault("solvers", ["grid", "characteristics"])
+    g = D.GRID
+    mf["grid"] = {"y": g["ny"], "c": g["nc"], "c_min": g["c_min"], "c_max": g["c_max"],
+                  "cfl": g["cfl"], "potential": g["potential"],
+                  "allow_truncation": g["allow_truncation"], **mf.get("grid", {})}
+    ch = D.CHARACTERISTICS
+    mf["characteristics"] = {"y": ch["ny"], "c": ch["nc"], "dt": dynamics.dt,
+                             **mf.get("characteristics", {})}
+    if mf["grid"]["c_max"] <= mf["grid"]["c_min"]:
+        raise ConfigError(f"meanfield.grid: c_min={mf['grid']['c_min']} must be below "
+                          f"c_max={mf['grid']['c_max']}")
+    return mf
+
+
+def _fluctuations_section(cfg, dynamics):
+    """``[fluctuations]`` checked, with the defaults of :mod:`meanfield.defaults`."""
+    fl = C.check_section(cfg["fluctuations"], FLUCTUATIONS_SCHEMA, "fluctuations")
+    return {"method": "influence", "members": D.ENSEMBLE["members"], "y": D.INFLUENCE["ny"],
+            "c": D.INFLUENCE["nc"], "dt": dynamics.dt, **fl}
+
+
+def resolve(cfg: dict, base=None, problem=None) -> Experiment:
+    """Check the whole config and build its objects; raise ConfigError before any work.
+
+    Every section's keys and values are checked, then :func:`analysis.preflight.preflight`
+    asks whether each solver the config names can serve this problem.
+
+    Parameters
+    ----------
+    cfg : dict
+        The config (a parsed TOML file).
+    base : path, optional
+        Folder against which relative paths (``init.file``) are read; default the cwd.
+    problem : particles.problem.Problem, optional
+        A ready problem (e.g. a user's own kernel written in Python). Then ``[problem]``
+        is only a description stored in the outputs' attrs (``kind``, ``description``;
+        not parsed) and ``[init]`` may only name a ``file``.
+    """
     base = Path.cwd() if base is None else Path(base)
     if not isinstance(cfg, dict):
         raise ConfigError("the config must be a TOML table")
@@ -140,7 +208,7 @@ def resolve(cfg: dict, base=None) -> Experiment:
     for s in ("problem", "dynamics"):
         if s not in cfg:
             raise ConfigError(f"missing section [{s}]")
-    problem = build_problem(cfg["problem"], cfg.get("init"))
+    problem = _problem(cfg, problem)
     dyn = C.check_section(cfg["dynamics"], DYNAMICS_SCHEMA, "dynamics",
                           required=("scheme", "dt", "t_end", "save_times"))
     try:
@@ -155,73 +223,11 @@ def resolve(cfg: dict, base=None) -> Experiment:
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if dynamics.form == "kernel" and problem.kernel_form is None:
-        raise ConfigError(
-            f"dynamics.form='kernel' but problem {problem.kind!r} has no (F, K) form; use 'data'"
-        )
-    if problem.info.get("energy") == "interpolation" and (
-        dynamics.form != "kernel" or dynamics.scheme == "sgd"
-    ):
-        raise ConfigError(
-            "problem.energy='interpolation' defines the dynamics (4.5) through f and phi; "
-            "it needs dynamics.form = 'kernel' and scheme 'gd' or 'langevin' "
-            "(use energy = 'data' for SGD or the data form)"
-        )
-    parts = None
-    init = None
-    if "particles" in cfg:
-        parts = C.check_section(cfg["particles"], PARTICLES_SCHEMA, "particles")
-        parts.setdefault("root_seed", 0)
-        parts.setdefault("save_state", True)
-        file = (cfg.get("init") or {}).get("file")
-        if file is not None:
-            init = _read_init_file(file, base)
-            S, n = init[1].shape
-            if "n" in parts and parts["n"] != [n]:
-                raise ConfigError(
-                    f"particles.n={parts['n']} does not fit init.file ({n} particles); drop particles.n"
-                )
-            if "seeds" in parts and parts["seeds"] != S:
-                raise ConfigError(
-                    f"particles.seeds={parts['seeds']} does not fit init.file ({S} members); drop particles.seeds"
-                )
-            yy = init[0] if init[0].ndim == 3 else init[0][..., None]
-            if yy.shape[2] != problem.N:
-                raise ConfigError(
-                    f"init.file: y has {yy.shape[2]} coordinates per particle; problem needs {problem.N}"
-                )
-            parts["n"], parts["seeds"] = [n], S
-        else:
-            for k in ("n", "seeds"):
-                if k not in parts:
-                    raise ConfigError(f"particles: missing required key {k!r}")
-    mf = fl = None
-    if "meanfield" in cfg:
-        mf = C.check_section(cfg["meanfield"], MEANFIELD_SCHEMA, "meanfield")
-        mf.setdefault("solvers", ["grid", "characteristics"])
-        mf["grid"] = {"y": 256, "c": 256, "c_min": -5.0, "c_max": 5.0, "cfl": 0.9,
-                      "potential": "auto", "allow_truncation": False, **mf.get("grid", {})}
-        mf["characteristics"] = {"y": 128, "c": 24, "dt": dynamics.dt,
-                                 **mf.get("characteristics", {})}
-        if mf["grid"]["c_max"] <= mf["grid"]["c_min"]:
-            raise ConfigError(f"meanfield.grid: c_min={mf['grid']['c_min']} must be below "
-                              f"c_max={mf['grid']['c_max']}")
-        if dynamics.scheme == "langevin" and "characteristics" in mf["solvers"]:
-            raise ConfigError("meanfield.solvers: characteristics carry no diffusion; with "
-                              "scheme = 'langevin' use solvers = ['grid']")
-        if dynamics.scheme == "langevin" and not np.isscalar(dynamics.temperature):
-            raise ConfigError("meanfield: the grid solver takes a constant temperature; "
-                              "a temperature schedule is not supported there")
-        _check_meanfield_problem(problem, mf)
-    if "fluctuations" in cfg:
-        fl = C.check_section(cfg["fluctuations"], FLUCTUATIONS_SCHEMA, "fluctuations")
-        fl = {"method": "influence", "members": 256, "y": 64, "c": 12, "dt": dynamics.dt, **fl}
-        if dynamics.scheme == "langevin":
-            raise ConfigError("fluctuations: the CLT prediction is for gd/sgd without "
-                              "thermal noise; remove [fluctuations] or use scheme = 'gd'")
-        if fl["method"] == "ensemble" and (mf is None or "grid" not in mf["solvers"]):
-            raise ConfigError("fluctuations.method = 'ensemble' linearises the grid solver: "
-                              "add [meanfield] with solvers including 'grid'")
+    parts = _particles_section(cfg, problem, base) if "particles" in cfg else None
+    init = parts.pop("_init", None) if parts is not None else None
+    mf = _meanfield_section(cfg, dynamics) if "meanfield" in cfg else None
+    fl = _fluctuations_section(cfg, dynamics) if "fluctuations" in cfg else None
+    preflight.preflight(problem, dynamics, mf, fl)
     resolved = {k: v for k, v in cfg.items()}
     if mf is not None:
         resolved["meanfield"] = mf
@@ -234,28 +240,34 @@ def resolve(cfg: dict, base=None) -> Experiment:
     return Experiment(resolved, problem, dynamics, save_times, parts, init, base)
 
 
-def _check_meanfield_problem(problem, mf):
-    """Refuse, before any work, what the mean-field solvers cannot do for this problem."""
-    from meanfield.grid import GridSolver, prepare
-
-    if problem.c_law.law == "constant":
-        raise ConfigError("meanfield: a constant c law is a Dirac in c, which no grid "
-                          "represents; use init.c law 'uniform' or 'normal'")
-    if "grid" in mf["solvers"]:
-        g = mf["grid"]
-        try:
-            grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-                                     c_max=g["c_max"], allow_truncation=g["allow_truncation"])
-        except (ValueError, NotImplementedError) as e:
-            raise ConfigError(f"meanfield.grid: {e}") from None
-        if g.get("dt") is not None:
-            bound = GridSolver(problem, grid, potential=g["potential"]).cfl_bound(m0)
-            if g["dt"] > bound:
-                raise ConfigError(
-                    f"meanfield.grid.dt={g['dt']} exceeds the CFL (positivity) bound "
-                    f"{bound:.4g} of the initial density on this grid; use dt <= "
-                    f"{0.9 * bound:.3g}, or drop dt for the adaptive step"
-                )
+def _particles_section(cfg, problem, base):
+    """``[particles]`` checked; an ``init.file`` read and matched (key ``_init``)."""
+    parts = C.check_section(cfg["particles"], PARTICLES_SCHEMA, "particles")
+    parts.setdefault("root_seed", 0)
+    parts.setdefault("save_state", True)
+    file = (cfg.get("init") or {}).get("file")
+    if file is None:
+        for k in ("n", "seeds"):
+            if k not in parts:
+                raise ConfigError(f"particles: missing required key {k!r}")
+        return parts
+    init = _read_init_file(file, base)
+    S, n = init[1].shape
+    if "n" in parts and parts["n"] != [n]:
+        raise ConfigError(
+            f"particles.n={parts['n']} does not fit init.file ({n} particles); drop particles.n"
+        )
+    if "seeds" in parts and parts["seeds"] != S:
+        raise ConfigError(
+            f"particles.seeds={parts['seeds']} does not fit init.file ({S} members); drop particles.seeds"
+        )
+    yy = init[0] if init[0].ndim == 3 else init[0][..., None]
+    if yy.shape[2] != problem.N:
+        raise ConfigError(
+            f"init.file: y has {yy.shape[2]} coordinates per particle; problem needs {problem.N}"
+        )
+    parts["n"], parts["seeds"] = [n], S
+    return {**parts, "_init": init}
 
 
 def _attrs(exp: Experiment, section: str) -> dict:
@@ -290,19 +302,29 @@ def run_meanfield(exp: Experiment, progress=None) -> xr.Dataset:
 
     mf = exp.config["meanfield"]
     parts = []
-    if "grid" in mf["solvers"]:
-        g = mf["grid"]
-        tau = exp.dynamics.temperature if exp.dynamics.scheme == "langevin" else 0.0
-        parts.append(solve_grid(
-            exp.problem, exp.save_times, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-            c_max=g["c_max"], cfl=g["cfl"], potential=g["potential"], tau=float(tau),
-            allow_truncation=g["allow_truncation"], dt=g.get("dt"), progress=progress))
-    if "characteristics" in mf["solvers"]:
-        ch = mf["characteristics"]
-        parts.append(solve_characteristics(exp.problem, exp.save_times, ny=ch["y"],
-                                           nc=ch["c"], dt=ch["dt"], save_nodes=True))
+    try:
+        if "grid" in mf["solvers"]:
+            g = mf["grid"]
+            tau = exp.dynamics.temperature if exp.dynamics.scheme == "langevin" else 0.0
+            parts.append(solve_grid(
+                exp.problem, exp.save_times, ny=g["y"], nc=g["c"], c_min=g["c_min"],
+                c_max=g["c_max"], cfl=g["cfl"], potential=g["potential"], tau=float(tau),
+                allow_truncation=g["allow_truncation"], dt=g.get("dt"), progress=progress))
+        if "characteristics" in mf["solvers"]:
+            ch = mf["characteristics"]
+            parts.append(solve_characteristics(exp.problem, exp.save_times, ny=ch["y"],
+                                               nc=ch["c"], dt=ch["dt"], save_nodes=True))
+    except NumericalFailure as e:
+        # the partial of the failed solver beside what the solvers before it computed
+        done = parts + [p for p in [getattr(e, "partial", None)] if isinstance(p, xr.Dataset)]
+        raise NumericalFailure(str(e), _merge_meanfield(done) if done else None) from e
+    return _merge_meanfield(parts)
+
+
+def _merge_meanfield(parts):
+    """One meanfield Dataset from the solvers' ones; ``f_0`` from the grid when it ran."""
     ds = xr.merge(parts, combine_attrs="no_conflicts" if len(parts) == 1 else "drop_conflicts")
-    if "f_0" not in ds:
+    if "f_0" not in ds and "f_0_characteristics" in ds:
         ds["f_0"] = ds["f_0_characteristics"]
         ds["loss_0"] = ds["loss_0_characteristics"]
         ds.attrs["f_0_source"] = "characteristics"
@@ -324,25 +346,47 @@ def run_fluctuations(exp: Experiment, progress=None) -> xr.Dataset:
     g = exp.config["meanfield"]["grid"]
     return clt_covariance_ensemble(
         exp.problem, exp.save_times, members=fl["members"], ny=g["y"], nc=g["c"],
-        c_min=g["c_min"], c_max=g["c_max"], cfl=g["cfl"],
+        c_min=g["c_min"], c_max=g["c_max"], cfl=g["cfl"], potential=g["potential"],
         allow_truncation=g["allow_truncation"], root_seed=(exp.particles or {}).get("root_seed", 0),
         progress=progress)
 
 
 RUNNERS = {"particles": run_particles, "meanfield": run_meanfield,
            "fluctuations": run_fluctuations}
+#: the CF ``title`` of each file ``mfpc run`` writes
+TITLES = {
+    "particles": "mfpc: finite-n networks f_n (1.1) as particle systems, ensembles over n and seeds",
+    "meanfield": "mfpc: the mean-field limit rho_0 and f_0 of (2.9), (2.34)",
+    "fluctuations": "mfpc: predicted CLT covariance of sqrt(n) (f_n - f_0) (Prop. 2.1)",
+}
 
 
-def run_config(config_path, out, *, force=False, progress=None) -> dict:
-    """Run every runnable section of a config into the folder ``out``.
+class SectionFailure(NumericalFailure):
+    """A :class:`~particles.NumericalFailure` in one section of :func:`run_experiment`.
 
-    Returns {section: (path, status)} with status "written", "up to date" or
-    "incomplete". An existing output is never overwritten unless ``force``; with the same
-    config it is left as it is ("up to date"), with another config it is an error.
+    ``section`` names it, ``path`` is the file holding its partial Dataset (marked
+    ``complete = 0``) or None when the solver kept nothing, ``status`` is what was
+    written so far (as :func:`run_experiment` returns it).
     """
-    config_path = Path(config_path)
-    exp = resolve(load_config(config_path), base=config_path.parent)
-    out = Path(out)
+
+    def __init__(self, message, partial, section, path, status):
+        super().__init__(message, partial)
+        self.section, self.path, self.status = section, path, status
+
+
+def _finish(exp, section, ds, command, failure=None):
+    """Provenance attrs and CF-1.8 metadata of one output Dataset (in place)."""
+    ds.attrs.update(_attrs(exp, section))
+    if failure is not None:
+        ds.attrs["complete"] = 0
+        ds.attrs["failure"] = str(failure)
+    else:
+        ds.attrs.setdefault("complete", 1)
+    return finish(ds, title=TITLES[section], meta=cf_meta(ds), command=command)
+
+
+def _todo(exp, out, force):
+    """The sections to run, and the status of those left as they are."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     todo, status = [], {}
@@ -365,6 +409,47 @@ def run_config(config_path, out, *, force=False, progress=None) -> dict:
             status[section] = (path, "up to date" + note)
             continue
         todo.append((section, runner, path))
+    return todo, status
+
+
+def run_experiment(exp: Experiment, out, *, force=False, progress=None,
+                   command=None) -> dict:
+    """Run every runnable section of a resolved experiment into the folder ``out``.
+
+    Each section writes ``out/<section>.nc`` through :func:`particles.results.finish`
+    (CF-1.8, ``history`` with ``command``). An existing output is never overwritten
+    unless ``force``; with the same config it is left as it is ("up to date"), with
+    another config it is an error.
+
+    Parameters
+    ----------
+    exp : Experiment
+        From :func:`resolve` (which checked every section before any work).
+    out : path
+        Output folder (created if missing).
+    force : bool
+        Overwrite existing outputs.
+    progress : bool or None
+        Progress bars; ``None`` shows them only on a terminal.
+    command : str, optional
+        The command line for ``history`` (default ``python`` and this process's argv).
+
+    Returns
+    -------
+    dict
+        ``{section: (path, status)}``, status "written" or "up to date[ (incomplete)]".
+
+    Raises
+    ------
+    ConfigError
+        A bound found during a run (e.g. a later CFL bound); nothing written for it.
+    SectionFailure
+        A :class:`~particles.NumericalFailure` in any section: its partial Dataset, if
+        the solver kept one, is written marked ``complete = 0`` (status "incomplete");
+        later sections do not run.
+    """
+    out = Path(out)
+    todo, status = _todo(exp, out, force)
     for section, runner, path in todo:
         log.info("running [%s] -> %s", section, path)
         try:
@@ -372,12 +457,24 @@ def run_config(config_path, out, *, force=False, progress=None) -> dict:
         except ValueError as e:  # a bound found during the run (e.g. a later CFL bound)
             raise ConfigError(f"[{section}]: {e}") from None
         except NumericalFailure as e:
-            ds = e.partial
-            ds.attrs.update(_attrs(exp, section))
-            write_dataset(ds, path, overwrite=True)
-            status[section] = (path, "incomplete")
-            raise
-        ds.attrs.update(_attrs(exp, section))
-        write_dataset(ds, path, overwrite=True)
+            partial, written = getattr(e, "partial", None), None
+            if isinstance(partial, xr.Dataset):
+                write_dataset(_finish(exp, section, partial, command, failure=e), path,
+                              overwrite=True)
+                status[section] = written = (path, "incomplete")
+            raise SectionFailure(f"[{section}]: {e}", partial, section,
+                                 written and written[0], status) from e
+        write_dataset(_finish(exp, section, ds, command), path, overwrite=True)
         status[section] = (path, "written")
     return status
+
+
+def run_config(config_path, out, *, force=False, progress=None, command=None) -> dict:
+    """``mfpc run CONFIG --out DIR``: :func:`resolve` the config, then
+    :func:`run_experiment`. Returns ``{section: (path, status)}``; the command in
+    ``history`` defaults to ``mfpc run CONFIG --out DIR``."""
+    config_path = Path(config_path)
+    exp = resolve(load_config(config_path), base=config_path.parent)
+    if command is None:
+        command = f"mfpc run {config_path} --out {out}" + (" --force" if force else "")
+    return run_experiment(exp, out, force=force, progress=progress, command=command)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .checks import bootstrap_slope, bootstrap_stat, finite_rows, align_to
+from .estimators import align_to, bootstrap_slope, bootstrap_stat, finite_rows
 
 __all__ = [
     "mkernel_checks",

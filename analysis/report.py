@@ -25,11 +25,14 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
+from particles.config import ConfigError
 from particles.problems import build_problem
+from particles.results import finish
 
 from . import checks
 from .io import atomic_path, read_dataset, write_dataset
 from .mkernel import mkernel_checks
+from .variables import cf_meta
 
 __all__ = ["make_report", "Row", "rows", "render", "REPORT_SPAWN_KEY"]
 
@@ -114,15 +117,37 @@ def _batch_alpha(cfg):
     return float(batch["alpha"]) if isinstance(batch, dict) else None
 
 
-def run_checks(out, *, n_boot=1000, rng=None):
-    """Read DIR and run the checks; returns (analysis Dataset, inputs dict, notes)."""
+#: the CF ``title`` of analysis.nc
+TITLE = "mfpc: checks of the paper's predictions (LLN, CLT, M-kernel, losses) on this run"
+
+
+def _problem(cfg, problem):
+    """The run's problem: the ready one given, else rebuilt from the stored config."""
+    if problem is not None:
+        return problem
+    try:
+        return build_problem(cfg["problem"], cfg.get("init"))
+    except ConfigError as e:
+        raise ConfigError(
+            f"the [problem] of this run cannot be rebuilt from its config ({e}); a run of a "
+            "ready Problem (e.g. a user's kernel) is reported from Python: "
+            "make_report(DIR, problem=problem)") from None
+
+
+def run_checks(out, *, n_boot=1000, rng=None, problem=None):
+    """Read DIR and run the checks; returns (analysis Dataset, inputs dict, notes).
+
+    ``problem`` is the run's ready :class:`~particles.problem.Problem` when the config's
+    ``[problem]`` is only a description (a user's own kernel); by default it is rebuilt
+    from the config stored in ``particles.nc``.
+    """
     out = Path(out)
     particles = read_dataset(out / "particles.nc")
     notes = []
     meanfield = _read_optional(out / "meanfield.nc", notes)
     fluct = _read_optional(out / "fluctuations.nc", notes)
     cfg = json.loads(particles.attrs["config"])
-    problem = build_problem(cfg["problem"], cfg.get("init"))
+    problem = _problem(cfg, problem)
     if rng is None:
         rng = np.random.default_rng(np.random.SeedSequence(
             int(particles.attrs.get("root_seed", 0)), spawn_key=(REPORT_SPAWN_KEY,)))
@@ -356,7 +381,8 @@ def render(table, context) -> str:
     return head + body + summary + "\n## Context\n\n" + "\n".join(context) + "\n"
 
 
-def make_report(out, *, n_boot=1000, figures=True, rng=None) -> dict:
+def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
+                command=None) -> dict:
     """Check the run in ``out`` and write ``analysis.nc``, ``report.md`` and ``figures/``.
 
     Outputs are derived from the .nc files of ``mfpc run`` and are overwritten on every
@@ -372,6 +398,12 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None) -> dict:
         Draw the PNG figures.
     rng : numpy.random.Generator, optional
         Default ``SeedSequence(root_seed, spawn_key=(REPORT_SPAWN_KEY,))``: reproducible.
+    problem : particles.problem.Problem, optional
+        The run's ready problem when it was not built from the config (see
+        :func:`run_checks`).
+    command : str, optional
+        The command line for the ``history`` of ``analysis.nc`` (default
+        ``mfpc report DIR``).
 
     Returns
     -------
@@ -382,12 +414,16 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None) -> dict:
     ------
     FileNotFoundError
         If ``out/particles.nc`` does not exist.
+    ConfigError
+        If the run's problem cannot be rebuilt from its config and none is given.
     """
     out = Path(out)
     if not (out / "particles.nc").is_file():
         raise FileNotFoundError(f"{out / 'particles.nc'} does not exist; run `mfpc run "
                                 f"CONFIG --out {out}` first")
-    a, inputs, notes = run_checks(out, n_boot=n_boot, rng=rng)
+    a, inputs, notes = run_checks(out, n_boot=n_boot, rng=rng, problem=problem)
+    finish(a, title=TITLE, meta=cf_meta(a),
+           command=f"mfpc report {out}" if command is None else command)
     apath = write_dataset(a, out / "analysis.nc", overwrite=True)
     table = rows(a, inputs)
     rpath = _write_text(out / "report.md", render(table, _context(a, inputs, notes)))

@@ -99,3 +99,31 @@ def test_fluctuations_ensemble_method_file(tmp_path):
         assert np.all(fl["clt_cov_stderr"].values >= 0)
         np.testing.assert_allclose(fl["clt_var"].values,
                                    np.diagonal(fl["clt_cov"].values, axis1=1, axis2=2))
+
+
+def test_defaults_come_from_meanfield_defaults(tmp_path, monkeypatch):
+    """[meanfield] and [fluctuations] defaults are read from meanfield.defaults (changed
+    here to values no literal in analysis has) at resolve time."""
+    from meanfield import defaults as D
+
+    monkeypatch.setitem(D.GRID, "ny", 72)
+    monkeypatch.setitem(D.GRID, "nc", 40)
+    monkeypatch.setitem(D.GRID, "c_min", -3.5)
+    monkeypatch.setitem(D.GRID, "c_max", 3.25)
+    monkeypatch.setitem(D.GRID, "cfl", 0.7)
+    monkeypatch.setitem(D.CHARACTERISTICS, "ny", 33)
+    monkeypatch.setitem(D.CHARACTERISTICS, "nc", 7)
+    monkeypatch.setitem(D.INFLUENCE, "ny", 17)
+    monkeypatch.setitem(D.INFLUENCE, "nc", 5)
+    monkeypatch.setitem(D.ENSEMBLE, "members", 9)
+    cfg = small()
+    cfg["meanfield"] = {}
+    cfg["fluctuations"] = {}
+    exp = resolve(cfg, base=tmp_path)
+    mf, fl = exp.config["meanfield"], exp.config["fluctuations"]
+    assert mf["grid"] == {"y": 72, "c": 40, "c_min": -3.5, "c_max": 3.25, "cfl": 0.7,
+                          "potential": D.GRID["potential"],
+                          "allow_truncation": D.GRID["allow_truncation"]}
+    assert mf["characteristics"] == {"y": 33, "c": 7, "dt": exp.dynamics.dt}
+    assert fl == {"method": "influence", "members": 9, "y": 17, "c": 5,
+                  "dt": exp.dynamics.dt}

@@ -1,0 +1,175 @@
+"""Preflight: what each solver cannot do for this problem, refused before any work.
+
+:func:`analysis.experiment.resolve` checks every section's keys and values; this module
+then asks, one function per section, whether the solvers the config names can serve this
+problem: the capabilities they need (declared by the problem's parts, never discovered by
+``isinstance``), the laws they can represent and the grids they can build. Every refusal
+is a :class:`~particles.config.ConfigError` (a :class:`~particles.config.CapabilityError`
+when a capability is missing) that names the config key and what to change; ``mfpc run``
+then exits 2 and writes nothing.
+
+The capabilities a solver needs (docs/config.md, "Refused before any work"):
+
+========================================  ===============
+config                                    capability
+========================================  ===============
+``dynamics.form = "kernel"``              ``kernel_form``
+``dynamics.scheme = "sgd"``               ``sample``
+``meanfield.grid.potential = "fft"``      ``fft``
+``fluctuations.method = "influence"``     ``hessian_y``
+========================================  ===============
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from particles import config as C
+
+__all__ = ["capabilities", "check_dynamics", "check_meanfield", "check_fluctuations",
+           "preflight"]
+
+ConfigError = C.ConfigError
+
+
+def capabilities(problem, grid=None) -> frozenset:
+    """What ``problem`` declares it can do: its kernel's capabilities and its own.
+
+    ``problem.capabilities()`` when the problem declares them; otherwise (problems of
+    today's ``particles``) the kernel's ``capabilities``, plus ``"kernel_form"`` when a
+    closed (F, K) form exists, ``"sample"`` when the data measure can draw batches and
+    ``"fft"`` when the FFT potential can serve on ``grid``.
+    """
+    declared = getattr(problem, "capabilities", None)
+    if callable(declared):
+        return frozenset(declared())
+    if declared is not None:  # declared as a set rather than a method
+        return frozenset(declared)
+    caps = set(getattr(problem.kernel, "capabilities", frozenset()))
+    if getattr(problem, "kernel_form", None) is not None:
+        caps.add("kernel_form")
+    if callable(getattr(problem.measure, "sample", None)):
+        caps.add("sample")
+    if grid is not None:
+        from meanfield.potentials import fft_available
+
+        if fft_available(problem, grid):
+            caps.add("fft")
+    return frozenset(caps)
+
+
+def _require(caps, capability, key, what, problem):
+    if capability not in caps:
+        name = getattr(problem, "kind", type(problem).__name__)
+        raise C.CapabilityError(
+            f"{key}: {what} needs the capability {capability!r}, which problem {name!r} "
+            f"does not declare (it declares {sorted(caps)}); {_ALTERNATIVE[capability]}"
+        )
+
+
+_ALTERNATIVE = {
+    "kernel_form": "use dynamics.form = 'data'",
+    "sample": "use scheme = 'gd' (or a data measure that can draw batches)",
+    "fft": "use meanfield.grid.potential = 'data' or 'auto'",
+    "hessian_y": "use fluctuations.method = 'ensemble' (with the grid), or a kernel "
+                 "that declares its Hessian in y",
+}
+
+
+def check_dynamics(problem, dynamics) -> None:
+    """``[dynamics]``: the (F, K) form and SGD batches need the problem's parts."""
+    caps = capabilities(problem)
+    if dynamics.form == "kernel":
+        _require(caps, "kernel_form", "dynamics.form", "the (F, K) form of (2.1)", problem)
+    if dynamics.scheme == "sgd":
+        _require(caps, "sample", "dynamics.scheme", "SGD (3.1) draws batches of mu and",
+                 problem)
+    if (getattr(problem, "info", None) or {}).get("energy") == "interpolation" and (
+        dynamics.form != "kernel" or dynamics.scheme == "sgd"
+    ):
+        raise ConfigError(
+            "problem.energy='interpolation' defines the dynamics (4.5) through f and phi; "
+            "it needs dynamics.form = 'kernel' and scheme 'gd' or 'langevin' "
+            "(use energy = 'data' for SGD or the data form)"
+        )
+
+
+def _characteristic_rule(problem, key):
+    """The characteristics' tensor rule must exist for the initial law (cheap: one node)."""
+    from meanfield.nodes import _y_rule, c_rule
+
+    try:
+        _y_rule(problem.y_law, 1)
+        c_rule(problem.c_law, 1)
+    except (ValueError, NotImplementedError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def check_meanfield(problem, dynamics, mf) -> None:
+    """``[meanfield]``: the grid and the characteristics can represent this problem.
+
+    Refuses a Dirac c law, Langevin dynamics along characteristics (no diffusion), a
+    temperature schedule on the grid, the FFT potential without ``"fft"``, and whatever
+    :func:`meanfield.grid.prepare` refuses (c range, y resolution, a y law the grid cannot
+    hold), or a fixed grid step above the initial CFL bound.
+    """
+    if problem.c_law.law == "constant":
+        raise ConfigError("meanfield: a constant c law is a Dirac in c, which no grid "
+                          "represents; use init.c law 'uniform' or 'normal'")
+    if dynamics.scheme == "langevin" and "characteristics" in mf["solvers"]:
+        raise ConfigError("meanfield.solvers: characteristics carry no diffusion; with "
+                          "scheme = 'langevin' use solvers = ['grid']")
+    if dynamics.scheme == "langevin" and not np.isscalar(dynamics.temperature):
+        raise ConfigError("meanfield: the grid solver takes a constant temperature; "
+                          "a temperature schedule is not supported there")
+    if "characteristics" in mf["solvers"]:
+        _characteristic_rule(problem, "meanfield.solvers = ['characteristics']")
+    if "grid" in mf["solvers"]:
+        _check_grid(problem, mf["grid"])
+
+
+def _check_grid(problem, g):
+    from meanfield.grid import GridSolver, prepare
+
+    try:
+        grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
+                                 c_max=g["c_max"], allow_truncation=g["allow_truncation"])
+    except (ValueError, NotImplementedError) as e:
+        raise ConfigError(f"meanfield.grid: {e}") from None
+    if g["potential"] == "fft":
+        _require(capabilities(problem, grid), "fft", "meanfield.grid.potential",
+                 "the FFT potential (a translation-invariant kernel on a periodic grid)",
+                 problem)
+    if g.get("dt") is not None:
+        bound = GridSolver(problem, grid, potential=g["potential"]).cfl_bound(m0)
+        if g["dt"] > bound:
+            raise ConfigError(
+                f"meanfield.grid.dt={g['dt']} exceeds the CFL (positivity) bound "
+                f"{bound:.4g} of the initial density on this grid; use dt <= "
+                f"{g['cfl'] * bound:.3g} (cfl times the bound), or drop dt for the adaptive "
+                "step"
+            )
+
+
+def check_fluctuations(problem, dynamics, fl, mf) -> None:
+    """``[fluctuations]``: the influence method needs ``"hessian_y"`` and the tensor rule
+    of the characteristics; the ensemble method linearises the grid of ``[meanfield]``."""
+    if dynamics.scheme == "langevin":
+        raise ConfigError("fluctuations: the CLT prediction is for gd/sgd without "
+                          "thermal noise; remove [fluctuations] or use scheme = 'gd'")
+    if fl["method"] == "influence":
+        _require(capabilities(problem), "hessian_y", "fluctuations.method",
+                 "the influence method (the adjoint of (2.24) along characteristics)",
+                 problem)
+        _characteristic_rule(problem, "fluctuations.method = 'influence'")
+    elif mf is None or "grid" not in mf["solvers"]:
+        raise ConfigError("fluctuations.method = 'ensemble' linearises the grid solver: "
+                          "add [meanfield] with solvers including 'grid'")
+
+
+def preflight(problem, dynamics, mf=None, fl=None) -> None:
+    """Every section's check, in the order the sections run; raises on the first refusal."""
+    check_dynamics(problem, dynamics)
+    if mf is not None:
+        check_meanfield(problem, dynamics, mf)
+    if fl is not None:
+        check_fluctuations(problem, dynamics, fl, mf)
