@@ -145,7 +145,8 @@ def finish(ds: xr.Dataset, *, title: str, meta: dict | None = None,
     ds.attrs.update({
         "Conventions": "CF-1.8",
         "title": title,
-        "history": f"{old}\n{line}" if old and line not in old else (old or line),
+        # newest first, as NCO writes it; the line of the solver that built the data stays
+        "history": f"{line}\n{old}" if old and line not in old else (old or line),
         "source": f"mfpc {versions()['mfpc']}",
         "references": REFERENCES,
     })

@@ -22,11 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 #: the solvers of the characteristics, the influence method and the ensemble keep a
 #: partial Dataset only with the one time loop (branch of the lead's issue 8); until that
 #: is merged these tests fail, and strict=True makes the merge remove the marker
-NEEDS_LOOP_PARTIALS = pytest.mark.xfail(
-    strict=True, reason="NumericalFailure.partial of characteristics/influence comes with the "
-    "one time loop (merged separately); remove this marker after the merge")
-
-
 def section_config(section):
     """Only [section] (no particles: nothing else to wait for) with a step that blows up:
     RK4 with h = 1000 on velocities O(1) overflows within a few dozen steps."""
@@ -54,12 +49,11 @@ def test_failure_exits_3_with_the_message(tmp_path, capsys, section, solver):
     rc, out = run(tmp_path, section_config(section))
     err = capsys.readouterr().err
     assert rc == 3
-    assert f"numerical failure: [{section}]: {solver}: non-finite" in err
+    assert f"numerical failure: [{section}]: {solver}" in err and "non-finite state" in err
     assert "lower" in err and "dt=1000" in err  # says what to change
     assert "Traceback" not in err and "AttributeError" not in err
 
 
-@NEEDS_LOOP_PARTIALS
 @pytest.mark.parametrize("section", ["meanfield", "fluctuations"])
 def test_failure_writes_the_partial(tmp_path, section):
     rc, out = run(tmp_path, section_config(section))
