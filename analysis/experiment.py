@@ -46,6 +46,8 @@ MEANFIELD_SCHEMA = {
         "y": C.integer(lo=4), "c": C.integer(lo=4), "c_min": C.number(), "c_max": C.number(),
         "cfl": C.number(lo=0, hi=1, lo_open=True), "potential": C.choice("auto", "data", "fft"),
         "allow_truncation": C.boolean(), "dt": C.number(lo=0, lo_open=True),
+        # the y box of a non-periodic grid, one number per y coordinate (parts: issue 8)
+        "y_low": C.number_list(min_len=1), "y_high": C.number_list(min_len=1),
     }),
     "characteristics": C.table({"y": C.integer(lo=1), "c": C.integer(lo=1),
                                 "dt": C.number(lo=0, lo_open=True)}),
@@ -234,6 +236,14 @@ def resolve(cfg: dict, base=None) -> Experiment:
     return Experiment(resolved, problem, dynamics, save_times, parts, init, base)
 
 
+def _y_range(g):
+    """``[(low, high)]`` per y coordinate from meanfield.grid y_low/y_high, or None."""
+    if ("y_low" in g) != ("y_high" in g) or len(g.get("y_low", ())) != len(g.get("y_high", ())):
+        raise ConfigError("meanfield.grid: give y_low and y_high together, one number per y "
+                          "coordinate each")
+    return list(zip(g["y_low"], g["y_high"])) if "y_low" in g else None
+
+
 def _check_meanfield_problem(problem, mf):
     """Refuse, before any work, what the mean-field solvers cannot do for this problem."""
     from meanfield.grid import GridSolver, prepare
@@ -245,7 +255,8 @@ def _check_meanfield_problem(problem, mf):
         g = mf["grid"]
         try:
             grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-                                     c_max=g["c_max"], allow_truncation=g["allow_truncation"])
+                                     c_max=g["c_max"], allow_truncation=g["allow_truncation"],
+                                     y_range=_y_range(g))
         except (ValueError, NotImplementedError) as e:
             raise ConfigError(f"meanfield.grid: {e}") from None
         if g.get("dt") is not None:
@@ -295,7 +306,8 @@ def run_meanfield(exp: Experiment, progress=None) -> xr.Dataset:
         tau = exp.dynamics.temperature if exp.dynamics.scheme == "langevin" else 0.0
         parts.append(solve_grid(
             exp.problem, exp.save_times, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-            c_max=g["c_max"], cfl=g["cfl"], potential=g["potential"], tau=float(tau),
+            c_max=g["c_max"], y_range=_y_range(g), cfl=g["cfl"], potential=g["potential"],
+            tau=float(tau),
             allow_truncation=g["allow_truncation"], dt=g.get("dt"), progress=progress))
     if "characteristics" in mf["solvers"]:
         ch = mf["characteristics"]

@@ -264,7 +264,12 @@ def build_problem(problem_cfg, init_cfg=None) -> Problem:
     init = C.check_section(init_cfg or {}, INIT_SCHEMA, "init")
     c_law = c_law_from_config(init.get("c"))
     if "kind" in problem_cfg:
-        _name(problem_cfg["kind"], "problem.kind", tuple(PRESETS))
+        kind = problem_cfg["kind"]
+        if isinstance(kind, str) and kind not in PRESETS:
+            raise C.ConfigError(f"problem.kind={kind!r} is not known; use one of "
+                                f"{sorted(PRESETS)}, or the parts tables [problem.kernel], "
+                                "[problem.measure], [problem.target] without kind")
+        _name(kind, "problem.kind", tuple(PRESETS))
         for key in ("kernel", "measure"):
             if isinstance(problem_cfg.get(key), dict):
                 raise C.ConfigError(f"problem: give either a preset kind or parts tables, not "
