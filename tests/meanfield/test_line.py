@@ -69,3 +69,26 @@ def test_the_default_box_of_a_uniform_law_is_widened(line):
     g = make_grid(line, 32, 8)
     assert g.y_periodic == (False,)
     assert (g.y_low[0], g.y_high[0]) == (-2.0 - 4 * BOX_MARGIN, 2.0 + 4 * BOX_MARGIN)
+
+
+@pytest.mark.slow
+def test_gaussian_line_example_end_to_end(tmp_path):
+    """``examples/gaussian_line.toml`` runs and reports with no n.a. row for the LLN, CLT,
+    M-kernel and self-healing predictions (issue 8; about 40 s on 2 cores)."""
+    from pathlib import Path
+
+    from analysis.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "line"
+    assert main(["run", str(root / "examples" / "gaussian_line.toml"), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert main(["report", str(out), "--no-figures"]) == 0
+    rows = [r for r in (out / "report.md").read_text().splitlines() if r.startswith("| ")]
+    verdict = {}
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split(" | ")]
+        verdict.setdefault(cells[0].split(",")[0].split(" ")[0], []).append(cells[-1])
+    for key in ("LLN", "CLT", "M[ρ]", "M[ρ_n]", "leading", "identity", "self-healing:"):
+        assert key in verdict, (key, sorted(verdict))
+        assert "n.a." not in verdict[key], (key, verdict[key])
