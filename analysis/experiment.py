@@ -58,6 +58,8 @@ MEANFIELD_SCHEMA = {
         "y": C.integer(lo=4), "c": C.integer(lo=4), "c_min": C.number(), "c_max": C.number(),
         "cfl": C.number(lo=0, hi=1, lo_open=True), "potential": C.choice("auto", "data", "fft"),
         "allow_truncation": C.boolean(), "dt": C.number(lo=0, lo_open=True),
+        # the y box of a non-periodic grid, one number per y coordinate (parts: issue 8)
+        "y_low": C.number_list(min_len=1), "y_high": C.number_list(min_len=1),
     }),
     "characteristics": C.table({"y": C.integer(lo=1), "c": C.integer(lo=1),
                                 "dt": C.number(lo=0, lo_open=True)}),
@@ -308,7 +310,8 @@ def run_meanfield(exp: Experiment, progress=None) -> xr.Dataset:
             tau = exp.dynamics.temperature if exp.dynamics.scheme == "langevin" else 0.0
             parts.append(solve_grid(
                 exp.problem, exp.save_times, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-                c_max=g["c_max"], cfl=g["cfl"], potential=g["potential"], tau=float(tau),
+                c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"], potential=g["potential"],
+                tau=float(tau),
                 allow_truncation=g["allow_truncation"], dt=g.get("dt"), progress=progress))
         if "characteristics" in mf["solvers"]:
             ch = mf["characteristics"]
@@ -346,8 +349,8 @@ def run_fluctuations(exp: Experiment, progress=None) -> xr.Dataset:
     g = exp.config["meanfield"]["grid"]
     return clt_covariance_ensemble(
         exp.problem, exp.save_times, members=fl["members"], ny=g["y"], nc=g["c"],
-        c_min=g["c_min"], c_max=g["c_max"], cfl=g["cfl"], potential=g["potential"],
-        allow_truncation=g["allow_truncation"], root_seed=(exp.particles or {}).get("root_seed", 0),
+        c_min=g["c_min"], c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"],
+        potential=g["potential"], allow_truncation=g["allow_truncation"], root_seed=(exp.particles or {}).get("root_seed", 0),
         progress=progress)
 
 

@@ -127,12 +127,21 @@ def check_meanfield(problem, dynamics, mf) -> None:
         _check_grid(problem, mf["grid"])
 
 
+def y_range(g):
+    """``[(low, high)]`` per y coordinate from meanfield.grid y_low/y_high, or None."""
+    if ("y_low" in g) != ("y_high" in g) or len(g.get("y_low", ())) != len(g.get("y_high", ())):
+        raise ConfigError("meanfield.grid: give y_low and y_high together, one number per y "
+                          "coordinate each")
+    return list(zip(g["y_low"], g["y_high"])) if "y_low" in g else None
+
+
 def _check_grid(problem, g):
     from meanfield.grid import GridSolver, prepare
 
     try:
         grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-                                 c_max=g["c_max"], allow_truncation=g["allow_truncation"])
+                                 c_max=g["c_max"], allow_truncation=g["allow_truncation"],
+                                 y_range=y_range(g))
     except (ValueError, NotImplementedError) as e:
         raise ConfigError(f"meanfield.grid: {e}") from None
     if g["potential"] == "fft":

@@ -10,10 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
-
-from particles.kernels import CircleKernel
-from particles.laws import YNormal, YUniformCircle
 
 __all__ = ["Grid", "make_grid", "initial_masses", "phi_resolution"]
 
@@ -108,7 +104,9 @@ class Grid:
 
 
 def _is_circle(problem) -> bool:
-    return isinstance(problem.kernel, CircleKernel) or isinstance(problem.y_law, YUniformCircle)
+    """y periodic: the kernel or the y law declares the circle as its y domain."""
+    return (getattr(problem.kernel, "y_domain", None) == "circle"
+            or getattr(problem.y_law, "domain", None) == "circle")
 
 
 def make_grid(problem, ny=256, nc=256, c_min=-5.0, c_max=5.0, y_range=None) -> Grid:
@@ -121,7 +119,8 @@ def make_grid(problem, ny=256, nc=256, c_min=-5.0, c_max=5.0, y_range=None) -> G
     nc : int
     c_min, c_max : float
     y_range : sequence of (low, high), optional
-        The y box for non-periodic problems; default mean ± 6 std of a ``YNormal`` law.
+        The y box for non-periodic problems; default ``problem.y_law.default_box()``
+        (mean ± 6 std of a normal law, a uniform box widened by its margin).
     """
     N = problem.N
     ny = (int(ny),) * N if np.isscalar(ny) else tuple(int(v) for v in ny)
@@ -136,13 +135,7 @@ def make_grid(problem, ny=256, nc=256, c_min=-5.0, c_max=5.0, y_range=None) -> G
             raise ValueError("a periodic (circle) y grid needs N = 1")
         return Grid((0.0,), (2 * np.pi,), ny, (True,), float(c_min), float(c_max), int(nc))
     if y_range is None:
-        law = problem.y_law
-        if not isinstance(law, YNormal):
-            raise ValueError(
-                f"no default y box for y law {type(law).__name__}; pass y_range=[(low, high)] "
-                "per y coordinate"
-            )
-        y_range = [(m - 6 * s, m + 6 * s) for m, s in zip(law.mean, law.std)]
+        y_range = problem.y_law.default_box()
     y_range = np.asarray(y_range, float).reshape(-1, 2)
     if len(y_range) == 1 and N > 1:
         y_range = np.repeat(y_range, N, axis=0)
@@ -157,8 +150,8 @@ def initial_masses(problem, grid: Grid):
     r"""Exact cell masses of :math:`\rho_{in} = \rho_y\otimes\rho_c` and the mass outside.
 
     The c factor is the difference of ``c_law.cdf`` at the cell edges; the y factor is
-    ``1/n`` per cell on the circle and a difference of normal distribution functions
-    per coordinate for ``YNormal``.
+    ``problem.y_law.cell_masses`` of the y edges (exact, from the distribution function:
+    ``1/n`` per cell on the circle).
 
     Returns
     -------
@@ -175,18 +168,10 @@ def initial_masses(problem, grid: Grid):
         )
     pc = np.clip(np.diff(law.cdf(grid.c_edges)), 0.0, None)
     ylaw = problem.y_law
-    if all(grid.y_periodic):
-        if not isinstance(ylaw, YUniformCircle):
-            raise ValueError(f"periodic y grid: y law must be uniform, got {type(ylaw).__name__}")
-        py = np.full(grid.ny, 1.0 / grid.ny[0])
-    elif isinstance(ylaw, YNormal):
-        factors = [np.diff(stats.norm.cdf(grid.y_edges(k), ylaw.mean[k], ylaw.std[k]))
-                   for k in range(grid.N)]
-        py = factors[0]
-        for f in factors[1:]:
-            py = np.multiply.outer(py, f)
-    else:
-        raise ValueError(f"no exact cell masses for y law {type(ylaw).__name__}")
+    if all(grid.y_periodic) and getattr(ylaw, "domain", None) != "circle":
+        raise ValueError(f"periodic y grid: y law must be uniform on the circle, got "
+                         f"{ylaw.params()}")
+    py = ylaw.cell_masses([grid.y_edges(k) for k in range(grid.N)])
     m = np.multiply.outer(py, pc)
     truncated = max(0.0, 1.0 - float(py.sum()) * float(pc.sum()))
     return m, truncated

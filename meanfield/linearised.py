@@ -170,6 +170,7 @@ def clt_covariance_ensemble(
     nc: int = GRID["nc"],
     c_min: float = GRID["c_min"],
     c_max: float = GRID["c_max"],
+    y_range=None,
     cfl: float = GRID["cfl"],
     allow_truncation: bool = GRID["allow_truncation"],
     root_seed: int = 0,
@@ -193,7 +194,7 @@ def clt_covariance_ensemble(
         Increasing times ≥ 0.
     members : int
         Ensemble size M ≥ 2; standard errors scale as :math:`M^{-1/2}`.
-    ny, nc, c_min, c_max, cfl, allow_truncation, potential, phi_tol
+    ny, nc, c_min, c_max, y_range, cfl, allow_truncation, potential, phi_tol
         The grid and step of :func:`meanfield.grid.solve_grid` (no fixed ``dt``: the
         steps follow the positivity bound of :math:`\rho_0`).
     root_seed : int
@@ -226,6 +227,7 @@ def clt_covariance_ensemble(
     if not 0 < cfl <= 1:
         raise ValueError(f"cfl={cfl} must be in (0, 1]: steps above the bound lose positivity")
     grid, m0, truncated, eps = prepare(problem, ny=ny, nc=nc, c_min=c_min, c_max=c_max,
+                                      y_range=y_range,
                                       allow_truncation=allow_truncation, phi_tol=phi_tol)
     solver = GridSolver(problem, grid, potential=potential)
     cells = int(np.prod(grid.shape))

@@ -1,15 +1,13 @@
 r"""Weighted quadrature nodes of the initial law :math:`\rho_{in} = \rho_y\otimes\rho_c`.
 
 Shared by the characteristics solver and the influence method (THEORY §3, §4): a tensor
-rule in y (trapezoid on the circle, Gauss rules for a normal law) times a Gauss rule in c
+rule in y given by the y law (``quadrature``: trapezoid on the circle, Gauss–Legendre on
+a box, Gauss–Hermite for a normal law) times a Gauss rule in c
 matched to the c law.
 """
 from __future__ import annotations
 
 import numpy as np
-
-from particles.laws import YNormal, YUniformCircle
-from particles.measures import _product_rule
 
 __all__ = ["characteristic_nodes", "c_rule"]
 
@@ -28,15 +26,8 @@ def c_rule(c_law, nc: int):
 
 
 def _y_rule(y_law, ny: int):
-    if isinstance(y_law, YUniformCircle):
-        return (2 * np.pi * np.arange(ny) / ny)[:, None], np.full(ny, 1.0 / ny)
-    if isinstance(y_law, YNormal):
-        nodes, weights = _product_rule(*np.polynomial.hermite_e.hermegauss(ny), y_law.N)
-        return y_law.mean + y_law.std * nodes, weights
-    raise ValueError(
-        f"the characteristics solver has no tensor quadrature for the y law "
-        f"{y_law.params()}; it supports y uniform on the circle and y normal"
-    )
+    """The y law's own tensor rule (``y_law.quadrature``): nodes (J, N), weights (J,)."""
+    return y_law.quadrature(ny)
 
 
 def characteristic_nodes(problem, ny: int, nc: int):

@@ -1,17 +1,17 @@
 r"""The potential :math:`U(y) = \langle\varphi(\cdot, y), f_0 - f\rangle_\mu` of (2.9) on the grid.
 
 :class:`DataPotential` goes through the data (the network's own forward and backward
-pass, O(Q·N_y), any φ); :class:`FFTPotential` uses the translation-invariant closed forms
-of the circle (THEORY §7). Tests hold them together.
+pass, O(Q·N_y), any φ); :class:`FFTPotential` serves any translation-invariant circle
+kernel (one declaring ``"fourier"``) with the uniform measure on the circle: K from the
+kernel's Fourier coefficients, F in closed form for a Fourier target (THEORY §7), else
+once through the data. Tests hold them together.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from particles.kernels import CircleKernel
-from particles.measures import CircleUniform
-from particles.problems import circle_fourier_F, circle_K
-from particles.targets import FourierTarget
+from particles.closed_forms import circle_fourier_F, circle_K
+from particles.config import CapabilityError
 
 from .cells import Grid
 
@@ -49,23 +49,48 @@ class DataPotential:
 class FFTPotential:
     r"""``U = K g − F`` on the circle by FFT: K translation invariant (THEORY §7).
 
-    :math:`K(y, y') = e^{-2\kappa}I_0(2\kappa|\cos\frac{y-y'}2|)`, and F in closed form
-    (:func:`particles.problems.circle_fourier_F`) for a Fourier target and uniform μ.
+    With :math:`\varphi(x, y) = g(x - y)`, :math:`g(s) = \sum_k\hat g_{|k|}e^{iks}` and μ
+    uniform on the circle, :math:`K(y, y') = \sum_k \hat g_{|k|}^2 e^{ik(y-y')}` and, for
+    a Fourier target :math:`f = \sum_k a_k\cos kx + b_k\sin kx`,
+    :math:`F(y) = \sum_k \hat g_k(a_k\cos ky + b_k\sin ky)`. The circle kernel uses
+    its closed forms :func:`particles.closed_forms.circle_K` and
+    :func:`~particles.closed_forms.circle_fourier_F`; another kernel declaring
+    ``"fourier"`` sums the series for K (``n`` modes on n cells: the aliased sum of the
+    FFT), and F comes from the series for a Fourier target, else once through the data
+    (:math:`F(y_j) = \sum_q w_q\varphi(x_q, y_j)f(x_q)`).
     """
 
     name = "fft"
 
     def __init__(self, problem, grid: Grid):
         if not fft_available(problem, grid):
-            raise ValueError(
-                "potential='fft' needs the circle problem (CircleKernel, uniform mu, Fourier "
-                "target) on a periodic grid; use potential='data'"
+            raise CapabilityError(
+                "potential='fft' needs the capability 'fft' on a periodic grid: "
+                f"{problem.missing('fft') or 'the grid is not periodic'}; use potential='data'"
             )
         y = grid.y_points
-        K, _ = circle_K(problem.kernel)
+        kern, target = problem.kernel, problem.target
         self.n = len(y)
-        self.Khat = np.fft.rfft(K(y[:1], y)[0])
-        self.F = circle_fourier_F(problem.kernel, problem.target)[0](y)
+        fourier_target = getattr(target, "name", None) == "fourier"
+        if getattr(kern, "name", None) == "circle" and hasattr(kern, "kappa"):
+            K, _ = circle_K(kern)
+            self.Khat = np.fft.rfft(K(y[:1], y)[0])
+            if fourier_target:
+                self.F = circle_fourier_F(kern, target)[0](y)
+                return
+        else:
+            kmax = self.n
+            gh = np.asarray(kern.fourier_coefficients(kmax), float)
+            k = np.arange(kmax + 1)
+            s = y[:, 0] - y[0, 0]
+            row = gh[0] ** 2 + 2 * np.cos(np.outer(s, k[1:])) @ gh[1:] ** 2
+            self.Khat = np.fft.rfft(row)
+        if fourier_target:
+            gh = np.asarray(kern.fourier_coefficients(len(target.k) - 1), float)
+            ky = y[:, 0, None] * target.k
+            self.F = (np.cos(ky) * gh) @ target.a + (np.sin(ky) * gh) @ target.b
+        else:
+            self.F = (kern.phi(problem.x, y) * problem.w) @ problem.f_x
 
     def __call__(self, g):
         U = np.fft.irfft(self.Khat * np.fft.rfft(g), self.n)
@@ -74,8 +99,8 @@ class FFTPotential:
 
 
 def fft_available(problem, grid: Grid) -> bool:
-    return (isinstance(problem.kernel, CircleKernel) and isinstance(problem.measure, CircleUniform)
-            and isinstance(problem.target, FourierTarget) and all(grid.y_periodic))
+    """The problem declares ``"fft"`` and the grid is periodic."""
+    return "fft" in problem.capabilities() and all(grid.y_periodic)
 
 
 def _choose_potential(problem, grid, potential):

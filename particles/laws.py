@@ -1,15 +1,39 @@
 r"""Initial laws :math:`\rho_{in}(y, c) = \rho_y(y)\,\rho_c(c)` (independent y and c).
 
-Each law samples with an explicit ``numpy.random.Generator`` and, for the mean-field
-solvers, exposes its density or distribution function so that grid cells can be given
-their exact mass and Gauss rules can be matched to it.
+Each law samples with an explicit ``numpy.random.Generator``. The y laws also give what
+the mean-field solvers need, as methods (``meanfield`` never asks for a class):
+
+* ``quadrature(ny) -> (nodes (J, N), weights (J,))``: a tensor rule of the law
+  (trapezoid on the circle, Gauss–Legendre on a box, Gauss–Hermite for a normal law),
+  probability weights; the characteristics and the influence method (THEORY §3, §4);
+* ``cell_masses(edges) -> (n_1, ..., n_N)``: exact masses of the cells of a tensor grid
+  with edge arrays ``edges[k]`` per coordinate, from the distribution function (the grid
+  solver's initial data);
+* ``default_box() -> [(low, high)] * N``: the y box of a non-periodic grid;
+* ``domain``: ``"circle"``, ``"euclidean"`` or ``"sphere"``; ``name``: the config law.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats
 
-__all__ = ["CLaw", "YUniformCircle", "YNormal", "YUniformSphere"]
+from .measures import _product_rule
+
+__all__ = ["CLaw", "YUniformCircle", "YUniformBox", "YNormal", "YUniformSphere", "BOX_MARGIN"]
+
+#: A uniform y box is widened by this fraction of its width on each side for the default
+#: grid box: units leave the box where they start (the example of
+#: ``examples/gaussian_line.toml`` moves from [-2, 2] to the target bumps at ±2).
+BOX_MARGIN = 1.0
+
+
+def _tensor(factors):
+    """Outer product of per-coordinate factors: shape (n_1, ..., n_N)."""
+    out = factors[0]
+    for f in factors[1:]:
+        out = np.multiply.outer(out, f)
+    return out
+
 
 
 class CLaw:
@@ -75,6 +99,8 @@ class YUniformCircle:
     """y uniform on [0, 2π), density 1/(2π)."""
 
     N = 1
+    name = "uniform"
+    domain = "circle"
 
     def params(self):
         return {"law": "uniform"}
@@ -85,9 +111,69 @@ class YUniformCircle:
     def pdf(self, y):
         return np.full(np.shape(y)[:-1], 1.0 / (2 * np.pi))
 
+    def quadrature(self, ny):
+        """Trapezoid rule (spectral for periodic integrands): (ny, 1), (ny,)."""
+        return (2 * np.pi * np.arange(ny) / ny)[:, None], np.full(ny, 1.0 / ny)
+
+    def cell_masses(self, edges):
+        """1/n per cell of n uniform cells covering the circle, else arc length / 2π."""
+        e = np.asarray(edges[0], float)
+        n = len(e) - 1
+        if e[0] == 0.0 and e[-1] == 2 * np.pi and np.allclose(np.diff(e), 2 * np.pi / n):
+            return np.full((n,), 1.0 / n)
+        return np.diff(e) / (2 * np.pi)
+
+    def default_box(self):
+        return [(0.0, 2 * np.pi)]
+
+
+class YUniformBox:
+    """y uniform on the box [low, high] (one pair per coordinate), N = len(low)."""
+
+    name = "uniform"
+    domain = "euclidean"
+
+    def __init__(self, low, high):
+        self.low = np.atleast_1d(np.asarray(low, float))
+        self.high = np.atleast_1d(np.asarray(high, float))
+        self.N = len(self.low)
+        if self.high.shape != self.low.shape or np.any(self.high <= self.low):
+            raise ValueError(
+                f"init.y: low={self.low.tolist()} and high={self.high.tolist()} must have the "
+                "same length with low < high in every coordinate"
+            )
+
+    def params(self):
+        return {"law": "uniform", "low": self.low.tolist(), "high": self.high.tolist()}
+
+    def sample(self, rng, n):
+        return rng.uniform(self.low, self.high, size=(n, self.N))
+
+    def pdf(self, y):
+        inside = np.all((y >= self.low) & (y <= self.high), axis=-1)
+        return inside / np.prod(self.high - self.low)
+
+    def quadrature(self, ny):
+        """Gauss–Legendre product rule on the box: (ny^N, N), (ny^N,)."""
+        t, wt = np.polynomial.legendre.leggauss(ny)
+        nodes, weights = _product_rule((t + 1) / 2, wt, self.N)
+        return self.low + nodes * (self.high - self.low), weights
+
+    def cell_masses(self, edges):
+        return _tensor([np.diff(np.clip((np.asarray(e, float) - lo) / (hi - lo), 0.0, 1.0))
+                        for e, lo, hi in zip(edges, self.low, self.high)])
+
+    def default_box(self):
+        """The box widened by ``BOX_MARGIN`` of its width on each side."""
+        m = BOX_MARGIN * (self.high - self.low)
+        return list(zip((self.low - m).tolist(), (self.high + m).tolist()))
+
 
 class YNormal:
     """y ~ N(mean, std²) independently in each of N coordinates."""
+
+    name = "normal"
+    domain = "euclidean"
 
     def __init__(self, N, mean=0.0, std=1.0):
         self.N = int(N)
@@ -105,9 +191,25 @@ class YNormal:
     def pdf(self, y):
         return np.prod(stats.norm.pdf(y, loc=self.mean, scale=self.std), axis=-1)
 
+    def quadrature(self, ny):
+        """Gauss–Hermite product rule: (ny^N, N), (ny^N,)."""
+        nodes, weights = _product_rule(*np.polynomial.hermite_e.hermegauss(ny), self.N)
+        return self.mean + self.std * nodes, weights
+
+    def cell_masses(self, edges):
+        return _tensor([np.diff(stats.norm.cdf(e, self.mean[k], self.std[k]))
+                        for k, e in enumerate(edges)])
+
+    def default_box(self):
+        """mean ± 6 std per coordinate."""
+        return [(m - 6 * s, m + 6 * s) for m, s in zip(self.mean, self.std)]
+
 
 class YUniformSphere:
-    """y uniform on the sphere |y| = √d."""
+    """y uniform on the sphere |y| = √d (no tensor rule, no grid)."""
+
+    name = "uniform_sphere"
+    domain = "sphere"
 
     def __init__(self, d):
         self.N = int(d)
@@ -118,3 +220,18 @@ class YUniformSphere:
     def sample(self, rng, n):
         g = rng.standard_normal((n, self.N))
         return g * (np.sqrt(self.N) / np.linalg.norm(g, axis=-1, keepdims=True))
+
+    def _none(self, what):
+        raise ValueError(
+            f"the y law 'uniform_sphere' has no {what}; the mean-field solvers need y "
+            "uniform on the circle, uniform on a box or normal"
+        )
+
+    def quadrature(self, ny):
+        self._none("tensor quadrature")
+
+    def cell_masses(self, edges):
+        self._none("grid cells")
+
+    def default_box(self):
+        self._none("grid box")

@@ -5,12 +5,20 @@ Each measure has ``nodes`` (Q, d) and ``weights`` (Q,) with
 drawing ``P`` i.i.d. points of :math:`\mu` for SGD (3.1). Where the dimension allows the
 nodes are a quadrature rule; otherwise they are a fixed i.i.d. sample with equal
 weights (a Monte Carlo rule), stated in ``kind``.
+
+Every measure declares ``name`` (its config kind, ``[problem.measure] kind``),
+``domain`` (``"circle"``, ``"euclidean"``, ``"sphere"``) and ``capabilities``:
+``"sample"`` when ``sample(rng, P)`` draws from it (SGD needs it; the Lebesgue measure
+and a file measure cannot be sampled).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CircleUniform", "GaussianMeasure", "SphereUniform", "UniformBox"]
+from .config import require
+
+__all__ = ["CircleUniform", "GaussianMeasure", "SphereUniform", "UniformBox", "Lebesgue",
+           "FileMeasure"]
 
 
 def _product_rule(t, wt, d):
@@ -25,6 +33,9 @@ def _product_rule(t, wt, d):
 class CircleUniform:
     """Uniform probability on [0, 2π) with the Q-point trapezoid rule (spectral)."""
 
+    name = "circle"
+    domain = "circle"
+    capabilities = frozenset({"sample"})
     kind = "quadrature"
 
     def __init__(self, Q: int):
@@ -40,7 +51,11 @@ class CircleUniform:
 
 
 class GaussianMeasure:
-    """Standard normal on R^d; Gauss–Hermite product rule for d ≤ 2, else samples."""
+    """N(0, scale² I) on R^d; Gauss–Hermite product rule for d ≤ 2, else samples."""
+
+    name = "gaussian"
+    domain = "euclidean"
+    capabilities = frozenset({"sample"})
 
     def __init__(self, d: int, Q: int, rng=None, scale: float = 1.0):
         self.d, self.Q, self.scale = int(d), int(Q), float(scale)
@@ -66,6 +81,10 @@ class GaussianMeasure:
 
 class UniformBox:
     """Uniform probability on [low, high]^d; Gauss–Legendre product rule for d ≤ 2."""
+
+    name = "uniform_box"
+    domain = "euclidean"
+    capabilities = frozenset({"sample"})
 
     def __init__(self, d: int, Q: int, low: float, high: float, rng=None):
         self.d, self.Q, self.low, self.high = int(d), int(Q), float(low), float(high)
@@ -93,6 +112,9 @@ class UniformBox:
 class SphereUniform:
     """Uniform probability on the sphere |x| = √d; nodes are a fixed i.i.d. sample."""
 
+    name = "sphere"
+    domain = "sphere"
+    capabilities = frozenset({"sample"})
     kind = "samples"
 
     def __init__(self, d: int, Q: int, rng):
@@ -106,3 +128,92 @@ class SphereUniform:
     def sample(self, rng, P):
         g = rng.standard_normal((P, self.d))
         return g * (np.sqrt(self.d) / np.linalg.norm(g, axis=-1, keepdims=True))
+
+
+class Lebesgue:
+    r"""Lebesgue measure :math:`\mu = dx` on all of :math:`R^d` (not a probability).
+
+    The nodes are the tensor trapezoid points of the box [low, high] (``nodes`` points per
+    coordinate, ``nodes^d`` in all) with trapezoid weights (not normalised: they sum to
+    the box volume); they evaluate f_n, the loss and the data form. Integrands must be
+    negligible outside the box. It cannot be sampled: SGD is refused (``"sample"``).
+
+    Parameters
+    ----------
+    low, high : sequence of float, length d
+    nodes : int
+        Points per coordinate (>= 2).
+    """
+
+    name = "lebesgue"
+    domain = "euclidean"
+    capabilities = frozenset()
+    kind = "trapezoid"
+
+    def __init__(self, low, high, nodes: int):
+        self.low = np.atleast_1d(np.asarray(low, float))
+        self.high = np.atleast_1d(np.asarray(high, float))
+        self.d, self.m = len(self.low), int(nodes)
+        if self.high.shape != self.low.shape or np.any(self.high <= self.low) or self.m < 2:
+            raise ValueError(
+                f"problem.measure: low={self.low.tolist()}, high={self.high.tolist()} need the "
+                f"same length with low < high, and nodes >= 2 (got {self.m})"
+            )
+        axes, wts = [], []
+        for lo, hi in zip(self.low, self.high):
+            t = np.linspace(lo, hi, self.m)
+            w = np.full(self.m, (hi - lo) / (self.m - 1))
+            w[[0, -1]] *= 0.5
+            axes.append(t)
+            wts.append(w)
+        mesh = np.meshgrid(*axes, indexing="ij")
+        self.nodes = np.stack([g.ravel() for g in mesh], axis=-1)
+        self.weights = np.prod(np.stack([g.ravel() for g in np.meshgrid(*wts, indexing="ij")]),
+                               axis=0)
+        self.Q = len(self.weights)
+
+    def params(self):
+        return {"d": self.d, "nodes": self.m, "kind": self.kind, "low": self.low.tolist(),
+                "high": self.high.tolist()}
+
+    def sample(self, rng, P):
+        require(self, "sample", "drawing data points (SGD)")
+
+
+class FileMeasure:
+    """Nodes and weights read from a netCDF file: ``x(x, x_dim)`` and ``weight(x)``.
+
+    It cannot be sampled (SGD is refused by ``"sample"``).
+    """
+
+    name = "file"
+    domain = "euclidean"
+    capabilities = frozenset()
+    kind = "file"
+
+    def __init__(self, path):
+        import xarray as xr
+
+        self.path = str(path)
+        try:
+            with xr.open_dataset(self.path, engine="h5netcdf") as ds:
+                x = np.asarray(ds["x"].values, float)
+                w = np.asarray(ds["weight"].values, float)
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(
+                f"problem.measure.path={self.path!r}: cannot read x(x, x_dim) and weight(x) "
+                f"({e}); write a netCDF file with those two variables"
+            ) from None
+        if x.ndim == 1:
+            x = x[:, None]
+        if x.ndim != 2 or w.shape != (len(x),):
+            raise ValueError(f"problem.measure.path={self.path!r}: x must be (x, x_dim) and "
+                             f"weight (x,), got {x.shape} and {w.shape}")
+        self.nodes, self.weights = x, w
+        self.d, self.Q = x.shape[1], len(w)
+
+    def params(self):
+        return {"d": self.d, "nodes": self.Q, "kind": self.kind, "path": self.path}
+
+    def sample(self, rng, P):
+        require(self, "sample", "drawing data points (SGD)")

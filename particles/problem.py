@@ -7,7 +7,7 @@ the network on the nodes, the loss (1.2), and the gradient-descent velocity fiel
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,33 +30,106 @@ class KernelForm:
     description: str = ""
 
 
-@dataclass(frozen=True)
 class Problem:
-    r"""One training problem.
+    r"""One training problem, composed from parts.
 
     Parameters
     ----------
-    kind : str
-        Name used in configs and attrs (``"circle"``, ``"rbf"``, ...).
     kernel : particles.kernels.Kernel
     measure : object
-        Data measure with ``nodes`` (Q, d), ``weights`` (Q,) and ``sample(rng, P)``.
+        Data measure with ``nodes`` (Q, d), ``weights`` (Q,), ``sample(rng, P)``, ``name``
+        and ``capabilities`` (:mod:`particles.measures`).
     target : callable
-        ``f(x)`` on nodes (..., Q, d) -> (..., Q).
+        ``f(x)`` on nodes (..., Q, d) -> (..., Q) (:mod:`particles.targets`).
     y_law, c_law : objects with ``sample(rng, n)``
-        The initial law :math:`\rho_{in} = \rho_y \otimes \rho_c`.
+        The initial law :math:`\rho_{in} = \rho_y \otimes \rho_c` (:mod:`particles.laws`).
     kernel_form : KernelForm or None
-        The closed or prescribed (F, K) of (2.1), if the problem has one.
+        The closed or prescribed (F, K) of (2.1), if the problem has one
+        (:func:`particles.closed_forms.kernel_form`).
+    name : str
+        Name used in attrs (``"circle"``, ``"rbf"``, ``"parts"``, ...); ``kind`` is an
+        alias kept for old callers.
+    info : dict
+        Extra entries for the attrs.
+    kernel_form_reason : str
+        Why there is no kernel form (said when ``form = "kernel"`` is asked for).
     """
 
-    kind: str
-    kernel: Any
-    measure: Any
-    target: Any
-    y_law: Any
-    c_law: Any
-    kernel_form: KernelForm | None = None
-    info: dict = field(default_factory=dict)
+    def __init__(self, kernel=None, measure=None, target=None, y_law=None, c_law=None,
+                 kernel_form=None, name=None, info=None, *, kind=None, kernel_form_reason=None):
+        if name is None:
+            name = kind if kind is not None else "parts"
+        self.name = self.kind = str(name)
+        self.kernel, self.measure, self.target = kernel, measure, target
+        self.y_law, self.c_law = y_law, c_law
+        self.kernel_form = kernel_form
+        self.info = dict(info or {})
+        self.kernel_form_reason = kernel_form_reason or (
+            "" if kernel_form is not None
+            else f"problem {self.name!r} has no closed (F, K) form")
+        self._f_x = np.asarray(self.target(self.measure.nodes), float)
+
+    def replace(self, **changes) -> "Problem":
+        """A new problem with some parts changed. A changed kernel, measure or target
+        drops the closed (F, K) form unless ``kernel_form`` is given with it."""
+        fields = dict(kernel=self.kernel, measure=self.measure, target=self.target,
+                      y_law=self.y_law, c_law=self.c_law, kernel_form=self.kernel_form,
+                      name=self.name, info=self.info,
+                      kernel_form_reason=self.kernel_form_reason or None)
+        if {"kernel", "measure", "target"} & set(changes) and "kernel_form" not in changes:
+            fields["kernel_form"] = None
+            fields["kernel_form_reason"] = "the parts changed: give kernel_form with them"
+        unknown = set(changes) - set(fields)
+        if unknown:
+            raise TypeError(f"Problem.replace: unknown part(s) {sorted(unknown)}")
+        fields.update(changes)
+        return Problem(**fields)
+
+    def capabilities(self) -> frozenset:
+        """What this problem offers the solvers (declared by its parts).
+
+        The kernel's capabilities, plus ``"kernel_form"`` when a closed (F, K) form
+        exists, ``"sample"`` when the measure samples and the target evaluates off the
+        nodes (SGD), ``"fft"`` when the FFT potential serves (the kernel declares
+        ``"fourier"``, y on the circle, the measure uniform on the circle).
+        """
+        caps = set(getattr(self.kernel, "capabilities", ()))
+        if self.kernel_form is not None:
+            caps.add("kernel_form")
+        tcaps = getattr(self.target, "capabilities", {"evaluate"})
+        if "sample" in getattr(self.measure, "capabilities", ()) and "evaluate" in tcaps:
+            caps.add("sample")
+        if ("fourier" in caps and getattr(self.kernel, "y_domain", None) == "circle"
+                and getattr(self.measure, "name", None) == "circle"):
+            caps.add("fft")
+        return frozenset(caps)
+
+    def missing(self, capability: str) -> str:
+        """Why the problem lacks ``capability`` ("" when it has it)."""
+        if capability in self.capabilities():
+            return ""
+        if capability == "kernel_form":
+            return self.kernel_form_reason
+        mname = getattr(self.measure, "name", type(self.measure).__name__)
+        tname = getattr(self.target, "name", type(self.target).__name__)
+        kname = getattr(self.kernel, "name", type(self.kernel).__name__)
+        if capability == "sample":
+            return (f"SGD needs a measure that samples and a target that evaluates off the "
+                    f"nodes: measure {mname!r} declares {sorted(getattr(self.measure, 'capabilities', ()))}, "
+                    f"target {tname!r} declares {sorted(getattr(self.target, 'capabilities', ()))}")
+        if capability == "fft":
+            return (f"the FFT potential needs a kernel declaring 'fourier' with y on the circle "
+                    f"and the uniform circle measure; kernel {kname!r}, measure {mname!r}")
+        return f"kernel {kname!r} does not declare {capability!r}"
+
+    def require(self, capability: str, purpose: str):
+        """Raise :class:`particles.config.CapabilityError` naming ``capability`` when the
+        problem lacks it."""
+        if capability not in self.capabilities():
+            from .config import CapabilityError
+
+            raise CapabilityError(f"{purpose} needs the capability {capability!r}: "
+                                  f"{self.missing(capability)}")
 
     @property
     def N(self) -> int:
@@ -76,9 +149,6 @@ class Problem:
     def f_x(self) -> np.ndarray:
         """Target on the nodes, shape (Q,)."""
         return self._f_x
-
-    def __post_init__(self):
-        object.__setattr__(self, "_f_x", np.asarray(self.target(self.measure.nodes), float))
 
     def params(self) -> dict:
         return {
@@ -147,9 +217,7 @@ class Problem:
         if form == "kernel":
             kf = self.kernel_form
             if kf is None:
-                raise ValueError(
-                    f"problem {self.kind!r} has no closed (F, K) form; use dynamics.form = 'data'"
-                )
+                self.require("kernel_form", "dynamics.form = 'kernel'")
             ac = a * c
             vc = kf.F(y) - np.einsum("bnm,bm->bn", kf.K(y, y), ac)
             gy = kf.grad_F(y) - np.einsum("bnmk,bm->bnk", kf.grad_K(y, y), ac)

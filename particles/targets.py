@@ -1,13 +1,18 @@
 r"""Targets :math:`f(x)` with their gradients :math:`\nabla_x f`.
 
 Every target is called on nodes ``x`` of shape ``(..., Q, d)`` and returns ``(..., Q)``;
-``grad(x)`` returns ``(..., Q, d)``.
+``grad(x)`` returns ``(..., Q, d)``. Every target declares ``name`` (its config kind,
+``[problem.target] kind``) and ``capabilities``: ``"evaluate"`` when it can be evaluated
+off the measure's nodes (SGD draws new points), ``"grad"`` when :math:`\nabla_x f`
+exists.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FourierTarget", "TeacherNetwork", "ThreeSpin"]
+from .config import require
+
+__all__ = ["FourierTarget", "TeacherNetwork", "ThreeSpin", "GaussianMixture", "FileTarget"]
 
 
 class FourierTarget:
@@ -15,6 +20,9 @@ class FourierTarget:
 
     ``cos[k] = a_k`` and ``sin[k] = b_k`` for k = 0, 1, 2, ... (``sin[0]`` is ignored).
     """
+
+    name = "fourier"
+    capabilities = frozenset({"evaluate", "grad"})
 
     def __init__(self, cos=(), sin=()):
         self.cos = np.asarray(cos, dtype=float)
@@ -41,6 +49,8 @@ class FourierTarget:
 class TeacherNetwork:
     r"""A teacher network :math:`f(x) = \frac1m\sum_j c^*_j\varphi(x, y^*_j)` with a kernel."""
 
+    name = "teacher"
+
     def __init__(self, kernel, y, c):
         self.kernel = kernel
         self.y = np.asarray(y, dtype=float)
@@ -49,6 +59,11 @@ class TeacherNetwork:
             raise ValueError(
                 f"teacher y has shape {self.y.shape}; expected ({len(self.c)}, {kernel.N})"
             )
+
+    @property
+    def capabilities(self):
+        grad = {"grad"} if "grad_x" in self.kernel.capabilities else set()
+        return frozenset({"evaluate"} | grad)
 
     def params(self):
         return {"units": len(self.c)}
@@ -70,6 +85,9 @@ class ThreeSpin:
     with gradient (4.6)
     :math:`\partial_p f = \frac1d\sum_{q,r}(a_{pqr} + a_{rpq} + a_{qrp}) x_q x_r`.
     """
+
+    name = "3spin"
+    capabilities = frozenset({"evaluate", "grad"})
 
     def __init__(self, a):
         self.a = np.asarray(a, dtype=float)
@@ -111,3 +129,95 @@ class ThreeSpin:
 
     def grad(self, x):
         return self._contract(x) / self.d
+
+
+class GaussianMixture:
+    r"""A signed mixture of normalised Gaussian densities on :math:`R^d`,
+
+    .. math:: f(x) = \sum_k w_k\,N(x; m_k, s_k^2 I),\qquad
+              N(x; m, s^2 I) = (2\pi s^2)^{-d/2}e^{-|x-m|^2/(2s^2)} .
+
+    Parameters
+    ----------
+    weights : sequence of float, shape (K,)
+    centres : array_like, shape (K, d)
+    sigmas : sequence of float, shape (K,)
+    """
+
+    name = "gaussian_mixture"
+    capabilities = frozenset({"evaluate", "grad"})
+
+    def __init__(self, weights, centres, sigmas):
+        self.w = np.asarray(weights, float)
+        self.m = np.asarray(centres, float)
+        self.s = np.asarray(sigmas, float)
+        K = len(self.w)
+        if self.m.ndim != 2 or len(self.m) != K or self.s.shape != (K,) or np.any(self.s <= 0):
+            raise ValueError(
+                f"problem.target: weights ({K}), centres {self.m.shape} and sigmas "
+                f"{self.s.shape} must give K components: centres as K lists of d numbers, "
+                "sigmas > 0"
+            )
+        self.d = self.m.shape[1]
+
+    def params(self):
+        return {"weights": self.w.tolist(), "centres": self.m.tolist(), "sigmas": self.s.tolist()}
+
+    def _dens(self, x):
+        """x − m_k (..., Q, K, d) and w_k N(x; m_k, s_k²) (..., Q, K)."""
+        diff = np.asarray(x, float)[..., :, None, :] - self.m
+        s2 = self.s**2
+        g = np.exp(-0.5 * np.sum(diff**2, axis=-1) / s2) * (2 * np.pi * s2) ** (-0.5 * self.d)
+        return diff, self.w * g
+
+    def __call__(self, x):
+        return np.sum(self._dens(x)[1], axis=-1)
+
+    def grad(self, x):
+        diff, g = self._dens(x)
+        return -np.sum((g / self.s**2)[..., None] * diff, axis=-2)
+
+
+class FileTarget:
+    """Target values ``f(x)`` read from a netCDF file, on the measure's nodes only.
+
+    It declares no ``"evaluate"``: off the nodes it is refused (SGD needs it).
+
+    Parameters
+    ----------
+    path : str
+        netCDF file with a variable ``f(x)``.
+    nodes : ndarray, shape (Q, d)
+        The measure's nodes, on which the values are given.
+    """
+
+    name = "file"
+    capabilities = frozenset()
+
+    def __init__(self, path, nodes):
+        import xarray as xr
+
+        self.path = str(path)
+        try:
+            with xr.open_dataset(self.path, engine="h5netcdf") as ds:
+                self.values = np.asarray(ds["f"].values, float)
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(
+                f"problem.target.path={self.path!r}: cannot read f(x) ({e}); write a netCDF "
+                "file with a variable f on the measure's nodes"
+            ) from None
+        self.nodes = np.asarray(nodes, float)
+        if self.values.shape != (len(self.nodes),):
+            raise ValueError(
+                f"problem.target.path={self.path!r}: f has shape {self.values.shape}, the "
+                f"measure has {len(self.nodes)} nodes; give one value per node"
+            )
+
+    def params(self):
+        return {"path": self.path}
+
+    def __call__(self, x):
+        x = np.asarray(x, float)
+        if x.shape == self.nodes.shape and np.array_equal(x, self.nodes):
+            return self.values.copy()
+        require(self, "evaluate", "evaluating the target off the measure's nodes (SGD)")

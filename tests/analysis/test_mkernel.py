@@ -6,7 +6,7 @@ from scipy import special
 
 from analysis import mkernel as mk
 from particles import Dynamics, State, step
-from particles.highdim import rbf_problem, sigmoid_problem, sphere_problem
+from particles.problems import rbf_problem, sigmoid_problem, sphere_problem
 from particles.problems import circle_K, circle_problem
 
 

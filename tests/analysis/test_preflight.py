@@ -4,7 +4,6 @@ Each refusal exits 2 through ``mfpc run``, names the key and the missing capabil
 leaves nothing behind: ``particles.nc`` (the first section) is never computed.
 """
 import copy
-import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -83,9 +82,9 @@ REFUSED = [
     (circle, lambda c: c["fluctuations"].update(method="ensemble") or c.pop("meanfield"),
      r"fluctuations.method = 'ensemble' linearises the grid solver"),
     (sphere, lambda c: c.pop("fluctuations") and _solvers("grid")(c),
-     r"meanfield.grid: no default y box"),
+     r"meanfield.grid: the y law 'uniform_sphere' has no grid box"),
     (sphere, lambda c: c.pop("fluctuations") and _solvers("characteristics")(c),
-     r"meanfield.solvers = \['characteristics'\]: .*no tensor quadrature for the y law"),
+     r"meanfield.solvers = \['characteristics'\]: .*has no tensor quadrature"),
 ]
 
 
@@ -139,7 +138,7 @@ def user_problem(**replace):
 
     cfg = circle()
     problem = build_problem(cfg["problem"], cfg["init"])
-    return dataclasses.replace(problem, **replace)
+    return problem.replace(**replace)
 
 
 def user_config():
@@ -180,7 +179,7 @@ def test_ready_problem_refusals(tmp_path, replace, mutate, message):
 
 def test_sgd_needs_a_measure_that_samples(tmp_path):
     problem = user_problem()
-    problem = dataclasses.replace(problem, measure=NoSampleMeasure(problem.measure))
+    problem = problem.replace(measure=NoSampleMeasure(problem.measure))
     cfg = user_config()
     cfg["dynamics"].update(scheme="sgd", integrator="euler", batch=4)
     del cfg["meanfield"], cfg["fluctuations"]

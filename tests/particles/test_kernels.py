@@ -1,5 +1,7 @@
-"""Kernels and targets: gradients against finite differences, pullbacks against the
-reference, and the circle's closed forms (THEORY §7) against quadrature.
+"""Kernels and targets: every declared derivative against finite differences (one
+parametrised set of tests over ALL kernels, including a user's kernel defined here),
+pullbacks against the reference, the circle's closed forms (THEORY §7) against
+quadrature, and capabilities that are not declared are refused by name.
 
 Tolerance of the central differences used below: with step h the truncation error is
 h²/6·|∂³g| and the rounding error about eps·|g|/h. For h = 1e-5 and derivatives of
@@ -9,8 +11,10 @@ factor, sign or index fails by orders of magnitude.
 """
 import numpy as np
 import pytest
+from scipy import integrate
 
-from particles.kernels import (CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF,
+from particles.config import CapabilityError, require
+from particles.kernels import (CircleKernel, GaussianRBF, Kernel, SigmoidUnit, SphereRBF,
                                pullback_reference)
 from particles.problems import circle_fourier_F, circle_K, circle_problem
 from particles.targets import FourierTarget, TeacherNetwork, ThreeSpin
@@ -34,7 +38,70 @@ def _sphere_points(rng, shape, d):
     return g * np.sqrt(d) / np.linalg.norm(g, axis=-1, keepdims=True)
 
 
+class RationalCircle(Kernel):
+    r"""A user's kernel, one class: :math:`\varphi = 1/(1 + \kappa(1 - \cos(x - y)))`.
+
+    Declares ``"fourier"`` and inherits the FFT default of ``fourier_coefficients``."""
+
+    name = "rational_circle"
+    N = d = 1
+    y_domain = "circle"
+    translation_invariant = True
+    capabilities = frozenset({"grad_x", "hessian_y", "fourier"})
+
+    def __init__(self, kappa=1.5):
+        self.kappa = kappa
+
+    def wrap(self, y):
+        return np.mod(y, 2 * np.pi)
+
+    def _g(self, s):
+        k = self.kappa
+        u = 1.0 / (1.0 + k * (1.0 - np.cos(s)))
+        du = k * np.sin(s) * u * u  # d/dy of u(x − y)
+        d2u = 2 * (k * np.sin(s)) ** 2 * u**3 - k * np.cos(s) * u * u
+        return u, du, d2u
+
+    def phi(self, x, y):
+        return self._g(x[..., None, :, 0] - y[..., :, None, 0])[0]
+
+    def phi_grad(self, x, y):
+        u, du, _ = self._g(x[..., None, :, 0] - y[..., :, None, 0])
+        return u, du[..., None]
+
+    def grad_x(self, x, y):
+        return -self.phi_grad(x, y)[1]
+
+    def phi_hessian(self, x, y):
+        u, du, d2u = self._g(x[None, :, 0] - y[:, None, 0])
+        return u, du[..., None], d2u[..., None, None]
+
+
+class Bare(Kernel):
+    """A kernel declaring nothing beyond phi and phi_grad."""
+
+    name = "bare"
+    N = d = 1
+
+    def phi(self, x, y):
+        return np.exp(-(x[..., None, :, 0] - y[..., :, None, 0]) ** 2)
+
+    def phi_grad(self, x, y):
+        s = x[..., None, :, 0] - y[..., :, None, 0]
+        p = np.exp(-s * s)
+        return p, (2 * s * p)[..., None]
+
+
 KERNELS = {
+    "rational_circle": (RationalCircle, lambda rng, s: rng.uniform(0, 2 * np.pi, s + (1,)),
+                        lambda rng, s: rng.uniform(0, 2 * np.pi, s + (1,))),
+    "gaussian_normalised": (lambda: GaussianRBF(2, 0.9, normalised=True),
+                            lambda rng, s: rng.standard_normal(s + (2,)),
+                            lambda rng, s: rng.standard_normal(s + (2,))),
+    "relu": (lambda: SigmoidUnit(3, "relu"), lambda rng, s: rng.standard_normal(s + (3,)),
+             lambda rng, s: rng.standard_normal(s + (4,))),
+    "bare": (Bare, lambda rng, s: rng.standard_normal(s + (1,)),
+             lambda rng, s: rng.standard_normal(s + (1,))),
     "circle": (lambda: CircleKernel(2.0), lambda rng, s: rng.uniform(0, 2 * np.pi, s + (1,)),
                lambda rng, s: rng.uniform(0, 2 * np.pi, s + (1,))),
     "gaussian_rbf": (lambda: GaussianRBF(3, 0.8), lambda rng, s: rng.standard_normal(s + (3,)),
@@ -69,6 +136,8 @@ def test_phi_grad_y_matches_finite_differences(kernel_case):
 
 def test_grad_x_matches_finite_differences(kernel_case):
     kernel, draw_x, draw_y = kernel_case
+    if "grad_x" not in kernel.capabilities:
+        pytest.skip("grad_x not declared (refusal: test_undeclared_capabilities_are_refused)")
     rng = np.random.default_rng(1)
     x, y = draw_x(rng, (6,)), draw_y(rng, (4,))
     gx = kernel.grad_x(x, y)
@@ -84,12 +153,91 @@ def test_batched_shapes_match_member_loop(kernel_case):
     rng = np.random.default_rng(2)
     x, y = draw_x(rng, (3, 6)), draw_y(rng, (3, 4))
     p, dp = kernel.phi_grad(x, y)
-    gx = kernel.grad_x(x, y)
+    gx = kernel.grad_x(x, y) if "grad_x" in kernel.capabilities else None
     for b in range(3):
         pb, dpb = kernel.phi_grad(x[b], y[b])
         np.testing.assert_allclose(p[b], pb, rtol=1e-14, atol=0)
         np.testing.assert_allclose(dp[b], dpb, rtol=1e-14, atol=0)
-        np.testing.assert_allclose(gx[b], kernel.grad_x(x[b], y[b]), rtol=1e-14, atol=0)
+        if gx is not None:
+            np.testing.assert_allclose(gx[b], kernel.grad_x(x[b], y[b]), rtol=1e-14, atol=0)
+
+
+def test_phi_hessian_matches_finite_differences(kernel_case):
+    """The declared Hessian in y: value and gradient as phi_grad, the Hessian as central
+    differences of phi_grad (same FD tolerance as above)."""
+    kernel, draw_x, draw_y = kernel_case
+    if "hessian_y" not in kernel.capabilities:
+        pytest.skip("hessian_y not declared (refusal: test_undeclared_capabilities_are_refused)")
+    rng = np.random.default_rng(7)
+    x, y = draw_x(rng, (6,)), draw_y(rng, (4,))
+    p, dp, hp = kernel.phi_hessian(x, y)
+    assert hp.shape == (4, 6, kernel.N, kernel.N)
+    p1, dp1 = kernel.phi_grad(x, y)
+    np.testing.assert_allclose(p, p1, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(dp, dp1, rtol=1e-14, atol=1e-300)
+    for i in range(4):
+        fd = _fd(lambda yi: kernel.phi_grad(x, yi[None])[1][0], y[i])  # (Q, N, N)
+        np.testing.assert_allclose(hp[i], fd, **FD)
+
+
+def test_fourier_coefficients_against_quadrature(kernel_case):
+    r"""Declared Fourier coefficients against :math:`\frac1{2\pi}\int_0^{2\pi} g(s)\cos ks\,ds`
+    by adaptive quadrature (its error estimate is below 1e-12 for these smooth g)."""
+    kernel, _, _ = kernel_case
+    if "fourier" not in kernel.capabilities:
+        pytest.skip("fourier not declared (refusal: test_undeclared_capabilities_are_refused)")
+    kmax = 6
+    got = kernel.fourier_coefficients(kmax)
+    assert got.shape == (kmax + 1,)
+    g = lambda s: kernel.phi(np.array([[s]]), np.zeros((1, 1)))[0, 0]  # noqa: E731
+    ref = [integrate.quad(lambda s: g(s) * np.cos(k * s), 0, 2 * np.pi, epsabs=1e-13,
+                          epsrel=1e-12, limit=200)[0] / (2 * np.pi) for k in range(kmax + 1)]
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-13)
+
+
+def test_tangent_and_retract(kernel_case):
+    """Constraint kernels: retract lands on the manifold and is idempotent, tangent is a
+    projection orthogonal to y, and t -> retract(y + t v) has velocity tangent(y, v) at 0
+    (central differences, FD tolerance); unconstrained kernels: both are the identity."""
+    kernel, _, draw_y = kernel_case
+    rng = np.random.default_rng(8)
+    y = kernel.retract(draw_y(rng, (2, 5)))
+    v = rng.standard_normal(y.shape)
+    t = kernel.tangent(y, v)
+    np.testing.assert_allclose(kernel.tangent(y, t), t, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(kernel.retract(y), y, rtol=1e-14, atol=0)
+    fd = (kernel.retract(y + H * t) - kernel.retract(y - H * t)) / (2 * H)
+    np.testing.assert_allclose(fd, t, **FD)
+    if "constraint" in kernel.capabilities:
+        np.testing.assert_allclose(np.sum(t * y, -1), 0.0, atol=1e-12)
+        assert not np.allclose(t, v)
+    else:
+        assert np.array_equal(t, v)
+        assert np.array_equal(kernel.retract(y + 0.3), y + 0.3)
+
+
+def test_undeclared_capabilities_are_refused(kernel_case):
+    """What a kernel does not declare is refused by require and by the method itself,
+    with a message naming the capability."""
+    kernel, draw_x, draw_y = kernel_case
+    rng = np.random.default_rng(9)
+    x, y = draw_x(rng, (3,)), draw_y(rng, (2,))
+    calls = {"grad_x": lambda: kernel.grad_x(x, y),
+             "hessian_y": lambda: kernel.phi_hessian(x, y),
+             "fourier": lambda: kernel.fourier_coefficients(3)}
+    for cap, call in calls.items():
+        if cap in kernel.capabilities:
+            continue
+        with pytest.raises(CapabilityError, match=repr(cap)):
+            require(kernel, cap, "this test")
+        with pytest.raises(CapabilityError, match=repr(cap)):
+            call()
+
+
+def test_bare_kernel_declares_nothing_extra():
+    assert Bare().capabilities == frozenset()
+    with pytest.raises(CapabilityError, match="'hessian_y'.*bare"):
+        require(Bare(), "hessian_y", "the influence method")
 
 
 @pytest.mark.parametrize("batched", [False, True], ids=["x(Q,d)", "x(B,P,d)"])
@@ -156,6 +304,11 @@ def test_teacher_gradient_is_analytic(kernel_case):
     kernel, draw_x, draw_y = kernel_case
     rng = np.random.default_rng(6)
     t = TeacherNetwork(kernel, draw_y(rng, (4,)), rng.standard_normal(4))
+    assert ("grad" in t.capabilities) == ("grad_x" in kernel.capabilities)
+    if "grad" not in t.capabilities:
+        with pytest.raises(CapabilityError, match="'grad_x'"):
+            t.grad(draw_x(rng, (5,)))
+        return
     x = draw_x(rng, (2, 5))
     assert t.grad(x).shape == x.shape
     np.testing.assert_allclose(t.grad(x), _fd(t, x), **FD)

@@ -12,7 +12,7 @@ import pytest
 
 import particles
 from particles.config import ConfigError
-from particles.highdim import problem_rngs, rbf_gaussian_K, rbf_problem
+from particles.problems import problem_rngs, rbf_gaussian_K, rbf_problem
 from particles.kernels import GaussianRBF
 from particles.measures import GaussianMeasure
 from particles.problems import build_problem

@@ -1,9 +1,10 @@
-r"""Builders for the high-dimensional problems of the paper's Sec. 4: rbf, sphere, sigmoid.
+r"""Presets: ``[problem] kind = "circle" | "rbf" | "sphere" | "sigmoid"`` expanded to parts.
 
-Each builder checks its ``[problem]`` section (``docs/config_problems.md``) and returns a
-:class:`~particles.problem.Problem`. They are registered in
-:data:`particles.problems.BUILDERS` when this module is imported (``problems`` imports
-it at its end).
+Each preset checks its ``[problem]`` section (``docs/config_problems.md``) and composes
+a :class:`~particles.problem.Problem` from a kernel, a measure, a target and the initial
+laws; its (F, K) form comes from :func:`particles.closed_forms.kernel_form`. The presets
+give the numbers they gave before problems were composed from parts
+(``tests/test_regression.py``).
 
 Problem-level randomness: the target (teacher units, 3-spin coefficients) is drawn from
 ``Generator(PCG64(SeedSequence(seed)))`` and the fixed node sample of the data measure
@@ -12,15 +13,10 @@ first child of the same sequence), so changing ``nodes`` never changes the targe
 members' generators have spawn keys of length two (``particles.simulate.member_rng``)
 and never coincide with these.
 
+* ``circle``: :math:`\varphi = e^{\kappa(\cos(x-y)-1)}`, μ uniform on the circle, a
+  Fourier target (THEORY §7), closed F and K.
 * ``rbf``: Gaussian RBF :math:`\varphi(x, y) = e^{-|x-y|^2/(2\sigma^2)}` on :math:`R^d`,
-  :math:`\mu = N(0, s^2 I_d)`, a teacher target. Closed forms (THEORY §7)
-
-  .. math::
-      K(y, y') = (1 + 2s^2/\sigma^2)^{-d/2}
-      \exp\Big(-\frac{|y-y'|^2}{4\sigma^2} - \frac{|y+y'|^2}{4(\sigma^2+2s^2)}\Big),
-      \qquad F(y) = \frac1m\sum_j c^*_j K(y, y^*_j),
-
-  give the exact (F, K) form of (2.1) (``dynamics.form = "kernel"``).
+  :math:`\mu = N(0, s^2 I_d)`, a teacher target; closed F and K (THEORY §7).
 * ``sphere``: :math:`\varphi(x, y) = e^{\alpha(x\cdot y - d)}` on :math:`|x| = |y| = \sqrt d`
   (4.2)–(4.3), sign corrected (THEORY §6), :math:`\mu` uniform on the sphere (a fixed
   sample), target the 3-spin model (4.1) or a teacher. ``energy = "interpolation"`` gives
@@ -35,24 +31,19 @@ from __future__ import annotations
 import numpy as np
 
 from . import config as C
-from . import problems
-from .kernels import GaussianRBF, SigmoidUnit, SphereRBF
-from .laws import CLaw, YNormal, YUniformSphere
-from .measures import GaussianMeasure, SphereUniform
-from .problem import KernelForm, Problem
-from .targets import TeacherNetwork, ThreeSpin
+from .closed_forms import kernel_form
+from .kernels import CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
+from .laws import CLaw, YNormal, YUniformCircle, YUniformSphere
+from .measures import CircleUniform, GaussianMeasure, SphereUniform
+from .problem import Problem
+from .targets import FourierTarget, TeacherNetwork, ThreeSpin
 
-__all__ = [
-    "rbf_problem",
-    "sphere_problem",
-    "sigmoid_problem",
-    "rbf_gaussian_K",
-    "teacher_F",
-    "interpolation_form",
-    "problem_rngs",
-]
+__all__ = ["PRESETS", "preset_problem", "circle_problem", "rbf_problem", "sphere_problem",
+           "sigmoid_problem", "problem_rngs", "gaussian_measure", "draw_target", "y_law_normal",
+           "SEED_RULE"]
 
 TARGET_SCHEMA = {"kind": C.choice("teacher", "3spin"), "units": C.integer(lo=1)}
+FOURIER_SCHEMA = {"cos": C.number_list(), "sin": C.number_list()}
 SEED_RULE = (
     "target from Generator(PCG64(SeedSequence(seed))); node sample from "
     "Generator(PCG64(SeedSequence(seed, spawn_key=(0,))))"
@@ -68,73 +59,14 @@ def problem_rngs(seed):
     return target_rng, nodes_rng
 
 
-# -- closed forms ---------------------------------------------------------------------
-def rbf_gaussian_K(kernel, scale):
-    r"""Closed-form :math:`K(y, y')` and :math:`\nabla_1 K` for the Gaussian RBF and
-    :math:`\mu = N(0, s^2 I_d)` (module docstring).
-
-    Returns callables ``K(y, y2) -> (..., n, m)`` and ``grad_K(y, y2) -> (..., n, m, d)``
-    for ``y`` (..., n, d), ``y2`` (..., m, d).
-    """
-    s2, sig2, d = float(scale) ** 2, kernel.sigma**2, kernel.d
-    pref = (1.0 + 2.0 * s2 / sig2) ** (-0.5 * d)
-    b = sig2 + 2.0 * s2
-
-    def _parts(y, y2):
-        dm = y[..., :, None, :] - y2[..., None, :, :]
-        sm = y[..., :, None, :] + y2[..., None, :, :]
-        K = pref * np.exp(-np.sum(dm**2, -1) / (4 * sig2) - np.sum(sm**2, -1) / (4 * b))
-        return K, dm, sm
-
-    def K(y, y2):
-        return _parts(y, y2)[0]
-
-    def grad_K(y, y2):
-        k, dm, sm = _parts(y, y2)
-        return k[..., None] * (-dm / (2 * sig2) - sm / (2 * b))
-
-    return K, grad_K
+def _problem(name, kernel, measure, target, y_law, c_law, info, energy="data"):
+    form, reason = kernel_form(kernel, measure, target, energy)
+    return Problem(kernel=kernel, measure=measure, target=target, y_law=y_law, c_law=c_law,
+                   kernel_form=form, name=name, info=info, kernel_form_reason=reason)
 
 
-def teacher_F(teacher, K, grad_K):
-    r""":math:`F(y) = \frac1m\sum_j c^*_j K(y, y^*_j)` and its gradient for a teacher target."""
-    ys, cs, m = teacher.y, teacher.c, len(teacher.c)
-
-    def F(y):
-        return K(y, ys) @ cs / m
-
-    def grad_F(y):
-        return np.einsum("...nmk,m->...nk", grad_K(y, ys), cs) / m
-
-    return F, grad_F
-
-
-def interpolation_form(kernel, target):
-    r"""The interpolation energy of (4.5): :math:`F := f`, :math:`K := \varphi` (THEORY §6).
-
-    ``K(y, y') = φ(y', y)`` and ``∇₁K(y, y') = ∇_y φ(y', y)`` (for the sphere RBF,
-    :math:`\alpha y' e^{\alpha(y\cdot y' - d)}`); ``F = f`` and ``∇F = ∇f`` ((4.6) for the
-    3-spin model). Velocities are projected on the tangent space of the sphere by
-    :meth:`Problem.velocity`.
-    """
-
-    def K(y, y2):
-        return kernel.phi(y2, y)
-
-    def grad_K(y, y2):
-        return kernel.phi_grad(y2, y)[1]
-
-    return KernelForm(
-        F=target,
-        grad_F=target.grad,
-        K=K,
-        grad_K=grad_K,
-        description="interpolation energy (4.5): F := f, K := phi (THEORY §6)",
-    )
-
-
-# -- targets and initial laws ---------------------------------------------------------
-def _check_target(t, kind, allowed=("teacher", "3spin")):
+# -- shared pieces --------------------------------------------------------------------
+def check_target(t, kind, allowed=("teacher", "3spin")):
     """Check ``problem.target`` (already through TARGET_SCHEMA) for problem ``kind``."""
     if t["kind"] not in allowed:
         raise C.ConfigError(
@@ -148,7 +80,7 @@ def _check_target(t, kind, allowed=("teacher", "3spin")):
     return t
 
 
-def _draw_target(t, kernel, d, rng):
+def draw_target(t, kernel, d, rng):
     r"""The target of a checked ``problem.target`` and its info entries.
 
     Teacher: :math:`y^*_j \sim N(0, I_N)` (retracted onto the sphere for the sphere
@@ -162,43 +94,51 @@ def _draw_target(t, kernel, d, rng):
     return ThreeSpin.random(d, rng), {"target": "3spin (4.1), a_pqr ~ N(0, 1)"}
 
 
-def _gaussian_measure(d, nodes, scale, rng):
+def gaussian_measure(d, nodes, scale, rng, where="problem.nodes"):
+    """N(0, scale² I) with a Gauss–Hermite product rule (d ≤ 2) or a node sample."""
     if d <= 2:
         m = int(round(nodes ** (1.0 / d)))
         m -= m**d > nodes
         if m**d != nodes:
             raise C.ConfigError(
-                f"problem.nodes={nodes}: with d={d} the Gauss–Hermite product rule has m^{d} "
+                f"{where}={nodes}: with d={d} the Gauss–Hermite product rule has m^{d} "
                 f"nodes; use a perfect power such as {m ** d} or {(m + 1) ** d}"
             )
     return GaussianMeasure(d, nodes, rng=rng, scale=scale)
 
 
+def y_law_normal(N, y_cfg):
+    y_cfg = y_cfg or {"law": "normal"}
+    if y_cfg["law"] != "normal":
+        raise C.ConfigError(f"init.y.law={y_cfg['law']!r} does not fit this problem; use 'normal'")
+    if set(y_cfg) - {"law", "mean", "std"}:
+        raise C.ConfigError(f"init.y: key(s) {sorted(set(y_cfg) - {'law', 'mean', 'std'})} do "
+                            "not apply to law='normal'; it takes mean, std")
+    return YNormal(N, y_cfg.get("mean", 0.0), y_cfg.get("std", 1.0))
+
+
 # -- problems (callable from Python) --------------------------------------------------
+def circle_problem(kappa=2.0, quadrature=64, cos=(), sin=(), c_law=None, y_law=None):
+    """The circle problem of THEORY §7 with a Fourier target."""
+    target = FourierTarget(cos, sin)
+    return _problem("circle", CircleKernel(kappa), CircleUniform(quadrature), target,
+                    y_law or YUniformCircle(), c_law or CLaw("normal"),
+                    {"target": "fourier", "target.cos": list(target.cos),
+                     "target.sin": list(target.sin)})
+
+
 def rbf_problem(d, sigma, nodes, units, *, scale=1.0, seed=0, c_law=None, y_law=None):
     """Gaussian RBF in R^d, data N(0, scale² I), a teacher target of ``units`` units."""
     kernel = GaussianRBF(d, sigma)
     t_rng, x_rng = problem_rngs(seed)
-    t = _check_target({"kind": "teacher", "units": units}, "rbf", ("teacher",))
-    target, tinfo = _draw_target(t, kernel, d, t_rng)
-    measure = _gaussian_measure(d, nodes, scale, x_rng)
-    K, grad_K = rbf_gaussian_K(kernel, scale)
-    F, grad_F = teacher_F(target, K, grad_K)
-    form = KernelForm(
-        F, grad_F, K, grad_K,
-        "closed forms for mu = N(0, scale^2 I): exact, where the data form uses the nodes",
-    )
-    return Problem(
-        kind="rbf",
-        kernel=kernel,
-        measure=measure,
-        target=target,
-        y_law=y_law or YNormal(d),
-        c_law=c_law or CLaw("normal"),
-        kernel_form=form,
-        info={**tinfo, "kernel_form": form.description, "seed": int(seed),
-              "seed_rule": SEED_RULE},
-    )
+    t = check_target({"kind": "teacher", "units": units}, "rbf", ("teacher",))
+    target, tinfo = draw_target(t, kernel, d, t_rng)
+    measure = gaussian_measure(d, nodes, scale, x_rng)
+    form, reason = kernel_form(kernel, measure, target)
+    return Problem(kernel=kernel, measure=measure, target=target, y_law=y_law or YNormal(d),
+                   c_law=c_law or CLaw("normal"), kernel_form=form, name="rbf",
+                   info={**tinfo, "kernel_form": reason, "seed": int(seed),
+                         "seed_rule": SEED_RULE}, kernel_form_reason=reason)
 
 
 def sphere_problem(d, alpha, nodes, energy, target="3spin", units=None, *, seed=0,
@@ -210,29 +150,21 @@ def sphere_problem(d, alpha, nodes, energy, target="3spin", units=None, *, seed=
         )
     kernel = SphereRBF(d, alpha)
     t_rng, x_rng = problem_rngs(seed)
-    f, tinfo = _draw_target(_check_target({"kind": target, "units": units}, "sphere"),
-                            kernel, d, t_rng)
+    f, tinfo = draw_target(check_target({"kind": target, "units": units}, "sphere"),
+                           kernel, d, t_rng)
     measure = SphereUniform(d, nodes, x_rng)
     if energy == "interpolation":
-        form = interpolation_form(kernel, f)
         meaning = ("interpolation energy (4.5) -sum_i c_i f(y_i) + (1/2n) sum_ij c_i c_j "
                    "phi(y_i, y_j): run it with dynamics.form = 'kernel'; the nodes only "
                    "evaluate the loss (4.8)")
     else:
-        form = None
         meaning = "loss (1.2) on the node sample: dynamics.form = 'data' (or sgd)"
-    return Problem(
-        kind="sphere",
-        kernel=kernel,
-        measure=measure,
-        target=f,
-        y_law=YUniformSphere(d),
-        c_law=c_law or CLaw("normal"),
-        kernel_form=form,
-        info={**tinfo, "energy": energy, "energy.meaning": meaning,
-              "kernel_form": form.description if form else "none (data form only)",
-              "seed": int(seed), "seed_rule": SEED_RULE},
-    )
+    p = _problem("sphere", kernel, measure, f, YUniformSphere(d), c_law or CLaw("normal"),
+                 {**tinfo, "energy": energy, "energy.meaning": meaning}, energy)
+    p.info.update({"kernel_form": (p.kernel_form.description if p.kernel_form
+                                   else "none (data form only)"),
+                   "seed": int(seed), "seed_rule": SEED_RULE})
+    return p
 
 
 def sigmoid_problem(d, nodes, target="3spin", units=None, *, activation="sigmoid",
@@ -240,34 +172,53 @@ def sigmoid_problem(d, nodes, target="3spin", units=None, *, activation="sigmoid
     """Single-layer network (4.9)–(4.10), y = (a, b) in R^{d+1}, 3-spin or teacher target."""
     kernel = SigmoidUnit(d, activation)
     t_rng, x_rng = problem_rngs(seed)
-    f, tinfo = _draw_target(_check_target({"kind": target, "units": units}, "sigmoid"),
-                            kernel, d, t_rng)
+    f, tinfo = draw_target(check_target({"kind": target, "units": units}, "sigmoid"),
+                           kernel, d, t_rng)
     if measure == "sphere":
         mu = SphereUniform(d, nodes, x_rng)
     elif measure == "gaussian":
-        mu = _gaussian_measure(d, nodes, scale, x_rng)
+        mu = gaussian_measure(d, nodes, scale, x_rng)
     else:
         raise C.ConfigError(
             f"problem.measure={measure!r} is not allowed; use 'sphere' or 'gaussian'"
         )
-    return Problem(
-        kind="sigmoid",
-        kernel=kernel,
-        measure=mu,
-        target=f,
-        y_law=y_law or YNormal(d + 1),
-        c_law=c_law or CLaw("normal"),
-        info={**tinfo, "measure": measure, "kernel_form": "none (data form only)",
-              "seed": int(seed), "seed_rule": SEED_RULE},
-    )
+    return _problem("sigmoid", kernel, mu, f, y_law or YNormal(d + 1), c_law or CLaw("normal"),
+                    {**tinfo, "measure": measure, "kernel_form": "none (data form only)",
+                     "seed": int(seed), "seed_rule": SEED_RULE})
 
 
-# -- config builders ------------------------------------------------------------------
+# -- config presets ---------------------------------------------------------------------
 def _target_entry():
     return C.table(TARGET_SCHEMA, required=("kind",))
 
 
-def _build_rbf(cfg, c_law, y_cfg):
+def _circle(cfg, c_law, y_cfg):
+    cfg = C.check_section(
+        cfg,
+        {
+            "kind": C.choice("circle"),
+            "kappa": C.number(lo=0, lo_open=True),
+            "quadrature": C.integer(lo=4),
+            "target": C.table(FOURIER_SCHEMA),
+        },
+        "problem",
+        required=("kind", "kappa", "quadrature", "target"),
+    )
+    if y_cfg and (y_cfg["law"] != "uniform" or set(y_cfg) != {"law"}):
+        raise C.ConfigError("init.y: the circle problem takes y = { law = 'uniform' } only "
+                            "(the whole circle)")
+    t = cfg["target"]
+    kmax = max(len(t.get("cos", [])), len(t.get("sin", [])))
+    if cfg["quadrature"] <= 2 * kmax:
+        raise C.ConfigError(
+            f"problem.quadrature={cfg['quadrature']} cannot resolve target modes up to "
+            f"k={kmax - 1}; use quadrature > {2 * kmax}"
+        )
+    return circle_problem(cfg["kappa"], cfg["quadrature"], t.get("cos", ()), t.get("sin", ()),
+                          c_law=c_law)
+
+
+def _rbf(cfg, c_law, y_cfg):
     cfg = C.check_section(
         cfg,
         {
@@ -283,13 +234,12 @@ def _build_rbf(cfg, c_law, y_cfg):
         required=("kind", "d", "sigma", "nodes", "target"),
     )
     d = cfg["d"]
-    t = _check_target(cfg["target"], "rbf", ("teacher",))
+    t = check_target(cfg["target"], "rbf", ("teacher",))
     return rbf_problem(d, cfg["sigma"], cfg["nodes"], t["units"], scale=cfg.get("scale", 1.0),
-                       seed=cfg.get("seed", 0), c_law=c_law,
-                       y_law=problems.y_law_normal(d, y_cfg))
+                       seed=cfg.get("seed", 0), c_law=c_law, y_law=y_law_normal(d, y_cfg))
 
 
-def _build_sphere(cfg, c_law, y_cfg):
+def _sphere(cfg, c_law, y_cfg):
     cfg = C.check_section(
         cfg,
         {
@@ -309,12 +259,12 @@ def _build_sphere(cfg, c_law, y_cfg):
             f"init.y={y_cfg!r} does not fit the sphere problem; use y = {{ law = "
             "'uniform_sphere' }} (no other keys) or leave init.y out"
         )
-    t = _check_target(cfg["target"], "sphere")
+    t = check_target(cfg["target"], "sphere")
     return sphere_problem(cfg["d"], cfg["alpha"], cfg["nodes"], cfg["energy"], t["kind"],
                           t.get("units"), seed=cfg.get("seed", 0), c_law=c_law)
 
 
-def _build_sigmoid(cfg, c_law, y_cfg):
+def _sigmoid(cfg, c_law, y_cfg):
     cfg = C.check_section(
         cfg,
         {
@@ -337,11 +287,17 @@ def _build_sigmoid(cfg, c_law, y_cfg):
             "problem.scale applies to measure = 'gaussian' only (the sphere has radius √d); "
             "drop it or set measure = 'gaussian'"
         )
-    t = _check_target(cfg["target"], "sigmoid")
+    t = check_target(cfg["target"], "sigmoid")
     return sigmoid_problem(d, cfg["nodes"], t["kind"], t.get("units"),
                            activation=cfg.get("activation", "sigmoid"), measure=measure,
                            scale=cfg.get("scale", 1.0), seed=cfg.get("seed", 0), c_law=c_law,
-                           y_law=problems.y_law_normal(d + 1, y_cfg))
+                           y_law=y_law_normal(d + 1, y_cfg))
 
 
-problems.BUILDERS.update({"rbf": _build_rbf, "sphere": _build_sphere, "sigmoid": _build_sigmoid})
+#: kind -> preset(problem_cfg, c_law, y_cfg) -> Problem (a static table).
+PRESETS = {"circle": _circle, "rbf": _rbf, "sphere": _sphere, "sigmoid": _sigmoid}
+
+
+def preset_problem(problem_cfg, c_law, y_cfg):
+    """Expand ``[problem] kind = ...`` (checked name) to a problem."""
+    return PRESETS[problem_cfg["kind"]](problem_cfg, c_law, y_cfg)

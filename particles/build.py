@@ -1,0 +1,282 @@
+r"""Building a problem from config tables: ``[problem]``, its parts, and ``[init]``.
+
+``build_problem(problem_cfg, init_cfg)`` takes either a preset (``[problem] kind = ...``,
+:mod:`particles.presets`) or the parts tables ``[problem.kernel]``, ``[problem.measure]``,
+``[problem.target]`` (``docs/config_problems.md``), with ``[init]`` for the initial laws.
+Every key is checked before anything is built; errors name the key and say what to do.
+
+Dimensions: d comes from the measure (``low``/``high`` of ``lebesgue``, the file, the
+circle's 1), else from ``[problem] d``. Problem-level randomness (teacher units, 3-spin
+coefficients, node samples) follows :func:`particles.presets.problem_rngs` of
+``[problem] seed`` (default 0); ``[problem.target] seed`` replaces it for the target.
+Relative paths of ``file`` parts are taken from the working directory.
+"""
+from __future__ import annotations
+
+from . import config as C
+from .closed_forms import kernel_form
+from .kernels import ACTIVATIONS, CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
+from .laws import CLaw, YNormal, YUniformBox, YUniformCircle, YUniformSphere
+from .measures import CircleUniform, FileMeasure, Lebesgue, SphereUniform
+from .presets import PRESETS, draw_target, gaussian_measure, preset_problem, problem_rngs
+from .problem import Problem
+from .targets import FileTarget, FourierTarget, GaussianMixture
+
+__all__ = ["build_problem", "c_law_from_config", "y_law_from_config", "INIT_SCHEMA",
+           "KERNEL_KEYS", "MEASURE_KEYS", "TARGET_KEYS"]
+
+C_LAW_SCHEMA = {
+    "law": C.choice("normal", "uniform", "constant"),
+    "mean": C.number(),
+    "std": C.number(lo=0, lo_open=True),
+    "low": C.number(),
+    "high": C.number(),
+    "value": C.number(),
+}
+Y_LAW_SCHEMA = {
+    "law": C.choice("uniform", "normal", "uniform_sphere"),
+    "mean": C.number(),
+    "std": C.number(lo=0, lo_open=True),
+    "low": C.number_list(min_len=1),
+    "high": C.number_list(min_len=1),
+}
+INIT_SCHEMA = {
+    "c": C.table(C_LAW_SCHEMA, required=("law",)),
+    "y": C.table(Y_LAW_SCHEMA, required=("law",)),
+    "file": C.string(),
+}
+
+_pos = C.number(lo=0, lo_open=True)
+#: kernel kind -> {key: validator} (besides ``kind``), and the required keys
+KERNEL_KEYS = {
+    "circle": ({"kappa": _pos}, ("kappa",)),
+    "gaussian": ({"sigma": _pos, "normalised": C.boolean()}, ("sigma",)),
+    "sphere": ({"alpha": _pos}, ("alpha",)),
+    **{a: ({}, ()) for a in ACTIVATIONS},
+}
+MEASURE_KEYS = {
+    "circle": ({"nodes": C.integer(lo=4)}, ("nodes",)),
+    "gaussian": ({"scale": _pos, "nodes": C.integer(lo=1)}, ("nodes",)),
+    "lebesgue": ({"low": C.number_list(min_len=1), "high": C.number_list(min_len=1),
+                  "nodes": C.integer(lo=2)}, ("low", "high", "nodes")),
+    "sphere": ({"nodes": C.integer(lo=1)}, ("nodes",)),
+    "file": ({"path": C.string()}, ("path",)),
+}
+TARGET_KEYS = {
+    "fourier": ({"cos": C.number_list(), "sin": C.number_list()}, ()),
+    "teacher": ({"units": C.integer(lo=1), "seed": C.integer(lo=0)}, ("units",)),
+    "3spin": ({"seed": C.integer(lo=0)}, ()),
+    "gaussian_mixture": ({"weights": C.number_list(min_len=1),
+                          "centres": lambda v, w: [C.number_list(min_len=1)(e, f"{w}[{i}]")
+                                                   for i, e in enumerate(_list(v, w))],
+                          "sigmas": C.number_list(lo=0, min_len=1)},
+                         ("weights", "centres", "sigmas")),
+    "file": ({"path": C.string()}, ("path",)),
+}
+PARTS_SCHEMA = {"kernel": None, "measure": None, "target": None, "seed": C.integer(lo=0),
+                "d": C.integer(lo=1), "energy": C.choice("data", "interpolation")}
+
+
+def _list(v, where):
+    if not isinstance(v, list):
+        raise C.ConfigError(f"{where}: expected a list of lists of numbers, got {v!r}")
+    return v
+
+
+def _name(v, where, allowed):
+    """A part's ``kind``: a string among ``allowed`` (never a list or a table)."""
+    if not isinstance(v, str):
+        raise C.ConfigError(f"{where}: expected a name (a string), got {v!r}; use one of "
+                            f"{', '.join(map(repr, allowed))}")
+    return C.choice(*allowed)(v, where)
+
+
+def _part(cfg, where, table):
+    """Check one part table against ``table`` (kind -> (schema, required))."""
+    if not isinstance(cfg, dict):
+        raise C.ConfigError(f"{where}: expected a table with a key 'kind', got {cfg!r}")
+    if "kind" not in cfg:
+        raise C.ConfigError(f"{where}: missing key 'kind'; use one of {sorted(table)}")
+    kind = _name(cfg["kind"], f"{where}.kind", tuple(table))
+    schema, required = table[kind]
+    extra = sorted(set(cfg) - {"kind"} - set(schema))
+    if extra:
+        raise C.ConfigError(f"{where}: key(s) {extra} do not apply to kind={kind!r}; it takes "
+                            f"{sorted(schema) or 'no other keys'}")
+    return C.check_section(cfg, {"kind": lambda v, w: v, **schema}, where, ("kind",) + required)
+
+
+def c_law_from_config(cfg):
+    cfg = dict(cfg or {"law": "normal"})
+    law = cfg.get("law", "normal")
+    allowed = {"normal": {"mean", "std"}, "uniform": {"low", "high"}, "constant": {"value"}}
+    extra = set(cfg) - {"law"} - allowed[law]
+    if extra:
+        raise C.ConfigError(
+            f"init.c: key(s) {sorted(extra)} do not apply to law={law!r}; "
+            f"it takes {sorted(allowed[law])}"
+        )
+    try:
+        return CLaw(**cfg)
+    except ValueError as e:
+        raise C.ConfigError(str(e)) from None
+
+
+def y_law_from_config(y_cfg, kernel):
+    """The y law of a checked ``init.y`` for ``kernel`` (default by the kernel's y domain:
+    the whole circle, the uniform sphere, or N(0, I))."""
+    dom, N = kernel.y_domain, kernel.N
+    if y_cfg is None:
+        return {"circle": YUniformCircle, "sphere": lambda: YUniformSphere(N)}.get(
+            dom, lambda: YNormal(N))()
+    law = y_cfg["law"]
+    allowed = {"uniform": {"low", "high"}, "normal": {"mean", "std"}, "uniform_sphere": set()}
+    extra = set(y_cfg) - {"law"} - allowed[law]
+    if extra:
+        raise C.ConfigError(f"init.y: key(s) {sorted(extra)} do not apply to law={law!r}; it "
+                            f"takes {sorted(allowed[law]) or 'no other keys'}")
+    fits = {"circle": ("uniform",), "sphere": ("uniform_sphere",),
+            "euclidean": ("uniform", "normal")}[dom]
+    if law not in fits:
+        raise C.ConfigError(f"init.y.law={law!r} does not fit kernel {kernel.name!r} (y on the "
+                            f"{dom}); use one of {', '.join(map(repr, fits))}")
+    if law == "uniform_sphere":
+        return YUniformSphere(N)
+    if law == "normal":
+        return YNormal(N, y_cfg.get("mean", 0.0), y_cfg.get("std", 1.0))
+    if dom == "circle":
+        if set(y_cfg) != {"law"}:
+            raise C.ConfigError("init.y: on the circle law = 'uniform' is the whole circle; "
+                                "drop low and high")
+        return YUniformCircle()
+    if "low" not in y_cfg or "high" not in y_cfg:
+        raise C.ConfigError("init.y: law = 'uniform' off the circle needs low = [..] and "
+                            f"high = [..], one number per y coordinate ({N})")
+    if len(y_cfg["low"]) != N or len(y_cfg["high"]) != N:
+        raise C.ConfigError(f"init.y: low and high need {N} numbers (one per y coordinate of "
+                            f"kernel {kernel.name!r}), got {y_cfg['low']} and {y_cfg['high']}")
+    try:
+        return YUniformBox(y_cfg["low"], y_cfg["high"])
+    except ValueError as e:
+        raise C.ConfigError(str(e)) from None
+
+
+def _measure(m, d_cfg, seed):
+    """The measure of a checked ``[problem.measure]`` and its dimension."""
+    kind = m["kind"]
+    _, x_rng = problem_rngs(seed)
+    try:
+        if kind == "circle":
+            return CircleUniform(m["nodes"])
+        if kind == "lebesgue":
+            if len(m["low"]) != len(m["high"]):
+                raise C.ConfigError(f"problem.measure: low {m['low']} and high {m['high']} "
+                                    "need the same length (d)")
+            return Lebesgue(m["low"], m["high"], m["nodes"])
+        if kind == "file":
+            return FileMeasure(m["path"])
+        if d_cfg is None:
+            raise C.ConfigError(f"problem: measure kind={kind!r} does not give d; add d = .. "
+                                "to [problem]")
+        if kind == "gaussian":
+            return gaussian_measure(d_cfg, m["nodes"], m.get("scale", 1.0), x_rng,
+                                    "problem.measure.nodes")
+        return SphereUniform(d_cfg, m["nodes"], x_rng)
+    except ValueError as e:
+        if isinstance(e, C.ConfigError):
+            raise
+        raise C.ConfigError(str(e)) from None
+
+
+def _kernel(k, d):
+    kind = k["kind"]
+    if kind == "circle":
+        if d != 1:
+            raise C.ConfigError(f"problem.kernel: kind='circle' needs d = 1, the measure has d={d}")
+        return CircleKernel(k["kappa"])
+    if kind == "gaussian":
+        return GaussianRBF(d, k["sigma"], k.get("normalised", False))
+    if kind == "sphere":
+        return SphereRBF(d, k["alpha"])
+    return SigmoidUnit(d, kind)
+
+
+def _target(t, kernel, measure, seed):
+    kind, d = t["kind"], measure.d if hasattr(measure, "d") else 1
+    if kind == "fourier":
+        if measure.name != "circle":
+            raise C.ConfigError("problem.target: kind='fourier' needs measure kind='circle'")
+        return FourierTarget(t.get("cos", ()), t.get("sin", ()))
+    if kind == "file":
+        return FileTarget(t["path"], measure.nodes)
+    if kind == "gaussian_mixture":
+        if any(len(c) != d for c in t["centres"]):
+            raise C.ConfigError(f"problem.target.centres: every centre needs d={d} numbers")
+        return GaussianMixture(t["weights"], t["centres"], t["sigmas"])
+    rng, _ = problem_rngs(t.get("seed", seed))
+    return draw_target({"kind": kind, "units": t.get("units")}, kernel, d, rng)[0]
+
+
+def _build_parts(cfg, c_law, y_cfg):
+    for key in ("kernel", "measure", "target"):
+        if key not in cfg:
+            raise C.ConfigError(f"problem: missing table [problem.{key}] (or give a preset "
+                                f"kind = one of {sorted(PRESETS)})")
+    unknown = sorted(set(cfg) - set(PARTS_SCHEMA))
+    if unknown:
+        raise C.ConfigError(f"problem: unknown key(s) {unknown}; with parts tables [problem] "
+                            f"takes {sorted(PARTS_SCHEMA)}")
+    top = C.check_section({k: v for k, v in cfg.items() if PARTS_SCHEMA[k] is not None},
+                          {k: v for k, v in PARTS_SCHEMA.items() if v is not None}, "problem")
+    k = _part(cfg["kernel"], "problem.kernel", KERNEL_KEYS)
+    m = _part(cfg["measure"], "problem.measure", MEASURE_KEYS)
+    t = _part(cfg["target"], "problem.target", TARGET_KEYS)
+    seed = top.get("seed", 0)
+    if len(t.get("weights", ())) != len(t.get("sigmas", ())) or (
+            "centres" in t and len(t["centres"]) != len(t["weights"])):
+        raise C.ConfigError("problem.target: weights, centres and sigmas need one entry per "
+                            "component")
+    measure = _measure(m, top.get("d"), seed)
+    d = getattr(measure, "d", 1)
+    if "d" in top and top["d"] != d:
+        raise C.ConfigError(f"problem.d={top['d']} disagrees with the measure's d={d}; drop it")
+    kernel = _kernel(k, d)
+    try:
+        target = _target(t, kernel, measure, seed)
+    except ValueError as e:
+        if isinstance(e, C.ConfigError):
+            raise
+        raise C.ConfigError(str(e)) from None
+    y_law = y_law_from_config(y_cfg, kernel)
+    energy = top.get("energy", "data")
+    form, reason = kernel_form(kernel, measure, target, energy)
+    info = {"kernel.name": kernel.name, "measure.name": measure.name, "target": target.name,
+            **{f"target.{a}": b for a, b in target.params().items()},
+            "kernel_form": reason, "seed": int(seed)}
+    return Problem(kernel=kernel, measure=measure, target=target, y_law=y_law, c_law=c_law,
+                   kernel_form=form, name="parts", info=info, kernel_form_reason=reason)
+
+
+def build_problem(problem_cfg, init_cfg=None) -> Problem:
+    """Check ``[problem]`` and ``[init]`` and build the problem (preset or parts)."""
+    if not isinstance(problem_cfg, dict):
+        raise C.ConfigError(f"problem: expected a table, got {problem_cfg!r}")
+    init = C.check_section(init_cfg or {}, INIT_SCHEMA, "init")
+    c_law = c_law_from_config(init.get("c"))
+    if "kind" in problem_cfg:
+        kind = problem_cfg["kind"]
+        if isinstance(kind, str) and kind not in PRESETS:
+            raise C.ConfigError(f"problem.kind={kind!r} is not known; use one of "
+                                f"{sorted(PRESETS)}, or the parts tables [problem.kernel], "
+                                "[problem.measure], [problem.target] without kind")
+        _name(kind, "problem.kind", tuple(PRESETS))
+        for key in ("kernel", "measure"):
+            if isinstance(problem_cfg.get(key), dict):
+                raise C.ConfigError(f"problem: give either a preset kind or parts tables, not "
+                                    f"both; drop kind or [problem.{key}]")
+        return preset_problem(problem_cfg, c_law, init.get("y"))
+    if not any(k in problem_cfg for k in ("kernel", "measure", "target")):
+        raise C.ConfigError(f"problem: missing key 'kind'; use one of {sorted(PRESETS)}, or "
+                            "the parts tables [problem.kernel], [problem.measure], "
+                            "[problem.target]")
+    return _build_parts(problem_cfg, c_law, init.get("y"))

@@ -1,0 +1,241 @@
+r"""Closed forms of F and K of (2.1), where the parts admit them.
+
+.. math::
+    F(y) = \int \varphi(x, y) f(x)\,\mu(dx), \qquad
+    K(y, y') = \int \varphi(x, y)\varphi(x, y')\,\mu(dx)
+
+(THEORY §1–2, §7). :func:`kernel_form` looks the parts' ``name``s up in the static table
+:data:`CLOSED_FORMS` (kernel, measure, target) and returns a
+:class:`~particles.problem.KernelForm`, or None with the reason:
+
+* circle × circle × fourier: :func:`circle_K`, :func:`circle_fourier_F` (THEORY §7);
+* gaussian × lebesgue × gaussian_mixture, any d: :func:`gaussian_line_forms`;
+* gaussian × gaussian × teacher: :func:`rbf_gaussian_K`, :func:`teacher_F`;
+* sphere × sphere × (3spin | teacher) with ``energy = "interpolation"``: the interpolation
+  energy (4.5), :func:`interpolation_form` (not a closed form of the data loss: F := f,
+  K := φ, THEORY §6).
+
+Each is tested against quadrature in ``tests/particles/test_closed_forms.py``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from .problem import KernelForm
+
+__all__ = ["CLOSED_FORMS", "kernel_form", "circle_fourier_F", "circle_K", "rbf_gaussian_K",
+           "teacher_F", "interpolation_form", "gaussian_line_forms"]
+
+
+# -- circle × circle × fourier ------------------------------------------------------------
+def circle_fourier_F(kernel, target):
+    r"""Closed-form F(y) and ∇F(y) of THEORY §7 for a Fourier target:
+    :math:`F(y) = \sum_k e^{-\kappa}I_k(\kappa)(a_k\cos ky + b_k\sin ky)`; y (..., n, 1)."""
+    k = target.k
+    ik = special.ive(k, kernel.kappa)  # e^{-κ} I_k(κ)
+
+    def F(y):
+        ky = y[..., 0, None] * k
+        return (np.cos(ky) * ik) @ target.a + (np.sin(ky) * ik) @ target.b
+
+    def grad_F(y):
+        ky = y[..., 0, None] * k
+        return ((-np.sin(ky) * ik * k) @ target.a + (np.cos(ky) * ik * k) @ target.b)[..., None]
+
+    return F, grad_F
+
+
+def circle_K(kernel):
+    r"""Closed-form :math:`K(y, y') = e^{-2\kappa}I_0(2\kappa|\cos\frac{y-y'}2|)` and ∇₁K;
+    y (..., n, 1), y2 (..., m, 1) -> (..., n, m) and (..., n, m, 1)."""
+    kap = kernel.kappa
+
+    def K(y, y2):
+        dy = y[..., :, None, 0] - y2[..., None, :, 0]
+        z = 2 * kap * np.abs(np.cos(dy / 2))
+        return special.ive(0, z) * np.exp(z - 2 * kap)
+
+    def grad_K(y, y2):
+        dy = y[..., :, None, 0] - y2[..., None, :, 0]
+        cz = np.cos(dy / 2)
+        z = 2 * kap * np.abs(cz)
+        dz = -kap * np.sign(cz) * np.sin(dy / 2)
+        return (special.ive(1, z) * np.exp(z - 2 * kap) * dz)[..., None]
+
+    return K, grad_K
+
+
+def _circle(kernel, measure, target):
+    F, grad_F = circle_fourier_F(kernel, target)
+    K, grad_K = circle_K(kernel)
+    return KernelForm(F, grad_F, K, grad_K, "closed forms, uniform mu (THEORY §7)")
+
+
+# -- gaussian × lebesgue × gaussian_mixture ------------------------------------------------
+def gaussian_line_forms(kernel, target):
+    r"""F, ∇F, K, ∇₁K for the Gaussian kernel, :math:`\mu = dx` on :math:`R^d` and a
+    Gaussian-mixture target (normalised densities), any d. With A the kernel's prefactor,
+
+    .. math::
+        K(y, y') = A^2(\pi\sigma^2)^{d/2} e^{-|y-y'|^2/(4\sigma^2)},\qquad
+        F(y) = A(2\pi\sigma^2)^{d/2}\sum_k w_k N(y; m_k, (\sigma^2 + s_k^2) I).
+
+    y (..., n, d), y2 (..., m, d) -> K (..., n, m), ∇₁K (..., n, m, d); F (..., n),
+    ∇F (..., n, d).
+    """
+    s2, d, A = kernel.sigma**2, kernel.d, kernel.A
+    kpref = A * A * (np.pi * s2) ** (0.5 * d)
+    fpref = A * (2 * np.pi * s2) ** (0.5 * d)
+    v = s2 + target.s**2  # (K,)
+
+    def K(y, y2):
+        dm = y[..., :, None, :] - y2[..., None, :, :]
+        return kpref * np.exp(-np.sum(dm**2, -1) / (4 * s2))
+
+    def grad_K(y, y2):
+        dm = y[..., :, None, :] - y2[..., None, :, :]
+        k = kpref * np.exp(-np.sum(dm**2, -1) / (4 * s2))
+        return k[..., None] * (-dm / (2 * s2))
+
+    def _comp(y):
+        dm = y[..., :, None, :] - target.m  # (..., n, K, d)
+        g = target.w * np.exp(-0.5 * np.sum(dm**2, -1) / v) * (2 * np.pi * v) ** (-0.5 * d)
+        return dm, fpref * g
+
+    def F(y):
+        return np.sum(_comp(y)[1], axis=-1)
+
+    def grad_F(y):
+        dm, g = _comp(y)
+        return -np.sum((g / v)[..., None] * dm, axis=-2)
+
+    return F, grad_F, K, grad_K
+
+
+def _gaussian_line(kernel, measure, target):
+    return KernelForm(*gaussian_line_forms(kernel, target),
+                      "closed forms over mu = dx on R^d (the nodes only evaluate the loss)")
+
+
+# -- gaussian × gaussian × teacher -----------------------------------------------------------
+def rbf_gaussian_K(kernel, scale):
+    r"""Closed-form :math:`K(y, y')` and :math:`\nabla_1 K` for the Gaussian RBF and
+    :math:`\mu = N(0, s^2 I_d)` (THEORY §7):
+
+    .. math::
+        K(y, y') = A^2(1 + 2s^2/\sigma^2)^{-d/2}
+        \exp\Big(-\frac{|y-y'|^2}{4\sigma^2} - \frac{|y+y'|^2}{4(\sigma^2+2s^2)}\Big).
+
+    Returns callables ``K(y, y2) -> (..., n, m)`` and ``grad_K(y, y2) -> (..., n, m, d)``
+    for ``y`` (..., n, d), ``y2`` (..., m, d).
+    """
+    s2, sig2, d = float(scale) ** 2, kernel.sigma**2, kernel.d
+    pref = (1.0 + 2.0 * s2 / sig2) ** (-0.5 * d)
+    if getattr(kernel, "normalised", False):
+        pref = pref * kernel.A**2
+    b = sig2 + 2.0 * s2
+
+    def _parts(y, y2):
+        dm = y[..., :, None, :] - y2[..., None, :, :]
+        sm = y[..., :, None, :] + y2[..., None, :, :]
+        K = pref * np.exp(-np.sum(dm**2, -1) / (4 * sig2) - np.sum(sm**2, -1) / (4 * b))
+        return K, dm, sm
+
+    def K(y, y2):
+        return _parts(y, y2)[0]
+
+    def grad_K(y, y2):
+        k, dm, sm = _parts(y, y2)
+        return k[..., None] * (-dm / (2 * sig2) - sm / (2 * b))
+
+    return K, grad_K
+
+
+def teacher_F(teacher, K, grad_K):
+    r""":math:`F(y) = \frac1m\sum_j c^*_j K(y, y^*_j)` and its gradient for a teacher target."""
+    ys, cs, m = teacher.y, teacher.c, len(teacher.c)
+
+    def F(y):
+        return K(y, ys) @ cs / m
+
+    def grad_F(y):
+        return np.einsum("...nmk,m->...nk", grad_K(y, ys), cs) / m
+
+    return F, grad_F
+
+
+def _gaussian_teacher(kernel, measure, target):
+    K, grad_K = rbf_gaussian_K(kernel, measure.scale)
+    F, grad_F = teacher_F(target, K, grad_K)
+    return KernelForm(F, grad_F, K, grad_K,
+                      "closed forms for mu = N(0, scale^2 I): exact, where the data form uses "
+                      "the nodes")
+
+
+# -- sphere: the interpolation energy (4.5) ---------------------------------------------------
+def interpolation_form(kernel, target):
+    r"""The interpolation energy of (4.5): :math:`F := f`, :math:`K := \varphi` (THEORY §6).
+
+    ``K(y, y') = φ(y', y)`` and ``∇₁K(y, y') = ∇_y φ(y', y)`` (for the sphere RBF,
+    :math:`\alpha y' e^{\alpha(y\cdot y' - d)}`); ``F = f`` and ``∇F = ∇f`` ((4.6) for the
+    3-spin model). Velocities are projected on the tangent space of the sphere by
+    :meth:`Problem.velocity`.
+    """
+
+    def K(y, y2):
+        return kernel.phi(y2, y)
+
+    def grad_K(y, y2):
+        return kernel.phi_grad(y2, y)[1]
+
+    return KernelForm(
+        F=target,
+        grad_F=target.grad,
+        K=K,
+        grad_K=grad_K,
+        description="interpolation energy (4.5): F := f, K := phi (THEORY §6)",
+    )
+
+
+def _interpolation(kernel, measure, target):
+    return interpolation_form(kernel, target)
+
+
+#: (kernel name, measure name, target name, energy) -> builder(kernel, measure, target).
+#: A static table: nothing is added to it at import time or later.
+CLOSED_FORMS = {
+    ("circle", "circle", "fourier", "data"): _circle,
+    ("gaussian", "lebesgue", "gaussian_mixture", "data"): _gaussian_line,
+    ("gaussian", "gaussian", "teacher", "data"): _gaussian_teacher,
+    ("sphere", "sphere", "3spin", "interpolation"): _interpolation,
+    ("sphere", "sphere", "teacher", "interpolation"): _interpolation,
+}
+
+
+def kernel_form(kernel, measure, target, energy="data"):
+    """The (F, K) form of the parts, or None and the reason.
+
+    Parameters
+    ----------
+    kernel, measure, target : parts with a ``name``
+    energy : {"data", "interpolation"}
+        ``"interpolation"`` asks for the interpolation energy (4.5) of the sphere.
+
+    Returns
+    -------
+    form : KernelForm or None
+    reason : str
+        What the form is, or why there is none (names the parts and the combinations
+        that have one).
+    """
+    key = (kernel.name, measure.name, target.name, energy)
+    build = CLOSED_FORMS.get(key)
+    if build is None:
+        have = "; ".join(" x ".join(k[:3]) + ("" if k[3] == "data" else f" ({k[3]} energy)")
+                         for k in CLOSED_FORMS)
+        return None, (f"no closed (F, K) form for kernel {kernel.name!r} x measure "
+                      f"{measure.name!r} x target {target.name!r} (energy {energy!r}); "
+                      f"closed forms exist for: {have}")
+    form = build(kernel, measure, target)
+    return form, form.description

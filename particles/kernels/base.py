@@ -1,0 +1,183 @@
+r"""The kernel protocol :math:`\varphi(x, y)` and the slow reference of the fused pass.
+
+A kernel is the feature map of one unit of the network (1.1),
+
+.. math::  f_n(x) = \frac1n \sum_{i=1}^n c_i \varphi(x, y_i),
+
+with inputs ``x`` of shape ``(..., Q, d)`` and unit positions ``y`` of shape
+``(..., n, N)``. Every kernel class declares
+
+* ``name``: its config kind (``[problem.kernel] kind``);
+* ``N`` (dimension of y), ``d`` (dimension of x);
+* ``y_domain``: ``"circle"`` (y periodic on :math:`[0, 2\pi)`), ``"euclidean"`` or
+  ``"sphere"``;
+* ``capabilities``: what it can do beyond ``phi`` and ``phi_grad``, a frozenset of
+  ``"grad_x"`` (:meth:`Kernel.grad_x`), ``"hessian_y"`` (:meth:`Kernel.phi_hessian`),
+  ``"fourier"`` (:meth:`Kernel.fourier_coefficients`) and ``"constraint"``
+  (:meth:`Kernel.tangent`, :meth:`Kernel.retract` keep y on a manifold). A solver asks
+  with :func:`particles.config.require`; capabilities are declared, never discovered.
+
+and implements
+
+* ``phi(x, y)`` of shape ``(..., n, Q)``,
+* ``phi_grad(x, y)``: ``phi`` and :math:`\nabla_y \varphi` of shape ``(..., n, Q, N)``,
+* ``grad_x(x, y)``: :math:`\nabla_x \varphi` of shape ``(..., n, Q, d)`` (teacher targets),
+* ``phi_hessian(x (Q, d), y (J, N))``: ``(p (J, Q), dp (J, Q, N), hp (J, Q, N, N))``,
+* ``pullback(y, a, x, w, f_x)``: the fused forward/backward pass of the residual form
+  of (2.1) (``THEORY.md`` §2), O(n·Q) work and memory.
+
+The generic :meth:`Kernel.pullback` evaluates ``phi_grad`` once; kernels with a cheaper
+structure (the circle) override it, and tests hold every override against
+:func:`pullback_reference`. ``docs/kernels.md`` says how to add a kernel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import require
+
+__all__ = ["Kernel", "pullback_reference"]
+
+#: Points of the fine grid on which :meth:`Kernel.fourier_coefficients` samples g.
+FOURIER_POINTS = 4096
+
+
+def _weighted(x, w):
+    """Broadcast nodes (Q, d) or (B, Q, d) and weights (Q,) or (B, Q)."""
+    return np.asarray(x, dtype=float), np.asarray(w, dtype=float)
+
+
+class Kernel:
+    """Abstract unit kernel (module docstring): subclasses set the declarations below."""
+
+    #: Config kind of the kernel.
+    name: str = "kernel"
+    N: int
+    d: int
+    #: ``"circle"``, ``"euclidean"`` or ``"sphere"``.
+    y_domain: str = "euclidean"
+    #: True when :math:`\varphi(x, y) = g(x - y)` on the circle (opens the default
+    #: :meth:`fourier_coefficients`; declare ``"fourier"`` with it).
+    translation_invariant: bool = False
+    #: Declared capabilities (module docstring).
+    capabilities: frozenset = frozenset()
+
+    @property
+    def constrained(self) -> bool:
+        """True when y is kept on a manifold (declares ``"constraint"``)."""
+        return "constraint" in self.capabilities
+
+    def phi(self, x, y):  # pragma: no cover - abstract
+        """φ(x, y): x (..., Q, d), y (..., n, N) -> (..., n, Q)."""
+        raise NotImplementedError
+
+    def phi_grad(self, x, y):  # pragma: no cover - abstract
+        r"""φ and :math:`\nabla_y\varphi`: shapes (..., n, Q), (..., n, Q, N)."""
+        raise NotImplementedError
+
+    def grad_x(self, x, y):
+        r""":math:`\nabla_x\varphi(x, y)`, shape (..., n, Q, d). Declared by ``"grad_x"``."""
+        require(self, "grad_x", "the gradient in x (a teacher target's grad)")
+
+    def phi_hessian(self, x, y):
+        r"""φ, :math:`\nabla_y\varphi`, :math:`\nabla^2_y\varphi` for x (Q, d), y (J, N):
+        shapes (J, Q), (J, Q, N), (J, Q, N, N). Declared by ``"hessian_y"``."""
+        require(self, "hessian_y", "the Hessian in y (the influence method)")
+
+    def fourier_coefficients(self, kmax: int) -> np.ndarray:
+        r"""Fourier coefficients :math:`\hat g_k`, k = 0..kmax, shape (kmax + 1,).
+
+        For a translation-invariant circle kernel :math:`\varphi(x, y) = g(x - y)`, g real
+        and even, :math:`g(s) = \sum_{k\in Z}\hat g_{|k|}e^{iks}`. This default samples g
+        on ``FOURIER_POINTS`` points of :math:`[0, 2\pi)` and takes the FFT (the trapezoid
+        rule, spectrally accurate for smooth g); kernels with exact values override it.
+        Declared by ``"fourier"``.
+        """
+        require(self, "fourier", "the Fourier coefficients of a circle kernel")
+        if self.y_domain != "circle" or not self.translation_invariant:
+            raise NotImplementedError(
+                f"kernel {self.name!r} declares 'fourier' but is not a translation-invariant "
+                "circle kernel: override fourier_coefficients"
+            )
+        M = max(FOURIER_POINTS, 4 * (int(kmax) + 1))
+        s = (2 * np.pi * np.arange(M) / M)[:, None]
+        g = self.phi(s, np.zeros((1, 1)))[0]
+        ghat = np.fft.rfft(g).real / M
+        return ghat[: int(kmax) + 1]
+
+    # -- manifold constraint (identity for unconstrained kernels) -----------------
+    def tangent(self, y, v):
+        """Project a velocity ``v`` (..., n, N) on the tangent space at ``y``."""
+        return v
+
+    def retract(self, y):
+        """Map ``y`` back onto the constraint manifold after a step."""
+        return y
+
+    def wrap(self, y):
+        """Canonical representative of ``y`` (periodic kernels wrap to [0, 2π))."""
+        return y
+
+    def params(self) -> dict:
+        """Parameters for the output attrs."""
+        return {}
+
+    # -- fused residual pass --------------------------------------------------------
+    def pullback(self, y, a, x, w, f_x):
+        r"""Network on the nodes and the gradient pull-back of the weighted residual.
+
+        .. math::
+            f(x_q) &= \sum_i a_i \varphi(x_q, y_i), \qquad r_q = f(x_q) - f^*(x_q),\\
+            g^c_i &= \sum_q w_q \varphi(x_q, y_i) r_q, \qquad
+            g^y_i = \sum_q w_q \nabla_y\varphi(x_q, y_i) r_q .
+
+        With ``a = c / n`` the GD velocities of (2.1) in residual form are
+        ``dc/dt = -g_c`` and ``dy/dt = -c g_y`` (THEORY §2).
+
+        Parameters
+        ----------
+        y : ndarray, shape (B, n, N)
+        a : ndarray, shape (B, n)
+            Charges times weights (``c/n`` for particles, ``c w_j`` for quadrature nodes).
+        x : ndarray, shape (Q, d) or (B, Q, d)
+        w : ndarray, shape (Q,) or (B, Q)
+        f_x : ndarray, shape (Q,) or (B, Q)
+            Target on the nodes.
+
+        Returns
+        -------
+        f : ndarray, shape (B, Q)
+        g_c : ndarray, shape (B, n)
+        g_y : ndarray, shape (B, n, N)
+        """
+        x, w = _weighted(x, w)
+        p, dp = self.phi_grad(x, y)
+        f = np.einsum("bn,bnq->bq", a, p)
+        wr = w * (f - f_x)
+        g_c = np.einsum("bnq,bq->bn", p, wr)
+        g_y = np.einsum("bnqk,bq->bnk", dp, wr)
+        return f, g_c, g_y
+
+
+def pullback_reference(kernel, y, a, x, w, f_x):
+    """Slow, obviously correct :meth:`Kernel.pullback`: loops over members and particles."""
+    y = np.asarray(y, float)
+    B, n, _ = y.shape
+    x = np.asarray(x, float)
+    w = np.asarray(w, float)
+    xs = np.broadcast_to(x, (B,) + x.shape[-2:])
+    ws = np.broadcast_to(w, (B, x.shape[-2]))
+    fs = np.broadcast_to(f_x, (B, x.shape[-2]))
+    f = np.zeros((B, xs.shape[1]))
+    g_c = np.zeros((B, n))
+    g_y = np.zeros_like(y)
+    for b in range(B):
+        for i in range(n):
+            p = kernel.phi(xs[b], y[b, i][None, :])[0]
+            f[b] += a[b, i] * p
+        r = f[b] - fs[b]
+        for i in range(n):
+            p, dp = kernel.phi_grad(xs[b], y[b, i][None, :])
+            g_c[b, i] = np.sum(ws[b] * p[0] * r)
+            g_y[b, i] = np.sum((ws[b] * r)[:, None] * dp[0], axis=0)
+    return f, g_c, g_y
