@@ -195,7 +195,7 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
     for n_ in notes:
         log.info("not checked: %s", n_)
     inputs = {"particles": particles, "meanfield": meanfield, "fluctuations": fluct,
-              "config": cfg, "f0_name": f0_name}
+              "config": cfg, "f0_name": f0_name, "problem": problem}
     return ds, inputs, notes
 
 
@@ -342,7 +342,7 @@ def _context(a, inputs, notes):
     lines.append(f"- problem: `{p.attrs.get('problem', '')}`")
     lines.append(f"- dynamics: `{p.attrs.get('dynamics', '')}`; n = {p['n'].values.tolist()}, "
                  f"{p.sizes['seed']} seeds, save times {p['t'].values.tolist()}")
-    lines.append(f"- initial c law: `{json.dumps((cfg.get('init') or {}).get('c', 'normal'))}`")
+    lines.append(f"- initial c law: `{json.dumps(inputs['problem'].c_law.params())}`")
     lines.append(f"- f_0 reference: {a.attrs.get('f_0_reference')}")
     mf = inputs["meanfield"]
     if mf is not None and "f_0" in mf and "f_0_characteristics" in mf:

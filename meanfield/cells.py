@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .defaults import GRID
+
 __all__ = ["Grid", "make_grid", "initial_masses", "phi_resolution"]
 
 
@@ -109,7 +111,8 @@ def _is_circle(problem) -> bool:
             or getattr(problem.y_law, "domain", None) == "circle")
 
 
-def make_grid(problem, ny=256, nc=256, c_min=-5.0, c_max=5.0, y_range=None) -> Grid:
+def make_grid(problem, ny=GRID["ny"], nc=GRID["nc"], c_min=GRID["c_min"], c_max=GRID["c_max"],
+              y_range=None) -> Grid:
     """The grid of a problem: the circle ``[0, 2π)`` (periodic), else a y box with walls.
 
     Parameters

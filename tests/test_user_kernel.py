@@ -130,5 +130,12 @@ def test_report_runs_on_a_user_kernel(problem, tmp_path):
     exp = resolve(cfg, base=tmp_path, problem=problem)
     run_experiment(exp, tmp_path / "out", progress=False)
     res = make_report(tmp_path / "out", problem=problem, figures=False, n_boot=200)
-    text = res["report"].read_text()
-    assert "M[" in text and "LLN" in text
+    rows = [r.split(" | ") for r in res["report"].read_text().splitlines()
+            if r.startswith("| ") and not r.startswith("| prediction") and "---" not in r]
+    verdict = {r[0].lstrip("| "): r[-1].rstrip(" |") for r in rows}
+    assert any(k.startswith("LLN slope") for k in verdict)
+    assert any(k.startswith("CLT variance ratio") for k in verdict)
+    # M[rho] is positive semi-definite for every kernel (2.39): these rows must pass
+    psd = [v for k, v in verdict.items() if k.startswith("M[ρ] ⪰ 0")]
+    assert len(psd) == 3 and set(psd) == {"PASS"}, verdict
+    assert "uniform" in res["report"].read_text()  # the user's c law, not a default
