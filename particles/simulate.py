@@ -15,6 +15,7 @@ import json
 import logging
 
 import numpy as np
+import xarray as xr
 
 from .dynamics import Dynamics
 from .loop import NumericalFailure, check_save_times, run  # noqa: F401 - re-exported

@@ -1,6 +1,5 @@
 """Mean-field steppers under the one time loop: capture/restore bitwise, failure contract,
 CF-1.8 datasets (characteristics, influence forward and adjoint, grid, tangent ensemble)."""
-import json
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from particles import Dynamics, NumericalFailure, ParticleStepper, run
 from particles.laws import CLaw
 from particles.problems import circle_problem
 from particles.results import check_cf
+from tests.stepping import advance, roundtrip
 
 
 @pytest.fixture(scope="module")
@@ -24,29 +24,6 @@ def circle():
                           c_law=CLaw("uniform", low=-1.5, high=1.5))
 
 
-def roundtrip(snap, tmp_path):
-    """The snapshot through np.savez (arrays, numbers) and JSON (generator states)."""
-    np.savez(tmp_path / "snap.npz", **{k: v for k, v in snap.items() if k != "rng"})
-    (tmp_path / "snap.json").write_text(json.dumps(snap.get("rng")))
-    with np.load(tmp_path / "snap.npz") as f:
-        out = {k: f[k] for k in f.files}
-    out["rng"] = json.loads((tmp_path / "snap.json").read_text())
-    return out
-
-
-def advance(stepper, state, t0, t1, steps=None):
-    """Step as the driver does inside one save interval, at most ``steps`` steps."""
-    k = 0
-    while steps is None or k < steps:
-        h = stepper.propose(state, t0, t1)
-        if not h > 0:
-            break
-        new = stepper.step(state, h)
-        landed = t1 - new.t <= 0.5 * (new.t - state.t)
-        state, k = new, k + 1
-        if landed:
-            return state._replace(t=t1)
-    return state
 
 
 def resume_equals_whole(make, init, t0, t1, k, tmp_path):

@@ -1,6 +1,5 @@
 """The one time loop (particles.loop) and the particle stepper: landing on save times,
 capture/restore bitwise, the failure contract."""
-import json
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import xarray as xr
 from particles import Dynamics, NumericalFailure, ParticleStepper, member_rng, run, simulate
 from particles.problems import circle_problem
 from particles.results import check_cf
+from tests.stepping import advance, roundtrip
 
 
 @pytest.fixture(scope="module")
@@ -16,30 +16,6 @@ def circle():
     return circle_problem(2.0, 16, cos=[0.0, 0.0, 0.5], sin=[0.0, 1.0])
 
 
-def roundtrip(snap, tmp_path, name="snap"):
-    """The snapshot through np.savez (arrays, numbers) and JSON (generator states)."""
-    arrays = {k: v for k, v in snap.items() if k != "rng"}
-    np.savez(tmp_path / f"{name}.npz", **arrays)
-    (tmp_path / f"{name}.json").write_text(json.dumps(snap.get("rng")))
-    with np.load(tmp_path / f"{name}.npz") as f:
-        out = {k: f[k] for k in f.files}
-    out["rng"] = json.loads((tmp_path / f"{name}.json").read_text())
-    return out
-
-
-def advance(stepper, state, t0, t1, steps=None):
-    """Step as the driver does inside one save interval, at most ``steps`` steps."""
-    k = 0
-    while steps is None or k < steps:
-        h = stepper.propose(state, t0, t1)
-        if not h > 0:
-            break
-        new = stepper.step(state, h)
-        landed = t1 - new.t <= 0.5 * (new.t - state.t)
-        state, k = new, k + 1
-        if landed:
-            return state._replace(t=t1)
-    return state
 
 
 DYNAMICS = {
