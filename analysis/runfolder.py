@@ -272,8 +272,9 @@ def plan_run(out, config_json, sections, *, force=False):
         if not int(attrs.get("complete", 1)):
             raise RunFolderError(
                 f"{path} is from a failed run of this config (complete = 0: "
-                f"{attrs.get('failure', 'no reason stored')}); nothing after it was computed. "
-                "Change the config as the failure says, or pass --force to recompute")
+                f"{attrs.get('failure', 'no reason stored')}); the run stopped there and "
+                "nothing after it was computed. Change the config as the failure says and "
+                "rerun with --force (which recomputes every section), or choose another --out")
         status[section] = (path, "up to date")
     if todo or force:  # new data: what was derived from the old files is stale
         remove += [out / n for n in DERIVED] + [out / "figures" / n for n in FIGURE_NAMES]
