@@ -127,12 +127,14 @@ def check_writable(out, *, create=True, what="--out") -> list:
         raise RunFolderError(f"{what} {out}: the folder cannot be created ({e.strerror or e}); "
                              f"choose a writable {what}") from None
     try:
-        os.unlink(_create_probe(out))
+        probe = _create_probe(out)
     except OSError as e:
         remove_empty_folders(missing)
         raise RunFolderError(f"{what} {out}: no file can be created in this folder "
                              f"({type(e).__name__}: {e.strerror or e}); make it writable or "
                              f"choose another {what}") from None
+    with contextlib.suppress(FileNotFoundError):  # a lock holder may clean it first
+        os.unlink(probe)
     return missing
 
 
@@ -227,7 +229,8 @@ def plan_run(out, config_json, sections, *, force=False):
     sections : sequence of str
         Its runnable sections, in order.
     force : bool
-        Recompute every section and remove what the new config no longer has.
+        Recompute every section: remove every run file first (also those of sections the
+        new config no longer has), so that a failure leaves no file of the old run.
 
     Returns
     -------
@@ -252,11 +255,10 @@ def plan_run(out, config_json, sections, *, force=False):
             if section in sections:
                 todo.append(section)
             continue
-        if force:
+        if force:  # removed before any work: a failure leaves no file of the old run
+            remove.append(path)
             if section in sections:
                 todo.append(section)
-            else:
-                remove.append(path)
             continue
         attrs = file_identity(path, section)
         if section not in sections:

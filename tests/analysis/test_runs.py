@@ -151,6 +151,18 @@ def test_new_data_removes_old_derived_outputs(tmp_path):
     assert listing(out) == ["analysis.nc", "particles.nc", "report.md"]
 
 
+def test_force_leaves_no_file_of_the_old_run_when_the_new_one_fails(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(tmp_path, config("particles", "meanfield"), out) == 0
+    assert run(tmp_path, failing(), out, "--force", name="b.toml") == 3
+    # the old meanfield.nc went before any work; the new particles.nc is the partial
+    assert listing(out) == ["particles.nc"]
+    assert attrs(out / "particles.nc")["complete"] == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--no-figures"]) == 0  # one run, said incomplete
+    assert "INCOMPLETE RUN" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- 3. concurrent runs
 #: a real `mfpc run` process whose [particles] waits for the file RELEASE (at most 60 s)
 #: and that leaves a temporary as a write in progress would
@@ -237,6 +249,32 @@ def test_leftovers_are_removed_only_under_the_lock(tmp_path):
     assert leftover.exists()
     with runfolder.holding(tmp_path):
         assert not leftover.exists()
+
+
+def _hold(folder, ready, release):
+    from analysis.runlock import FolderLock
+
+    with FolderLock(folder):
+        ready.set()
+        release.wait(60)
+
+
+def test_report_is_refused_while_a_run_holds_the_folder(tmp_path, capsys, good_particles):
+    import multiprocessing as mp
+
+    shutil.copy(good_particles, tmp_path / "particles.nc")
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold, args=(tmp_path, ready, release))
+    p.start()
+    try:
+        assert ready.wait(60)
+        assert main(["report", str(tmp_path), "--no-figures"]) == 2
+        assert f"{tmp_path} is in use by mfpc run (pid {p.pid}" in capsys.readouterr().err
+        assert listing(tmp_path) == [LOCK_NAME, "particles.nc"]
+    finally:
+        release.set()
+        p.join(60)
 
 
 # ---------------------------------------------------------------------- 4. --out
