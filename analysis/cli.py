@@ -32,7 +32,8 @@ def _parser():
     r = sub.add_parser("run", help="run every section of a TOML config into a folder")
     r.add_argument("config", help="the TOML config (see docs/config.md)")
     r.add_argument("--out", required=True, help="output folder (created if missing)")
-    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    r.add_argument("--force", action="store_true",
+                   help="recompute every section: remove the run files in DIR first")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     rp = sub.add_parser("report", help="check the predictions on the outputs of `mfpc run`")
     rp.add_argument("dir", help="output folder of `mfpc run` (holds particles.nc)")

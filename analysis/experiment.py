@@ -4,7 +4,8 @@
 present in the config, then :mod:`analysis.preflight` refuses what a solver cannot do for
 this problem, all before any work starts; :func:`run_experiment` then runs each section
 into ``DIR/<section>.nc`` (CF-1.8 through :func:`particles.results.finish`) with the
-resolved config (JSON), package versions and root seed in ``attrs``. A
+resolved config (JSON), its identity ``run_id``, package versions and root seed in
+``attrs``; the folder is checked, locked and cleaned first (:mod:`analysis.runfolder`). A
 :class:`~particles.NumericalFailure` in any section writes that section's partial Dataset
 (if its solver kept one) marked ``complete = 0`` and is raised again as a
 :class:`SectionFailure` (``mfpc run`` exits 3). A ready :class:`~particles.problem.Problem`

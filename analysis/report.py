@@ -346,7 +346,6 @@ def rows(a, inputs):
 def _context(a, inputs, notes):
     lines = []
     p = inputs["particles"]
-    cfg = inputs["config"]
     lines.append(f"- problem: `{p.attrs.get('problem', '')}`")
     lines.append(f"- dynamics: `{p.attrs.get('dynamics', '')}`; n = {p['n'].values.tolist()}, "
                  f"{p.sizes['seed']} seeds, save times {p['t'].values.tolist()}")
