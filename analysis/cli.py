@@ -4,7 +4,8 @@
 ``mfpc report DIR`` checks the paper's predictions on the outputs in DIR and writes
 ``analysis.nc``, ``report.md`` and ``figures/`` there (:func:`analysis.report.make_report`).
 Exit codes: 0 done (or nothing to do), 2 bad input (refused before any work: nothing is
-written), 3 numerical failure in any section (what was computed is kept in
+written; also an output folder that cannot be used: not writable, in use by another run,
+holding files of another run, a failed run without ``--force``), 3 numerical failure in any section (what was computed is kept in
 ``DIR/<section>.nc`` marked ``complete = 0``; the sections before it are complete).
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ def _parser():
     r = sub.add_parser("run", help="run every section of a TOML config into a folder")
     r.add_argument("config", help="the TOML config (see docs/config.md)")
     r.add_argument("--out", required=True, help="output folder (created if missing)")
-    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    r.add_argument("--force", action="store_true",
+                   help="recompute every section: remove the run files in DIR first")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
     rp = sub.add_parser("report", help="check the predictions on the outputs of `mfpc run`")
     rp.add_argument("dir", help="output folder of `mfpc run` (holds particles.nc)")
@@ -86,6 +88,10 @@ def main(argv=None) -> int:
 
         from .report import make_report
 
+        if not args.dir.strip():
+            print('mfpc: error: mfpc report "" names no folder; name the --out folder of '
+                  '`mfpc run`', file=sys.stderr)
+            return 2
         if not (Path(args.dir) / "particles.nc").is_file():
             print(f"mfpc: error: {args.dir} has no particles.nc; run `mfpc run CONFIG --out "
                   f"{args.dir}` first", file=sys.stderr)
@@ -95,6 +101,8 @@ def main(argv=None) -> int:
         except ConfigError as e:
             print(f"mfpc: error: {e}", file=sys.stderr)
             return 2
+        if res["incomplete"]:
+            print(f"mfpc: warning: {res['incomplete']}", file=sys.stderr)
         v = res["verdicts"]
         print(f"{res['report']}: {v['PASS']} PASS, {v['FAIL']} FAIL, {v['n.a.']} n.a.")
         print(f"{res['analysis']}: written; {len(res['figures'])} figures in "

@@ -4,7 +4,8 @@
 present in the config, then :mod:`analysis.preflight` refuses what a solver cannot do for
 this problem, all before any work starts; :func:`run_experiment` then runs each section
 into ``DIR/<section>.nc`` (CF-1.8 through :func:`particles.results.finish`) with the
-resolved config (JSON), package versions and root seed in ``attrs``. A
+resolved config (JSON), its identity ``run_id``, package versions and root seed in
+``attrs``; the folder is checked, locked and cleaned first (:mod:`analysis.runfolder`). A
 :class:`~particles.NumericalFailure` in any section writes that section's partial Dataset
 (if its solver kept one) marked ``complete = 0`` and is raised again as a
 :class:`SectionFailure` (``mfpc run`` exits 3). A ready :class:`~particles.problem.Problem`
@@ -31,6 +32,8 @@ from meanfield import defaults as D
 
 from . import preflight
 from .io import read_dataset, write_dataset
+from .runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
+                        run_id)
 from .variables import cf_meta
 
 __all__ = ["load_config", "resolve", "run_config", "run_experiment", "Experiment",
@@ -277,6 +280,7 @@ def _attrs(exp: Experiment, section: str) -> dict:
         "config": exp.config_json(),
         "section": section,
         "root_seed": int((exp.particles or {}).get("root_seed", 0)),
+        "run_id": run_id(exp.config_json()),
         "mfpc_netcdf_conventions": "coords n, seed, t, x; config JSON in attrs['config']",
     }
 
@@ -388,41 +392,20 @@ def _finish(exp, section, ds, command, failure=None):
     return finish(ds, title=TITLES[section], meta=cf_meta(ds), command=command)
 
 
-def _todo(exp, out, force):
-    """The sections to run, and the status of those left as they are."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a folder")
-    todo, status = [], {}
-    for section, runner in RUNNERS.items():
-        if section not in exp.config:
-            continue
-        path = out / f"{section}.nc"
-        if path.exists() and not force:
-            try:
-                with xr.open_dataset(path, engine="h5netcdf") as old:
-                    old_attrs = dict(old.attrs)  # attributes only: no data is read
-            except Exception:  # noqa: BLE001 - unreadable counts as "not this config"
-                old_attrs = {}
-            if old_attrs.get("config") != exp.config_json():
-                raise ConfigError(
-                    f"{path} exists and was written from a different config; "
-                    "pass --force to overwrite it or choose another --out"
-                )
-            note = "" if old_attrs.get("complete", 1) else " (incomplete)"
-            status[section] = (path, "up to date" + note)
-            continue
-        todo.append((section, runner, path))
-    return todo, status
-
-
 def run_experiment(exp: Experiment, out, *, force=False, progress=None,
                    command=None) -> dict:
     """Run every runnable section of a resolved experiment into the folder ``out``.
 
     Each section writes ``out/<section>.nc`` through :func:`particles.results.finish`
-    (CF-1.8, ``history`` with ``command``). An existing output is never overwritten
-    unless ``force``; with the same config it is left as it is ("up to date"), with
-    another config it is an error.
+    (CF-1.8, ``history`` with ``command``, ``attrs["run_id"]``: the run's identity,
+    :func:`analysis.runfolder.run_id`). Before any work (:mod:`analysis.runfolder`):
+    ``out`` must be a folder in which files can be created; it is locked for this run
+    (another live ``mfpc run`` there is refused); temporary files a killed run left are
+    removed. An existing output is never overwritten unless ``force``; with the same config
+    and complete it is left as it is ("up to date"); a file of another config, a foreign
+    or damaged file, or one of a failed run (``complete = 0``) is an error. ``force``
+    recomputes every section, removes the files of sections the config no longer has, and
+    with any new file the old ``analysis.nc``, ``report.md`` and figures are removed.
 
     Parameters
     ----------
@@ -440,35 +423,46 @@ def run_experiment(exp: Experiment, out, *, force=False, progress=None,
     Returns
     -------
     dict
-        ``{section: (path, status)}``, status "written" or "up to date[ (incomplete)]".
+        ``{section: (path, status)}``, status "written" or "up to date".
 
     Raises
     ------
     ConfigError
-        A bound found during a run (e.g. a later CFL bound); nothing written for it.
+        A bound found during a run (e.g. a later CFL bound); nothing written for it. A
+        :class:`~analysis.runfolder.RunFolderError` (a ConfigError) for a folder that
+        cannot be used as it is, before any work.
     SectionFailure
         A :class:`~particles.NumericalFailure` in any section: its partial Dataset, if
         the solver kept one, is written marked ``complete = 0`` (status "incomplete");
         later sections do not run.
     """
+    created = check_writable(out)
     out = Path(out)
-    todo, status = _todo(exp, out, force)
-    for section, runner, path in todo:
-        log.info("running [%s] -> %s", section, path)
-        try:
-            ds = runner(exp, progress=progress)
-        except ValueError as e:  # a bound found during the run (e.g. a later CFL bound)
-            raise ConfigError(f"[{section}]: {e}") from None
-        except NumericalFailure as e:
-            partial, written = getattr(e, "partial", None), None
-            if isinstance(partial, xr.Dataset):
-                write_dataset(_finish(exp, section, partial, command, failure=e), path,
-                              overwrite=True)
-                status[section] = written = (path, "incomplete")
-            raise SectionFailure(f"[{section}]: {e}", partial, section,
-                                 written and written[0], status) from e
-        write_dataset(_finish(exp, section, ds, command), path, overwrite=True)
-        status[section] = (path, "written")
+    try:
+        with holding(out, "mfpc run"):
+            todo, status, stale = plan_run(out, exp.config_json(),
+                                           [s for s in RUNNERS if s in exp.config], force=force)
+            remove_stale(out, stale)
+            for section in todo:
+                path = out / f"{section}.nc"
+                log.info("running [%s] -> %s", section, path)
+                try:
+                    ds = RUNNERS[section](exp, progress=progress)
+                except ValueError as e:  # a bound found during the run (e.g. a later CFL bound)
+                    raise ConfigError(f"[{section}]: {e}") from None
+                except NumericalFailure as e:
+                    partial, kept = getattr(e, "partial", None), None
+                    if isinstance(partial, xr.Dataset):
+                        write_dataset(_finish(exp, section, partial, command, failure=e), path,
+                                      overwrite=True)
+                        status[section] = kept = (path, "incomplete")
+                    raise SectionFailure(f"[{section}]: {e}", partial, section,
+                                         kept and kept[0], status) from e
+                write_dataset(_finish(exp, section, ds, command), path, overwrite=True)
+                status[section] = (path, "written")
+    finally:
+        if created and not any(out.iterdir()):  # refused or failed before any file
+            remove_empty_folders(created)
     return status
 
 

@@ -12,7 +12,11 @@ r"""``mfpc report DIR``: run every check the outputs in DIR allow and write the 
 * ``DIR/figures/*.png`` — :func:`analysis.plots.make_figures`.
 
 The outputs are derived data: re-running overwrites them (each file is replaced
-atomically). The tolerances and their derivations are in ``docs/propositions.md``.
+atomically). The run files are checked first (:func:`analysis.runfolder.read_run`): damaged
+or foreign files and files of different runs are refused; an incomplete run (a file with
+``complete = 0``) is said at the top of ``report.md`` and in ``analysis.nc``
+(``attrs["complete"] = 0``, ``attrs["incomplete"]``). The folder is locked while the
+report is written. The tolerances and their derivations are in ``docs/propositions.md``.
 """
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ from particles.problems import build_problem
 from particles.results import finish
 
 from . import checks
-from .io import atomic_path, read_dataset, write_dataset
+from .io import atomic_path, write_dataset
 from .mkernel import mkernel_checks
+from .runfolder import check_writable, holding, read_run
 from .variables import cf_meta
 
 __all__ = ["make_report", "Row", "rows", "render", "REPORT_SPAWN_KEY"]
@@ -85,17 +90,6 @@ def _write_text(path, text):
     return path
 
 
-def _read_optional(path, notes):
-    if not path.exists():
-        notes.append(f"{path.name} is missing: checks needing it are n.a.")
-        return None
-    try:
-        return read_dataset(path)
-    except Exception as e:  # noqa: BLE001 - report what could not be read, go on
-        notes.append(f"{path.name} could not be read ({e}): checks needing it are n.a.")
-        return None
-
-
 def _nodes(meanfield, notes):
     """Characteristic nodes at the save times (saved in meanfield.nc) for M[rho_0]."""
     if meanfield is None or "y_nodes" not in meanfield:
@@ -134,18 +128,28 @@ def _problem(cfg, problem):
             "make_report(DIR, problem=problem)") from None
 
 
+def incomplete_note(incomplete) -> str:
+    """What an incomplete run means for its report, from ``[(file name, failure)]``."""
+    files = "; ".join(f"{name} has complete = 0 ({failure})" for name, failure in incomplete)
+    return (f"INCOMPLETE RUN: {files}. The run failed; the checks below use only what was "
+            "computed before the failure (NaN past it), and later sections may be missing.")
+
+
 def run_checks(out, *, n_boot=1000, rng=None, problem=None):
     """Read DIR and run the checks; returns (analysis Dataset, inputs dict, notes).
+
+    The run files are read by :func:`analysis.runfolder.read_run`, which refuses damaged or
+    foreign files and files of different runs (:class:`~analysis.runfolder.RunFolderError`).
+    ``analysis.nc`` carries the run's ``run_id`` and ``complete`` (0 when any run file has
+    ``complete = 0``, with the note ``attrs["incomplete"]``).
 
     ``problem`` is the run's ready :class:`~particles.problem.Problem` when the config's
     ``[problem]`` is only a description (a user's own kernel); by default it is rebuilt
     from the config stored in ``particles.nc``.
     """
     out = Path(out)
-    particles = read_dataset(out / "particles.nc")
-    notes = []
-    meanfield = _read_optional(out / "meanfield.nc", notes)
-    fluct = _read_optional(out / "fluctuations.nc", notes)
+    data, notes, identity = read_run(out)
+    particles, meanfield, fluct = (data[s] for s in ("particles", "meanfield", "fluctuations"))
     cfg = json.loads(particles.attrs["config"])
     problem = _problem(cfg, problem)
     if rng is None:
@@ -191,11 +195,15 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
         "family_alpha": FAMILY_ALPHA,
         "derived_from": json.dumps([p.name for p in sorted(out.glob("*.nc"))
                                     if p.name != "analysis.nc"]),
+        "run_id": identity["run_id"],
+        "complete": 0 if identity["incomplete"] else 1,
     })
+    if identity["incomplete"]:
+        ds.attrs["incomplete"] = incomplete_note(identity["incomplete"])
     for n_ in notes:
         log.info("not checked: %s", n_)
     inputs = {"particles": particles, "meanfield": meanfield, "fluctuations": fluct,
-              "config": cfg, "f0_name": f0_name, "problem": problem}
+              "config": cfg, "f0_name": f0_name, "problem": problem, "identity": identity}
     return ds, inputs, notes
 
 
@@ -338,12 +346,12 @@ def rows(a, inputs):
 def _context(a, inputs, notes):
     lines = []
     p = inputs["particles"]
-    cfg = inputs["config"]
     lines.append(f"- problem: `{p.attrs.get('problem', '')}`")
     lines.append(f"- dynamics: `{p.attrs.get('dynamics', '')}`; n = {p['n'].values.tolist()}, "
                  f"{p.sizes['seed']} seeds, save times {p['t'].values.tolist()}")
     lines.append(f"- initial c law: `{json.dumps(inputs['problem'].c_law.params())}`")
     lines.append(f"- f_0 reference: {a.attrs.get('f_0_reference')}")
+    lines.append(f"- run_id: `{a.attrs.get('run_id', '')}` (every file of this run carries it)")
     mf = inputs["meanfield"]
     if mf is not None and "f_0" in mf and "f_0_characteristics" in mf:
         d = (mf["f_0"] - mf["f_0_characteristics"])
@@ -366,8 +374,10 @@ def _context(a, inputs, notes):
     return lines
 
 
-def render(table, context) -> str:
+def render(table, context, warning=None) -> str:
+    """report.md: the table, its counts and the context; ``warning`` first (in bold)."""
     head = ("# Report: the paper's predictions on this run\n\n"
+            + (f"**{warning}**\n\n" if warning else "") +
             "Generated by `mfpc report` from the .nc files in this folder (derived data: "
             "re-running overwrites it). Statistics in `analysis.nc`; tolerances and their "
             "derivations in `docs/propositions.md`.\n\n"
@@ -408,32 +418,40 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
     Returns
     -------
     dict
-        ``{"analysis": path, "report": path, "figures": [paths], "verdicts": {...}}``.
+        ``{"analysis": path, "report": path, "figures": [paths], "verdicts": {...}}``,
+        ``"run_id"`` and ``"incomplete"`` (the note of an incomplete run, else None).
 
     Raises
     ------
     FileNotFoundError
         If ``out/particles.nc`` does not exist.
     ConfigError
-        If the run's problem cannot be rebuilt from its config and none is given.
+        If the run's problem cannot be rebuilt from its config and none is given; a
+        :class:`~analysis.runfolder.RunFolderError` if no file can be created in ``out``,
+        another process holds it, or its run files are damaged, foreign or of different
+        runs (nothing is written then).
     """
     out = Path(out)
     if not (out / "particles.nc").is_file():
         raise FileNotFoundError(f"{out / 'particles.nc'} does not exist; run `mfpc run "
                                 f"CONFIG --out {out}` first")
-    a, inputs, notes = run_checks(out, n_boot=n_boot, rng=rng, problem=problem)
-    finish(a, title=TITLE, meta=cf_meta(a),
-           command=f"mfpc report {out}" if command is None else command)
-    apath = write_dataset(a, out / "analysis.nc", overwrite=True)
-    table = rows(a, inputs)
-    rpath = _write_text(out / "report.md", render(table, _context(a, inputs, notes)))
-    paths = []
-    if figures:
-        from . import plots
+    check_writable(out, create=False, what="report folder")
+    with holding(out, "mfpc report"):
+        a, inputs, notes = run_checks(out, n_boot=n_boot, rng=rng, problem=problem)
+        finish(a, title=TITLE, meta=cf_meta(a),
+               command=f"mfpc report {out}" if command is None else command)
+        apath = write_dataset(a, out / "analysis.nc", overwrite=True)
+        table = rows(a, inputs)
+        rpath = _write_text(out / "report.md", render(table, _context(a, inputs, notes),
+                                                      warning=a.attrs.get("incomplete")))
+        paths = []
+        if figures:
+            from . import plots
 
-        paths = plots.make_figures(out / "figures", inputs["particles"], inputs["meanfield"],
-                                   inputs["fluctuations"], a,
-                                   "f_0_characteristics" if inputs["f0_name"] == "characteristics"
-                                   else "f_0")
+            paths = plots.make_figures(
+                out / "figures", inputs["particles"], inputs["meanfield"],
+                inputs["fluctuations"], a,
+                "f_0_characteristics" if inputs["f0_name"] == "characteristics" else "f_0")
     verdicts = {v: sum(r.verdict == v for r in table) for v in ("PASS", "FAIL", "n.a.")}
-    return {"analysis": apath, "report": rpath, "figures": paths, "verdicts": verdicts}
+    return {"analysis": apath, "report": rpath, "figures": paths, "verdicts": verdicts,
+            "run_id": a.attrs["run_id"], "incomplete": a.attrs.get("incomplete")}
