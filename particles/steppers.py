@@ -16,7 +16,8 @@ their start (:class:`Watch`), and reports a :class:`particles.loop.Divergence`:
   above its running minimum by more than round-off, :data:`GD_RTOL` relative plus
   :data:`ATOL` of the loss scale. The loss is the one the step computes anyway (the
   network values of its first velocity evaluation, at the step's start), so the check
-  costs nothing and sees a rise one step late.
+  costs nothing and sees a rise one step late; a step that lands on a save time is also
+  checked at its end (one network evaluation), so no diverged state is ever observed.
 * SGD, Langevin and the kernel form (whose flow descends the energy (4.5), not the loss)
   may raise the loss: it may not exceed :data:`NOISY_FACTOR` times its running minimum.
   Their loss is evaluated on the nodes every ``stride`` steps (one evaluation costs about
@@ -130,7 +131,7 @@ class ParticleStepper:
                                  "this problem: lower dynamics.dt")
         #: the loss is a Lyapunov function of the step (GD in the residual form)
         self.monotone = dynamics.scheme == "gd" and dynamics.form == "data"
-        self._tapped = None
+        self._tapped, self._t_end = None, None
         if dynamics.scheme != "sgd" and dynamics.form == "data":
             self._tapped = copy.copy(problem)
             self._tapped.kernel = _Tap(problem.kernel, problem.x)
@@ -141,6 +142,7 @@ class ParticleStepper:
         return ParticleState(float(t), y, c, None if rngs is None else tuple(rngs))
 
     def propose(self, state, t_start, t_end):
+        self._t_end = t_end  # the save time the step heads for (checked on landing)
         m = substeps(t_start, t_end, self.dynamics.dt)
         return (t_end - t_start) / m if m else 0.0
 
@@ -161,20 +163,34 @@ class ParticleStepper:
             problem.kernel.f = None
         new = step(problem, self.dynamics, State(state.t, state.y, state.c), h, self.a,
                    state.rngs)
-        loss = None
+        seen = []  # losses in time order: at the step's start (tapped), at its end
         if self._tapped is not None and problem.kernel.f is not None:
-            loss = problem.loss(problem.kernel.f)  # at the step's start
+            seen.append(problem.loss(problem.kernel.f))
         if watch is None:
             cref = np.maximum(1.0, np.max(np.abs(state.c), axis=-1))
-            l0 = loss if loss is not None else self._loss(state.y, state.c)
+            l0 = seen[0] if seen else self._loss(state.y, state.c)
             lref = self._f_scale + np.where(np.isfinite(l0), l0, 0.0)
             watch = Watch(l0.copy(), l0.copy(), cref, lref, 0)
         steps = watch.steps + 1
-        if loss is None and steps % self._stride(state) == 0:
-            loss = self._loss(new.y, new.c)
-        if loss is not None:
+        # a step that lands on a save time is checked at its end, before it is observed
+        lands = self._t_end is not None and self._t_end - new.t <= 0.5 * h
+        if lands or (not seen and steps % self._stride(state) == 0):
+            seen.append(self._loss(new.y, new.c))
+        for loss in seen:
+            if self._broken(watch) is not None:
+                break  # keep the loss that broke the rule for check to report
             watch = watch._replace(lmin=np.fmin(watch.lmin, watch.last), last=loss)
         return ParticleState(new.t, new.y, new.c, state.rngs, watch._replace(steps=steps))
+
+    def _broken(self, w):
+        """Indices of the members whose last loss breaks the rule (module doc), or None."""
+        atol = ATOL * w.lref
+        if self.monotone:
+            limit = w.lmin + GD_RTOL * w.lmin + atol
+        else:
+            limit = NOISY_FACTOR * w.lmin + atol
+        bad = np.flatnonzero(~(w.last <= limit))
+        return bad if bad.size else None
 
     def _who(self, bad):
         return ([self.labels[b] for b in bad[:8]] if self.labels is not None
@@ -195,17 +211,14 @@ class ParticleStepper:
             return Divergence(
                 f"member(s) {self._who(bad)}: the largest charge |c| = {cmax[b]:.3g} grew "
                 f"beyond {STATE_FACTOR:.0e} times its start {w.cref[b]:.3g}")
-        atol = ATOL * w.lref
         if self.monotone:
-            limit = w.lmin + GD_RTOL * w.lmin + atol
             rule = (f"gradient descent may not raise it by more than round-off "
                     f"({GD_RTOL:.0e} relative)")
         else:
-            limit = NOISY_FACTOR * w.lmin + atol
             rule = (f"{self.dynamics.scheme} ({self.dynamics.form} form) may not raise it "
                     f"beyond {NOISY_FACTOR:.0e} times its running minimum")
-        bad = np.flatnonzero(~(w.last <= limit))
-        if bad.size:
+        bad = self._broken(w)
+        if bad is not None:
             b = bad[0]
             what = "loss" if np.isfinite(w.last[b]) else "non-finite loss"
             return Divergence(
