@@ -160,7 +160,11 @@ def fluctuation_scaling(particles, *, alpha=None, n_boot=1000, level=0.95, rng):
     :math:`f_n`. Interval: bootstrap over seeds.
     """
     f = particles["f_n"]
-    var = (f.var("seed", ddof=1, skipna=True) * particles["x_weight"]).sum("x", skipna=False)
+    if particles.sizes["seed"] >= 2:
+        var = (f.var("seed", ddof=1, skipna=True) * particles["x_weight"]).sum("x",
+                                                                               skipna=False)
+    else:  # a variance needs 2 seeds
+        var = (f.isel(seed=0, x=0, drop=True) * np.nan)
     var = var.transpose("n", "t")
     T = particles.sizes["t"]
     w = particles["x_weight"].values
@@ -172,6 +176,7 @@ def fluctuation_scaling(particles, *, alpha=None, n_boot=1000, level=0.95, rng):
     fits = []
     for j in range(T):
         groups = [finite_rows(F[i, :, j]) for i in range(F.shape[0])]
+        groups = [g if len(g) >= 2 else g[:0] for g in groups]  # a variance needs 2 seeds
         boot = bootstrap_stat(groups, wvar, n_boot, rng)
         fits.append(bootstrap_slope(particles["n"].values, var.values[:, j], boot, level))
     ds = xr.Dataset({"fluct_var": var,
