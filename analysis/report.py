@@ -323,7 +323,8 @@ def rows(a, inputs):
     lo, hi = float(a["time_to_level_slope_low"]), float(a["time_to_level_slope_high"])
     # flat: consistent with 0 (0 in the interval) or practically flat (|slope| small)
     flat = bool(abs(s) <= FLAT_TOL or lo <= 0.0 <= hi)
-    v, note = judge(lo, hi, None if not np.isfinite(s) else flat, slope_alternatives(0.0),
+    # alternative: a time ∝ n^{±1} (docs/propositions.md, "n-independent rate")
+    v, note = judge(lo, hi, None if not np.isfinite(s) else flat, (-1.0, 1.0),
                     center=0.0, seeds=S, min_seeds=k_95)
     out.append(Row(f"time to reach ℓ = {_g(a['loss_level'])} vs n (n-independent rate)",
                    "remark after Prop. 2.2", f"slope {_g(s)} [{_g(lo)}, {_g(hi)}] (95 %)",
