@@ -173,3 +173,71 @@ def test_state_rule(circle):
     assert st.check(state_with(st, 0.3, 0.3, c=0.5 * STATE_FACTOR)) is None
     bad = st.check(state_with(st, 0.3, 0.3, c=2 * STATE_FACTOR))
     assert isinstance(bad, Divergence) and "charge" in bad
+
+
+# -- the grid (meanfield.gridstep): conservative and positive below its bound -------------
+@pytest.fixture(scope="module")
+def ucircle():
+    """The circle with c ~ U[-1.5, 1.5]: the whole initial law inside c in [-2.5, 2.5]."""
+    from particles.laws import CLaw
+
+    return circle_problem(2.0, 16, cos=[0.0, 0.0, 0.5], sin=[0.0, 1.0],
+                          c_law=CLaw("uniform", low=-1.5, high=1.5))
+
+
+def grid_run(circle, **kw):
+    from meanfield.grid import solve_grid
+
+    return solve_grid(circle, [0.0, 0.1, 1.0], ny=64, nc=24, c_min=-2.5, c_max=2.5,
+                      progress=False, **kw)
+
+
+def _grow_after(monkeypatch, calls, factor):
+    """GridSolver.rk3 returns masses times ``factor`` (finite) from its ``calls``-th call."""
+    from meanfield.gridsolver import GridSolver, StepResult
+
+    real, count = GridSolver.rk3, {"n": 0}
+
+    def wrapped(self, *args):
+        count["n"] += 1
+        res = real(self, *args)
+        if count["n"] >= calls:
+            return StepResult(res.m * factor, res.outflow, res.bound)
+        return res
+
+    monkeypatch.setattr(GridSolver, "rk3", wrapped)
+
+
+def test_healthy_grid_is_not_stopped(ucircle):
+    ds = grid_run(ucircle)
+    assert ds.attrs["complete"] == 1
+    assert np.isfinite(ds["loss_0"].values).all()
+
+
+@pytest.mark.parametrize("factor, what", [(1.5, "mass + outflow"), (-1.0, "smallest cell")])
+def test_grid_mass_growth_or_sign_is_divergence(ucircle, monkeypatch, factor, what):
+    from particles import NumericalFailure
+
+    _grow_after(monkeypatch, 10, factor)
+    with pytest.raises(NumericalFailure, match=r"^grid: diverging at t=\S+ \(mass") as e:
+        grid_run(ucircle)
+    assert what in str(e.value) and "lower meanfield.cfl" in str(e.value)
+    part = e.value.partial
+    assert part.attrs["complete"] == 0 and np.isfinite(part["f_0"].isel(t=0)).all()
+
+
+def test_grid_loss_and_bound_rules(ucircle):
+    from meanfield.cells import make_grid
+    from meanfield.gridsolver import GridSolver
+    from meanfield.gridstep import BOUND_DROP, LOSS_FACTOR, GridState, GridStepper, GridWatch
+
+    grid = make_grid(ucircle, ny=16, nc=8, c_min=-2.0, c_max=2.0)
+    st = GridStepper(GridSolver(ucircle, grid))
+    m = np.full(grid.shape, 1.0 / np.prod(grid.shape))
+    ok = GridWatch(1.0, 0.1, 0.1, 0.01)
+    assert st.check(GridState(1.0, m, 0.0, 0.01, 0.01, 0.0, ok)) is None
+    bad = st.check(GridState(1.0, m, 0.0, 0.01, 0.01, 0.0,
+                             ok._replace(last=2 * LOSS_FACTOR * 0.1)))
+    assert isinstance(bad, Divergence) and "mean-field loss" in bad
+    bad = st.check(GridState(1.0, m, 0.0, 0.01, 0.5 * BOUND_DROP * 0.01, 0.0, ok))
+    assert isinstance(bad, Divergence) and "positivity bound" in bad
