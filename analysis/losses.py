@@ -136,8 +136,9 @@ def final_loss_scaling(particles, meanfield=None, *, n_boot=1000, level=0.95, rn
     s, b, lo, hi = bootstrap_slope(particles["n"].values, mean, boot, level)
     ds = xr.Dataset(
         {"final_loss": ("n", mean),
-         "final_loss_stderr": ("n", np.nanstd(L, axis=1, ddof=1) / np.sqrt(
-             np.sum(np.isfinite(L), axis=1))),
+         "final_loss_stderr": ("n", np.array([
+             np.nanstd(r, ddof=1) / np.sqrt(np.isfinite(r).sum())
+             if np.isfinite(r).sum() > 1 else np.nan for r in L])),  # a spread needs 2
          "final_loss_slope": s, "final_loss_slope_low": lo, "final_loss_slope_high": hi,
          "final_time": float(particles["t"].values[-1])},
         coords={"n": particles["n"].values})

@@ -121,8 +121,8 @@ def run_report(tmp_path, seeds):
     cfg = tomllib.loads((ROOT / "examples" / "circle.toml").read_text())
     cfg["particles"] = {"n": [16, 32, 64], "seeds": seeds, "root_seed": 1}
     cfg["dynamics"].update(t_end=2.0, save_times=[0.0, 1.0, 2.0], dt=0.1)
-    cfg["meanfield"] = {"solvers": ["characteristics"], "characteristics": {"y": 32, "c": 8}}
-    cfg["fluctuations"] = {"method": "influence", "y": 32, "c": 8}
+    cfg["meanfield"] = {"solvers": ["characteristics"], "characteristics": {"y": 16, "c": 4}}
+    cfg["fluctuations"] = {"method": "influence", "y": 16, "c": 4}
     out = tmp_path / "out"
     assert main(["run", str(write_toml(tmp_path / "c.toml", cfg)), "--out", str(out),
                  "--no-progress"]) == 0
