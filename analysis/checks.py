@@ -97,7 +97,10 @@ def lln(particles, meanfield, fluctuations=None, *, f0=None, n_boot=1000, level=
     ns = particles["n"].values.astype(float)
     E = err.mean("seed", skipna=True)
     cnt = err.count("seed")
-    se = err.std("seed", ddof=1, skipna=True) / np.sqrt(cnt)
+    if particles.sizes["seed"] >= 2:
+        se = err.std("seed", ddof=1, skipna=True) / np.sqrt(cnt)
+    else:  # a spread needs 2 seeds
+        se = E * np.nan
     T = particles.sizes["t"]
     q = [(1 - level) / 2, (1 + level) / 2]
     out = {k: np.full(T, np.nan) for k in (

@@ -104,7 +104,8 @@ def main(argv=None) -> int:
         if res["incomplete"]:
             print(f"mfpc: warning: {res['incomplete']}", file=sys.stderr)
         v = res["verdicts"]
-        print(f"{res['report']}: {v['PASS']} PASS, {v['FAIL']} FAIL, {v['n.a.']} n.a.")
+        print(f"{res['report']}: {v['PASS']} PASS, {v['FAIL']} FAIL, "
+              f"{v.get('INCONCLUSIVE', 0)} INCONCLUSIVE, {v['n.a.']} n.a.")
         print(f"{res['analysis']}: written; {len(res['figures'])} figures in "
               f"{Path(args.dir) / 'figures'}")
         return 0

@@ -136,8 +136,9 @@ def final_loss_scaling(particles, meanfield=None, *, n_boot=1000, level=0.95, rn
     s, b, lo, hi = bootstrap_slope(particles["n"].values, mean, boot, level)
     ds = xr.Dataset(
         {"final_loss": ("n", mean),
-         "final_loss_stderr": ("n", np.nanstd(L, axis=1, ddof=1) / np.sqrt(
-             np.sum(np.isfinite(L), axis=1))),
+         "final_loss_stderr": ("n", np.array([
+             np.nanstd(r, ddof=1) / np.sqrt(np.isfinite(r).sum())
+             if np.isfinite(r).sum() > 1 else np.nan for r in L])),  # a spread needs 2
          "final_loss_slope": s, "final_loss_slope_low": lo, "final_loss_slope_high": hi,
          "final_time": float(particles["t"].values[-1])},
         coords={"n": particles["n"].values})
@@ -160,7 +161,11 @@ def fluctuation_scaling(particles, *, alpha=None, n_boot=1000, level=0.95, rng):
     :math:`f_n`. Interval: bootstrap over seeds.
     """
     f = particles["f_n"]
-    var = (f.var("seed", ddof=1, skipna=True) * particles["x_weight"]).sum("x", skipna=False)
+    if particles.sizes["seed"] >= 2:
+        var = (f.var("seed", ddof=1, skipna=True) * particles["x_weight"]).sum("x",
+                                                                               skipna=False)
+    else:  # a variance needs 2 seeds
+        var = (f.isel(seed=0, x=0, drop=True) * np.nan)
     var = var.transpose("n", "t")
     T = particles.sizes["t"]
     w = particles["x_weight"].values
@@ -172,6 +177,7 @@ def fluctuation_scaling(particles, *, alpha=None, n_boot=1000, level=0.95, rng):
     fits = []
     for j in range(T):
         groups = [finite_rows(F[i, :, j]) for i in range(F.shape[0])]
+        groups = [g if len(g) >= 2 else g[:0] for g in groups]  # a variance needs 2 seeds
         boot = bootstrap_stat(groups, wvar, n_boot, rng)
         fits.append(bootstrap_slope(particles["n"].values, var.values[:, j], boot, level))
     ds = xr.Dataset({"fluct_var": var,

@@ -6,7 +6,8 @@ r"""``mfpc report DIR``: run every check the outputs in DIR allow and write the 
 * ``DIR/analysis.nc`` — every statistic (``lln_slope(t)``, ``clt_var_ratio(n, t)``,
   ``m_min_eigenvalue(t)``, ...), atomically through :func:`analysis.io.write_dataset`;
 * ``DIR/report.md`` — one table row per prediction: the paper's reference, the measured
-  value with its uncertainty, the expected value and a verdict PASS / FAIL / n.a., then
+  value with its uncertainty, the expected value and a verdict PASS / FAIL /
+  INCONCLUSIVE / n.a. (:mod:`analysis.power`), then
   the context (f_0 source, Σ method, c domain and truncated mass) and what could not be
   checked and why;
 * ``DIR/figures/*.png`` — :func:`analysis.plots.make_figures`.
@@ -36,6 +37,7 @@ from particles.results import finish
 from . import checks
 from .io import atomic_path, write_dataset
 from .mkernel import mkernel_checks
+from .power import VERDICTS, bootstrap_min_seeds, judge, slope_alternatives
 from .runfolder import check_writable, holding, read_run
 from .variables import cf_meta
 
@@ -81,6 +83,11 @@ def _verdict(ok):
     if ok is None:
         return "n.a."
     return "PASS" if ok else "FAIL"
+
+
+def _with(expected, note):
+    """The expected column with the reason of an n.a. or INCONCLUSIVE verdict."""
+    return f"{expected}; {note}" if note else expected
 
 
 def _write_text(path, text):
@@ -214,27 +221,34 @@ def rows(a, inputs):
     ts = a["t"].values
     level, p_min, z_max = per_time_level(len(ts))
     pct = f"{100 * level:.3g} %"
+    # seeds, and the fewest a bootstrap interval needs at the row's level (analysis.power)
+    S = int(inputs["particles"].sizes["seed"])
+    k_t, k_95 = bootstrap_min_seeds(level), bootstrap_min_seeds(0.95)
     out = []
     if "lln_slope" in a:
         for j, t in enumerate(ts):
             s, lo, hi = (float(a[v].values[j]) for v in ("lln_slope", "lln_slope_low",
                                                         "lln_slope_high"))
             ok = None if not np.isfinite(lo) else bool(lo <= -1.0 <= hi)
+            v, note = judge(lo, hi, ok, slope_alternatives(-1.0) + (0.0,), center=-1.0,
+                            seeds=S, min_seeds=k_t)
             out.append(Row(f"LLN slope of E‖f_n − f_0‖²_μ vs n, t = {t:g}",
                            "Prop. 2.2 (2.41); (2.32)",
-                           f"{_g(s)} [{_g(lo)}, {_g(hi)}] ({pct} bootstrap)", "−1",
-                           _verdict(ok)))
+                           f"{_g(s)} [{_g(lo)}, {_g(hi)}] ({pct} bootstrap)",
+                           _with("−1", note), v))
         if "lln_trace_sigma" in a:
             for j, t in enumerate(ts):
                 A, lo, hi, tr = (float(a[v].values[j]) for v in (
                     "lln_prefactor_fixed", "lln_prefactor_fixed_low",
                     "lln_prefactor_fixed_high", "lln_trace_sigma"))
                 ok = None if not np.isfinite(lo) else bool(lo <= tr <= hi)
+                v, note = judge(lo, hi, ok, (0.5 * tr, 2.0 * tr), center=tr, seeds=S,
+                                min_seeds=k_t)
                 out.append(Row(f"LLN prefactor n·E‖f_n − f_0‖²_μ, t = {t:g}",
                                "Prop. 2.1 (2.32), THEORY §4",
                                f"{_g(A)} [{_g(lo)}, {_g(hi)}] ({pct}; slope fixed −1; free fit "
                                f"{_g(a['lln_prefactor'].values[j])})",
-                               f"tr_μ Σ_t = {_g(tr)}", _verdict(ok)))
+                               _with(f"tr_μ Σ_t = {_g(tr)}", note), v))
     if "clt_var_ratio_stderr" not in a:
         out.append(Row("CLT: variance ratio and Gaussianity", "Prop. 2.1 (2.32)",
                        "not measured", "needs meanfield.nc and fluctuations.nc", "n.a."))
@@ -245,19 +259,22 @@ def rows(a, inputs):
             r = float(a["clt_var_ratio"].values[i, j])
             se = float(a["clt_var_ratio_stderr"].values[i, j])
             ok = None if not np.isfinite(r * se) else bool(abs(r - 1.0) <= z_max * se)
+            v, note = judge(r - z_max * se, r + z_max * se, ok, (0.5, 2.0), center=1.0,
+                            seeds=S, min_seeds=2)
             out.append(Row(f"CLT variance ratio n·Var(f_n − f_0) / Σ_t, n = {n}, t = {t:g}",
                            "Prop. 2.1 (2.32), THEORY §4", f"{_g(r)} ± {_g(se, 2)}",
-                           f"1 (|ratio − 1| ≤ {z_max:.3g} s.e.)", _verdict(ok)))
+                           _with(f"1 (|ratio − 1| ≤ {z_max:.3g} s.e.)", note), v))
         for j, t in enumerate(ts):
             p = float(a["clt_ks_p"].values[i, j])
             pm = float(a["clt_mahalanobis_p"].values[i, j])
             k = int(a["clt_k"].values[j])
+            few = f"needs at least 2 seeds (this run has {S})" if S < 2 else ""
             out.append(Row(f"CLT Gaussianity, top-{k} modes of Σ_t, n = {n}, t = {t:g}",
                            "Prop. 2.1 (2.32)",
                            f"KS p = {_g(p, 2)} (Bonferroni); "
                            f"Mahalanobis χ²_{k} KS p = {_g(pm, 2)}",
-                           f"both p ≥ {p_min:.2g}",
-                           _verdict(None if not np.isfinite(p + pm) else
+                           _with(f"both p ≥ {p_min:.2g}", few),
+                           _verdict(None if few or not np.isfinite(p + pm) else
                                     bool(p >= p_min and pm >= p_min))))
     if a.sizes.get("source", 0) == 0:
         out.append(Row("M[ρ] ⪰ 0 and identity (2.39)", "(2.38), (2.39)", "not measured",
@@ -290,11 +307,13 @@ def rows(a, inputs):
                                                         "m_leading_slope_high"))
             i = int(np.argmax(a["n"].values))
             rel = float(a["m_leading_rel_err"].values[i, j])
+            v, note = judge(lo, hi, None if not np.isfinite(lo) else bool(lo <= -0.5 <= hi),
+                            slope_alternatives(-0.5), center=-0.5, seeds=S, min_seeds=k_t)
             out.append(Row(f"leading eigenvalues of M[ρ_n] → M[ρ_0], t = {t:g}",
                            "(2.31), (2.38)",
                            f"rms rel. error {_g(rel, 2)} at n = {int(a['n'].values[i])}; "
-                           f"slope {_g(s)} [{_g(lo)}, {_g(hi)}] ({pct})", "slope −1/2",
-                           _verdict(None if not np.isfinite(lo) else bool(lo <= -0.5 <= hi))))
+                           f"slope {_g(s)} [{_g(lo)}, {_g(hi)}] ({pct})",
+                           _with("slope −1/2", note), v))
     inc = float(np.nanmax(a["loss_max_increase"].values))
     gd = scheme == "gd"
     out.append(Row("losses non-increasing (GD), all n and seeds", "(2.2), (2.37), (2.43)",
@@ -312,11 +331,14 @@ def rows(a, inputs):
     lo, hi = float(a["time_to_level_slope_low"]), float(a["time_to_level_slope_high"])
     # flat: consistent with 0 (0 in the interval) or practically flat (|slope| small)
     flat = bool(abs(s) <= FLAT_TOL or lo <= 0.0 <= hi)
+    # alternative: a time ∝ n^{±1} (docs/propositions.md, "n-independent rate")
+    v, note = judge(lo, hi, None if not np.isfinite(s) else flat, (-1.0, 1.0),
+                    center=0.0, seeds=S, min_seeds=k_95)
     out.append(Row(f"time to reach ℓ = {_g(a['loss_level'])} vs n (n-independent rate)",
                    "remark after Prop. 2.2", f"slope {_g(s)} [{_g(lo)}, {_g(hi)}] (95 %)",
-                   f"0 (0 in the interval or |slope| ≤ {FLAT_TOL:g})",
-                   _verdict(None if not np.isfinite(s) else flat)))
+                   _with(f"0 (0 in the interval or |slope| ≤ {FLAT_TOL:g})", note), v))
     s, hi = float(a["final_loss_slope"]), float(a["final_loss_slope_high"])
+    lo = float(a["final_loss_slope_low"])
     floor = float(a["loss_floor_ratio"]) if "loss_floor_ratio" in a else np.nan
     if not np.isfinite(floor):
         # without ℓ_0(T) nothing tells whether T is a "long time" (f_0 near f)
@@ -325,21 +347,28 @@ def rows(a, inputs):
         ok, exp = None, (f"n.a.: ℓ_0(T) is {_g(floor, 2)} of the loss (> {FLOOR_MAX:g}); "
                          "run longer")
     else:
-        ok, exp = (None if not np.isfinite(hi) else bool(hi < -1.0)), "< −1 (upper bound)"
+        ok, exp = (None if not np.isfinite(hi) else bool(lo < -1.0)), "< −1 (upper bound)"
+    if ok is None:
+        v = "n.a."
+    else:  # PASS: the interval below −1; FAIL: above; INCONCLUSIVE: it holds −1
+        v, note = judge(lo, hi, ok, (-1.0,), center=s, seeds=S, min_seeds=k_95)
+        exp = _with(exp, note)
     out.append(Row(f"self-healing: final loss vs n, t = {float(a['final_time']):g}",
                    "Prop. 2.3, 2.4 (2.52)–(2.54)",
-                   f"slope {_g(s)} [{_g(a['final_loss_slope_low'])}, {_g(hi)}] (95 %)", exp,
-                   _verdict(ok)))
+                   f"slope {_g(s)} [{_g(lo)}, {_g(hi)}] (95 %)", exp, v))
     if scheme == "sgd":
         s = float(a["fluct_slope"].values[-1])
         e = float(a["fluct_expected_slope"])
         lo, hi = float(a["fluct_slope_low"].values[-1]), float(a["fluct_slope_high"].values[-1])
+        v, note = "n.a.", ""
+        if np.isfinite(e):
+            v, note = judge(lo, hi, bool(lo <= e <= hi), slope_alternatives(e), center=e,
+                            seeds=S, min_seeds=k_95)
         out.append(Row("SGD: variance of f_n − f_0 vs n at the last save time",
                        "Prop. 3.2 (3.23), (3.34)",
                        f"slope {_g(s)} [{_g(lo)}, {_g(hi)}]",
-                       f"−2α = {_g(e)}" if np.isfinite(e) else
-                       "n.a.: dynamics.batch does not scale P ∝ n^{2α}",
-                       _verdict(bool(lo <= e <= hi) if np.isfinite(e) else None)))
+                       _with(f"−2α = {_g(e)}", note) if np.isfinite(e) else
+                       "n.a.: dynamics.batch does not scale P ∝ n^{2α}", v))
     return out
 
 
@@ -386,8 +415,8 @@ def render(table, context, warning=None) -> str:
         return str(v).replace("|", "\\|")  # a bar inside a cell would split it
 
     body = "".join("| " + " | ".join(cell(v) for v in r) + " |\n" for r in table)
-    counts = {v: sum(r.verdict == v for r in table) for v in ("PASS", "FAIL", "n.a.")}
-    summary = f"\n{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['n.a.']} n.a.\n"
+    counts = {v: sum(r.verdict == v for r in table) for v in VERDICTS}
+    summary = "\n" + ", ".join(f"{counts[v]} {v}" for v in VERDICTS) + "\n"
     return head + body + summary + "\n## Context\n\n" + "\n".join(context) + "\n"
 
 
@@ -452,6 +481,6 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
                 out / "figures", inputs["particles"], inputs["meanfield"],
                 inputs["fluctuations"], a,
                 "f_0_characteristics" if inputs["f0_name"] == "characteristics" else "f_0")
-    verdicts = {v: sum(r.verdict == v for r in table) for v in ("PASS", "FAIL", "n.a.")}
+    verdicts = {v: sum(r.verdict == v for r in table) for v in VERDICTS}
     return {"analysis": apath, "report": rpath, "figures": paths, "verdicts": verdicts,
             "run_id": a.attrs["run_id"], "incomplete": a.attrs.get("incomplete")}

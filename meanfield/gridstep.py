@@ -5,6 +5,15 @@ giving ``h <= cfl * bound(m)`` (the positivity bound of :class:`GridSolver` with
 support widened by two cells); a step whose later stages have a smaller bound is redone
 shorter (the stepper then returns a state whose time says so). Fixed steps (``dt``): equal
 substeps ``<= dt`` between save times and a ValueError when one exceeds the bound.
+
+Divergence that stays finite (issue 9; :class:`GridWatch`): the scheme is conservative and,
+below its bound, positive, so the total mass plus the outflow may not grow and no cell may
+turn negative beyond :data:`MASS_RTOL` of the mass; the mean-field loss (1.2) may not
+exceed :data:`LOSS_FACTOR` times its running minimum (a factor, not round-off: with
+``tau > 0`` the flow descends the free energy, not the loss); and the positivity bound may
+not fall below :data:`BOUND_DROP` times its start (face speeds grown a millionfold would
+stall the run in ever smaller steps). A broken rule is a
+:class:`particles.loop.Divergence`, a :class:`particles.loop.NumericalFailure` of the driver.
 """
 from __future__ import annotations
 
@@ -13,10 +22,32 @@ from typing import NamedTuple
 
 import numpy as np
 
+from particles.loop import Divergence
+
 from .defaults import GRID
 from .gridsolver import GridSolver
 
-__all__ = ["GridState", "GridStepper"]
+__all__ = ["GridState", "GridStepper", "GridWatch", "MASS_RTOL", "LOSS_FACTOR", "BOUND_DROP"]
+
+#: Largest relative growth of mass + outflow and largest negative cell mass, relative to
+#: the mass. Round-off of the flux updates is ~ eps per cell and step, a random walk over
+#: steps: ~ sqrt(10^5 steps) * 2.2e-16 * (cells ~ 10^6) ~ 1e-7 at worst; 1e-6 is above it
+#: and far below any blow-up.
+MASS_RTOL = 1e-6
+#: Largest factor of the mean-field loss over its running minimum (see module doc).
+LOSS_FACTOR = 1e3
+#: Smallest factor of the positivity bound over its value at the first step.
+BOUND_DROP = 1e-6
+
+
+class GridWatch(NamedTuple):
+    """What the divergence check remembers: the mass at the start (cells + outflow), the
+    running minimum and the last value of the loss, the positivity bound at the start."""
+
+    mass0: float
+    lmin: float
+    last: float
+    bound0: float
 
 
 class GridState(NamedTuple):
@@ -29,6 +60,7 @@ class GridState(NamedTuple):
     h: float = 0.0
     bound: float = math.inf
     step_outflow: float = 0.0
+    watch: GridWatch | None = None
 
 
 class GridStepper:
@@ -83,16 +115,46 @@ class GridStepper:
             if attempt == 30:  # pragma: no cover - the bound moves by O(h) per stage
                 raise RuntimeError(f"no step below the positivity bound at t={state.t:.6g}")
             h = left / math.ceil(left / (self.cfl * res.bound) - 1e-9)
+        w = state.watch
+        if w is None:
+            l0 = s.loss(m)
+            w = GridWatch(float(m.sum()) + state.outflow, l0, l0, b0)
+        w = w._replace(lmin=min(w.lmin, w.last), last=s.loss(res.m))
         return GridState(state.t + h, res.m, state.outflow + res.outflow, h, res.bound,
-                         res.outflow)
+                         res.outflow, w)
 
     def check(self, state):
-        if np.isfinite(state.outflow) and np.isfinite(state.m.sum()):
+        if not (np.isfinite(state.outflow) and np.isfinite(state.m.sum())):
+            return "cell masses"
+        w = state.watch
+        if w is None:
             return None
-        return "cell masses"
+        mass = float(state.m.sum()) + state.outflow
+        low = float(state.m.min())
+        if mass > w.mass0 * (1 + MASS_RTOL) or low < -MASS_RTOL * w.mass0:
+            return Divergence(
+                f"mass + outflow {mass:.6g} from {w.mass0:.6g}, smallest cell mass {low:.3g}: "
+                f"the scheme conserves mass and keeps it >= 0 up to {MASS_RTOL:g} of it")
+        lref = 0.5 * float(np.sum(self.solver.problem.w * self.solver.problem.f_x ** 2))
+        if not w.last <= LOSS_FACTOR * w.lmin + 1e-10 * (lref + w.lmin):
+            return Divergence(
+                f"the mean-field loss rose to {w.last:.3g} from its running minimum "
+                f"{w.lmin:.3g}, beyond {LOSS_FACTOR:.0e} times it")
+        if state.bound < BOUND_DROP * w.bound0:
+            return Divergence(
+                f"the positivity bound fell to {state.bound:.3g} from {w.bound0:.3g} at the "
+                f"start: face speeds grew beyond {1 / BOUND_DROP:.0e} times theirs")
+        return None
 
     def capture(self, state) -> dict:
-        return {"t": float(state.t), "m": np.array(state.m), "outflow": float(state.outflow)}
+        snap = {"t": float(state.t), "m": np.array(state.m), "outflow": float(state.outflow)}
+        if state.watch is not None:
+            snap.update({f"watch_{k}": float(v) for k, v in state.watch._asdict().items()})
+        return snap
 
     def restore(self, snap) -> GridState:
-        return GridState(float(snap["t"]), np.array(snap["m"], float), float(snap["outflow"]))
+        w = None
+        if "watch_mass0" in snap:
+            w = GridWatch(*(float(snap[f"watch_{k}"]) for k in GridWatch._fields))
+        return GridState(float(snap["t"]), np.array(snap["m"], float), float(snap["outflow"]),
+                         watch=w)

@@ -20,7 +20,10 @@ grid, the tangent-linear grid ensemble) declares its state and its step; the dri
 ``check(state) -> None | str``
     ``None`` while the state is finite, else which part is not (``"member(s) ['n=64,
     seed 1']"``); the driver then fails with ``"<name>: non-finite state at t=<t>
-    (<which>); <advice>"``.
+    (<which>); <advice>"``. A state that is finite but diverging (a loss that rises where
+    it may not, a state that grows by orders of magnitude) is reported as a
+    :class:`Divergence` (a ``str``) saying what grew; the driver then fails with
+    ``"<name>: diverging at t=<t> (<what>); <advice>"``.
 ``capture(state) -> dict`` and ``restore(snapshot) -> state``
     The state as a flat dict of numpy arrays and numbers (``np.savez``), the generator
     states under the key ``"rng"`` as a list of ``bit_generator.state`` dicts (JSON);
@@ -36,13 +39,13 @@ import logging
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["NumericalFailure", "run", "check_save_times"]
+__all__ = ["NumericalFailure", "Divergence", "run", "check_save_times"]
 
 log = logging.getLogger(__name__)
 
 
 class NumericalFailure(RuntimeError):
-    """A run produced NaN or overflow. ``partial`` holds everything computed before.
+    """A run produced NaN or overflow, or diverged. ``partial`` holds what was computed.
 
     ``partial`` is an :class:`xarray.Dataset` with ``attrs["complete"] = 0`` and
     ``attrs["failure"]`` the message (or ``None`` when the caller gave no dataset).
@@ -51,6 +54,11 @@ class NumericalFailure(RuntimeError):
     def __init__(self, message, partial=None):
         super().__init__(message)
         self.partial = partial
+
+
+class Divergence(str):
+    """What a stepper's ``check`` returns for a state that is finite but diverging: the
+    text says what grew, from what, to what, and which rule it broke."""
 
 
 def check_save_times(save_times, t_end=None):
@@ -101,8 +109,8 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
     Raises
     ------
     NumericalFailure
-        When ``stepper.check`` reports a non-finite state: the message names the solver,
-        the time and what to lower; ``.partial`` is ``partial(message)``.
+        When ``stepper.check`` reports a non-finite or diverging state: the message names
+        the solver, the time and what to lower; ``.partial`` is ``partial(message)``.
     """
     ts = [float(t) for t in save_times]
     span = max(ts[-1] - float(state.t), 0.0)
@@ -140,7 +148,7 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
 
 
 def _fail(stepper, state, bad, partial):
-    message = (f"{stepper.name}: non-finite state at t={float(state.t):.6g} ({bad}); "
-               f"{stepper.advice}")
+    what = "diverging" if isinstance(bad, Divergence) else "non-finite state"
+    message = f"{stepper.name}: {what} at t={float(state.t):.6g} ({bad}); {stepper.advice}"
     log.error(message)
     raise NumericalFailure(message, partial(message) if partial is not None else None)

@@ -6,31 +6,103 @@ unit weights ``a = 1/n`` it is the finite-n network of :func:`particles.simulate
 with quadrature weights ``w_j`` it is the characteristics of the mean field
 (:mod:`meanfield.characteristics`). Member b draws its batches and noise only from its
 own generator ``rngs[b]``, which travels in the state.
+
+Divergence that stays finite (``docs/engine.md``, "Divergence"): :meth:`ParticleStepper.check`
+watches every member's loss (1.2) against its running minimum and the charges against
+their start (:class:`Watch`), and reports a :class:`particles.loop.Divergence`:
+
+* GD in the residual form (``form = "data"``) is a gradient flow of the loss, and so is
+  every stable Euler or RK4 step of it (descent lemma, ``h < 2/L``): the loss may not rise
+  above its running minimum by more than round-off, :data:`GD_RTOL` relative plus
+  :data:`ATOL` of the loss scale. The loss is the one the step computes anyway (the
+  network values of its first velocity evaluation, at the step's start), so the check
+  costs nothing and sees a rise one step late; a step that lands on a save time is also
+  checked at its end (one network evaluation), so no diverged state is ever observed.
+* SGD, Langevin and the kernel form (whose flow descends the energy (4.5), not the loss)
+  may raise the loss: it may not exceed :data:`NOISY_FACTOR` times its running minimum.
+  Their loss is evaluated on the nodes every ``stride`` steps (one evaluation costs about
+  ``Q/P`` SGD steps or ``Q/n`` kernel-form steps; the stride keeps the overhead near
+  1/8).
+* Every scheme: the largest charge may not exceed :data:`STATE_FACTOR` times its start
+  (at least 1).
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import NamedTuple
 
 import numpy as np
 
 from .dynamics import Dynamics, State, step
+from .loop import Divergence
 
-__all__ = ["ParticleState", "ParticleStepper", "substeps"]
+__all__ = ["ParticleState", "ParticleStepper", "substeps", "Watch", "GD_RTOL", "ATOL",
+           "NOISY_FACTOR", "STATE_FACTOR"]
+
+#: GD: largest relative rise of the loss over its running minimum. Round-off of the loss
+#: ``0.5 sum_q w_q r_q^2`` over Q nodes is ~ Q eps relative (1.4e-14 for Q = 64, 2e-12 for
+#: Q = 10^4); the network values ``r_q`` carry n eps of the sum of |a_i c_i phi|, which
+#: the absolute part below covers. 1e-10 leaves a margin of 50 or more.
+GD_RTOL = 1e-10
+#: Absolute part of every loss tolerance, relative to the loss scale
+#: ``L_ref = 0.5 |f|^2_mu + L(0)``: the absolute round-off of the loss,
+#: ``sqrt(2 L) * n eps * sum_i |a_i c_i| sup|phi|``, is ~ 1e4 * 2.2e-16 * L_ref ~ 2e-12 L_ref
+#: for n <= 10^4 units with charges of the target's size.
+ATOL = 1e-10
+#: SGD, Langevin, kernel form: largest factor of the loss over its running minimum. The
+#: noise of SGD (temperature dt/P) and Langevin (tau) keeps the loss near a floor where it
+#: fluctuates by O(1) factors; a rise by 10^3 is a divergence, not noise.
+NOISY_FACTOR = 1e3
+#: Every scheme: largest factor of max|c| over max(1, max|c(0)|). Under GD the charges
+#: move at most ``sup|phi| sqrt(2 L(0))`` per unit time; the shipped examples reach
+#: |c| ~ 70 from O(1) starts; 10^6 is far beyond any run and far below an overflow.
+STATE_FACTOR = 1e6
+
+
+class Watch(NamedTuple):
+    """What the divergence check remembers: per member the running minimum of the loss
+    ``lmin`` and the last loss seen ``last`` (B,), the charge scale ``cref`` (B,) (max(1,
+    max|c(0)|)), the loss scale ``lref`` (B,) and the number of steps taken."""
+
+    lmin: np.ndarray
+    last: np.ndarray
+    cref: np.ndarray
+    lref: np.ndarray
+    steps: int = 0
 
 
 class ParticleState(NamedTuple):
-    """Time, positions y (B, n, N), charges c (B, n), one generator per member (or None)."""
+    """Time, positions y (B, n, N), charges c (B, n), one generator per member (or None),
+    and the divergence watch (or None before the first step)."""
 
     t: float
     y: np.ndarray
     c: np.ndarray
     rngs: tuple | None = None
+    watch: Watch | None = None
 
 
 def substeps(t0, t1, dt):
     """Number of equal steps of size <= dt from t0 to t1."""
     return max(0, math.ceil((t1 - t0) / dt - 1e-9))
+
+
+class _Tap:
+    """The problem's kernel, keeping the network values of the first pull-back on the
+    problem's own nodes (the loss at the start of a step, for free)."""
+
+    def __init__(self, kernel, nodes):
+        self._kernel, self._nodes, self.f = kernel, nodes, None
+
+    def __getattr__(self, name):
+        return getattr(self._kernel, name)
+
+    def pullback(self, y, a, x, w, f_x):
+        out = self._kernel.pullback(y, a, x, w, f_x)
+        if self.f is None and x is self._nodes:
+            self.f = out[0]
+        return out
 
 
 class ParticleStepper:
@@ -57,32 +129,109 @@ class ParticleStepper:
         self.labels = labels
         self.advice = advice or (f"the step dt={dynamics.dt} is probably too large for "
                                  "this problem: lower dynamics.dt")
+        #: the loss is a Lyapunov function of the step (GD in the residual form)
+        self.monotone = dynamics.scheme == "gd" and dynamics.form == "data"
+        self._tapped, self._t_end = None, None
+        if dynamics.scheme != "sgd" and dynamics.form == "data":
+            self._tapped = copy.copy(problem)
+            self._tapped.kernel = _Tap(problem.kernel, problem.x)
+        self._f_scale = 0.5 * float(np.sum(problem.w * problem.f_x ** 2))
 
     def init(self, y, c, rngs=None, t=0.0) -> ParticleState:
         """The state at time ``t`` from y (B, n, N), c (B, n) and the members' generators."""
         return ParticleState(float(t), y, c, None if rngs is None else tuple(rngs))
 
     def propose(self, state, t_start, t_end):
+        self._t_end = t_end  # the save time the step heads for (checked on landing)
         m = substeps(t_start, t_end, self.dynamics.dt)
         return (t_end - t_start) / m if m else 0.0
 
+    def _stride(self, state):
+        """Steps between two loss evaluations on the nodes (SGD, kernel form)."""
+        Q, n = self.problem.x.shape[0], state.c.shape[-1]
+        work = (self.dynamics.batch_at(state.t, n) if self.dynamics.scheme == "sgd" else n)
+        return max(1, math.ceil(Q / (8 * max(work, 1))))
+
+    def _loss(self, y, c):
+        a = np.broadcast_to(self.a, c.shape)
+        return self.problem.loss(self.problem.network(y, a * c))
+
     def step(self, state, h):
-        new = step(self.problem, self.dynamics, State(state.t, state.y, state.c), h, self.a,
+        watch = state.watch
+        problem = self._tapped if self._tapped is not None else self.problem
+        if self._tapped is not None:
+            problem.kernel.f = None
+        new = step(problem, self.dynamics, State(state.t, state.y, state.c), h, self.a,
                    state.rngs)
-        return ParticleState(new.t, new.y, new.c, state.rngs)
+        seen = []  # losses in time order: at the step's start (tapped), at its end
+        if self._tapped is not None and problem.kernel.f is not None:
+            seen.append(problem.loss(problem.kernel.f))
+        if watch is None:
+            cref = np.maximum(1.0, np.max(np.abs(state.c), axis=-1))
+            l0 = seen[0] if seen else self._loss(state.y, state.c)
+            lref = self._f_scale + np.where(np.isfinite(l0), l0, 0.0)
+            watch = Watch(l0.copy(), l0.copy(), cref, lref, 0)
+        steps = watch.steps + 1
+        # a step that lands on a save time is checked at its end, before it is observed
+        lands = self._t_end is not None and self._t_end - new.t <= 0.5 * h
+        if lands or (not seen and steps % self._stride(state) == 0):
+            seen.append(self._loss(new.y, new.c))
+        for loss in seen:
+            if self._broken(watch) is not None:
+                break  # keep the loss that broke the rule for check to report
+            watch = watch._replace(lmin=np.fmin(watch.lmin, watch.last), last=loss)
+        return ParticleState(new.t, new.y, new.c, state.rngs, watch._replace(steps=steps))
+
+    def _broken(self, w):
+        """Indices of the members whose last loss breaks the rule (module doc), or None."""
+        atol = ATOL * w.lref
+        if self.monotone:
+            limit = w.lmin + GD_RTOL * w.lmin + atol
+        else:
+            limit = NOISY_FACTOR * w.lmin + atol
+        bad = np.flatnonzero(~(w.last <= limit))
+        return bad if bad.size else None
+
+    def _who(self, bad):
+        return ([self.labels[b] for b in bad[:8]] if self.labels is not None
+                else bad[:8].tolist())
 
     def check(self, state):
         s = np.sum(state.c, axis=-1) + np.sum(state.y, axis=(-2, -1))
         bad = np.flatnonzero(~np.isfinite(s))
-        if bad.size == 0:
+        if bad.size:
+            return f"member(s) {self._who(bad)}"
+        w = state.watch
+        if w is None:
             return None
-        who = [self.labels[b] for b in bad[:8]] if self.labels is not None else bad[:8].tolist()
-        return f"member(s) {who}"
+        cmax = np.max(np.abs(state.c), axis=-1)
+        bad = np.flatnonzero(cmax > STATE_FACTOR * w.cref)
+        if bad.size:
+            b = bad[0]
+            return Divergence(
+                f"member(s) {self._who(bad)}: the largest charge |c| = {cmax[b]:.3g} grew "
+                f"beyond {STATE_FACTOR:.0e} times its start {w.cref[b]:.3g}")
+        if self.monotone:
+            rule = (f"gradient descent may not raise it by more than round-off "
+                    f"({GD_RTOL:.0e} relative)")
+        else:
+            rule = (f"{self.dynamics.scheme} ({self.dynamics.form} form) may not raise it "
+                    f"beyond {NOISY_FACTOR:.0e} times its running minimum")
+        bad = self._broken(w)
+        if bad is not None:
+            b = bad[0]
+            what = "loss" if np.isfinite(w.last[b]) else "non-finite loss"
+            return Divergence(
+                f"member(s) {self._who(bad)}: the {what} rose to {w.last[b]:.3g} from its "
+                f"running minimum {w.lmin[b]:.3g} after {w.steps} steps; {rule}")
+        return None
 
     def capture(self, state) -> dict:
         snap = {"t": float(state.t), "y": np.array(state.y), "c": np.array(state.c)}
         if state.rngs is not None:
             snap["rng"] = [r.bit_generator.state for r in state.rngs]
+        if state.watch is not None:
+            snap.update({f"watch_{k}": np.array(v) for k, v in state.watch._asdict().items()})
         return snap
 
     def restore(self, snap) -> ParticleState:
@@ -93,5 +242,10 @@ class ParticleStepper:
                 bg = getattr(np.random, st["bit_generator"])()
                 bg.state = st
                 rngs.append(np.random.Generator(bg))
-        return self.init(np.array(snap["y"], float), np.array(snap["c"], float), rngs,
-                         t=float(snap["t"]))
+        state = self.init(np.array(snap["y"], float), np.array(snap["c"], float), rngs,
+                          t=float(snap["t"]))
+        if "watch_lmin" in snap:
+            w = Watch(*(np.array(snap[f"watch_{k}"], float) for k in Watch._fields[:4]),
+                      int(snap["watch_steps"]))
+            state = state._replace(watch=w)
+        return state

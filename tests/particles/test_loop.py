@@ -83,14 +83,15 @@ def test_simulate_dataset_follows_cf(circle):
 
 
 def test_failure_carries_partial(circle):
-    # n = 64 blows up at dt = 50 before t = 1e5: the partial keeps t = 0
+    # n = 64 blows up at dt = 50 before t = 1e5: the loss rises within the first save
+    # interval (issue 9: stopped as diverging before it overflows); the partial keeps t = 0
     dyn = Dynamics("gd", "euler", 50.0)
-    with pytest.raises(NumericalFailure, match=r"^particles: non-finite state at t=\S+ "
+    with pytest.raises(NumericalFailure, match=r"^particles: diverging at t=\S+ "
                                                r"\(member\(s\) .*n=64.*lower dynamics.dt") as e:
         simulate(circle, [64], 2, dyn, [0.0, 100.0, 1e5], root_seed=1, progress=False)
     part = e.value.partial
     assert isinstance(part, xr.Dataset)
-    assert part.attrs["complete"] == 0 and "non-finite" in part.attrs["failure"]
+    assert part.attrs["complete"] == 0 and "diverging" in part.attrs["failure"]
     assert np.isfinite(part["f_n"].sel(n=64).isel(t=0).values).all()
     assert np.isnan(part["f_n"].sel(n=64).isel(t=-1).values).all()
     assert check_cf(part) == []
