@@ -44,7 +44,7 @@ DYNAMICS_SCHEMA = {
     "integrator": C.choice("euler", "rk4"),
     "dt": C.number(lo=0, lo_open=True),
     "t_end": C.number(lo=0),
-    "save_times": C.number_list(min_len=1),
+    "save_times": C.number_list(min_len=1, unique=True),
     "form": C.choice("data", "kernel"),
     "batch": lambda v, where: (
         C.check_section(v, {"P0": C.number(lo=0, lo_open=True), "alpha": C.number(lo=0, hi=1)},
@@ -78,13 +78,13 @@ def _solvers(v, where):
         v = [v]
     if not isinstance(v, list) or not v:
         raise ConfigError(f"{where}: expected a list of solvers, e.g. [\"grid\", \"characteristics\"]")
-    for s in v:
-        C.choice("grid", "characteristics")(s, where)
-    return list(dict.fromkeys(v))
+    for i, s in enumerate(v):
+        C.choice("grid", "characteristics")(s, f"{where}[{i}]")
+    return C.distinct(list(v), where)
 
 
 PARTICLES_SCHEMA = {
-    "n": C.integer_list(lo=1),
+    "n": C.integer_list(lo=1, unique=True),
     "seeds": C.integer(lo=1),
     "root_seed": C.integer(lo=0),
     "save_state": C.boolean(),
@@ -94,13 +94,28 @@ SECTIONS = ("problem", "init", "dynamics", "particles", "meanfield", "fluctuatio
 
 
 def load_config(path) -> dict:
-    """Read a TOML file; a clear error if it is missing or not valid TOML."""
+    """Read a TOML file (UTF-8); a :class:`ConfigError` naming the file if it is missing,
+    unreadable, not UTF-8 text or not valid TOML."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} does not exist (or is not a file); give the "
+                          "path of a TOML config")
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            raw = fh.read()
+    except OSError as e:  # permission denied, an I/O error, ...
+        raise ConfigError(f"config file {path} cannot be read ({e.strerror or e}); check its "
+                          "permissions (it must be readable by this user)") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at line {line}, "
+            f"offset {e.start}); TOML files must be UTF-8: save it as UTF-8 "
+            "(e.g. `iconv -f latin1 -t utf-8`), or remove the character") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
@@ -184,6 +199,25 @@ def _fluctuations_section(cfg, dynamics):
             "c": D.INFLUENCE["nc"], "dt": dynamics.dt, **fl}
 
 
+#: dynamics keys that apply to one scheme only: key -> (scheme, what it is)
+_SCHEME_KEYS = {"batch": ("sgd", "the SGD batch size"),
+                "temperature": ("langevin", "the Langevin temperature")}
+
+
+def _applies(dyn, cfg):
+    """Refuse keys that the chosen options would ignore (issue 9: accepted and ignored)."""
+    for key, (scheme, what) in _SCHEME_KEYS.items():
+        if key in dyn and dyn["scheme"] != scheme:
+            raise ConfigError(
+                f"dynamics.{key} is {what}, which scheme = {dyn['scheme']!r} ignores; drop "
+                f"dynamics.{key} or use scheme = {scheme!r}")
+    if "file" in (cfg.get("init") or {}) and "particles" not in cfg:
+        raise ConfigError(
+            "init.file gives the particles' initial units, but the config has no "
+            "[particles] section, so it would be ignored; add [particles] (n and seeds then "
+            "come from the file) or drop init.file")
+
+
 def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     """Check the whole config and build its objects; raise ConfigError before any work.
 
@@ -213,6 +247,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     problem = _problem(cfg, problem)
     dyn = C.check_section(cfg["dynamics"], DYNAMICS_SCHEMA, "dynamics",
                           required=("scheme", "dt", "t_end", "save_times"))
+    _applies(dyn, cfg)
     try:
         save_times = check_save_times(dyn["save_times"], dyn["t_end"])
         dynamics = Dynamics(

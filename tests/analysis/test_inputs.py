@@ -1,0 +1,195 @@
+"""Hostile input gets a clear error before any work (issue 9).
+
+Each case runs ``mfpc run`` in-process on a small circle config with one mutation and
+asserts exit 2, that the message names the key (or the file) and says what to do, and
+that nothing is written: the output folder is never created.
+"""
+import copy
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis.cli import main
+
+from .test_cli import write_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def small():
+    """The shipped circle example, shrunk: runs every section in about a second."""
+    cfg = tomllib.loads((ROOT / "examples" / "circle.toml").read_text())
+    cfg["particles"] = {"n": [8], "seeds": 2}
+    cfg["dynamics"].update(t_end=0.2, save_times=[0.0, 0.2], dt=0.1)
+    cfg["meanfield"] = {"solvers": ["grid"], "grid": {"y": 64, "c": 48, "c_min": -3.0,
+                                                      "c_max": 3.0}}
+    cfg["fluctuations"] = {"method": "influence", "y": 8, "c": 4}
+    return cfg
+
+
+def refused(tmp_path, capsys, cfg, *needles, config=None):
+    """Run ``cfg`` (or the file ``config``); assert exit 2, nothing written, and every
+    needle in the message. Returns the message."""
+    if config is None:
+        config = tmp_path / "c.toml"
+        write_toml(config, cfg)
+    out = tmp_path / "out"
+    rc = main(["run", str(config), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("mfpc: error: "), err
+    for n in needles:
+        assert n in err, (n, err)
+    assert not out.exists(), "nothing may be written for a refused config"
+    return err
+
+
+def accepted(tmp_path, cfg):
+    """Run ``cfg`` into a fresh folder; assert exit 0."""
+    d = tmp_path / f"ok{len(list(tmp_path.iterdir()))}"
+    d.mkdir()
+    write_toml(d / "c.toml", cfg)
+    assert main(["run", str(d / "c.toml"), "--out", str(d / "out"), "--no-progress"]) == 0
+
+
+def mutate(path, value):
+    cfg = small()
+    t = cfg
+    for k in path[:-1]:
+        t = t.setdefault(k, {})
+    if value is None:
+        del t[path[-1]]
+    else:
+        t[path[-1]] = value
+    return cfg
+
+
+# -- 1. a wrong type where a name is expected -------------------------------------------
+NAME_KEYS = [("problem", "kind"), ("dynamics", "scheme"), ("dynamics", "integrator"),
+             ("dynamics", "form"), ("fluctuations", "method"),
+             ("meanfield", "grid", "potential"), ("init", "c", "law")]
+
+
+@pytest.mark.parametrize("path", NAME_KEYS, ids=".".join)
+@pytest.mark.parametrize("value", [["circle"], {"a": 1}, 3, True], ids=repr)
+def test_name_of_wrong_type(tmp_path, capsys, path, value):
+    refused(tmp_path, capsys, mutate(path, value), ".".join(path), "expected a name")
+
+
+@pytest.mark.parametrize("solvers, key", [([["grid"]], "meanfield.solvers[0]"),
+                                          ([{"a": 1}], "meanfield.solvers[0]"),
+                                          ({"a": "grid"}, "meanfield.solvers")])
+def test_solvers_of_wrong_type(tmp_path, capsys, solvers, key):
+    refused(tmp_path, capsys, mutate(("meanfield", "solvers"), solvers), key)
+
+
+def test_part_kinds_of_wrong_type(tmp_path, capsys):
+    cfg = tomllib.loads((ROOT / "examples" / "gaussian_line.toml").read_text())
+    for part in ("kernel", "measure", "target"):
+        bad = copy.deepcopy(cfg)
+        bad["problem"][part]["kind"] = [bad["problem"][part]["kind"]]
+        refused(tmp_path, capsys, bad, f"problem.{part}.kind", "expected a name")
+        bad["problem"][part]["kind"] = {"kind": "x"}
+        refused(tmp_path, capsys, bad, f"problem.{part}.kind", "expected a name")
+    bad = copy.deepcopy(cfg)
+    bad["init"]["y"]["law"] = ["uniform"]
+    refused(tmp_path, capsys, bad, "init.y.law", "expected a name")
+
+
+# -- 2. a config that is not UTF-8, or unreadable ---------------------------------------
+def _text(cfg, tmp_path):
+    write_toml(tmp_path / "ok.toml", cfg)
+    return (tmp_path / "ok.toml").read_text()
+
+
+@pytest.mark.parametrize("kind", ["binary", "utf16", "latin1_comment"])
+def test_config_not_utf8(tmp_path, capsys, kind):
+    text = _text(small(), tmp_path)
+    raw = {"binary": bytes(range(256)) * 4,
+           "utf16": text.encode("utf-16"),
+           "latin1_comment": ("# caf\u00e9 au lait\n" + text).encode("latin-1")}[kind]
+    path = tmp_path / "bad.toml"
+    path.write_bytes(raw)
+    refused(tmp_path, capsys, None, str(path), "not UTF-8", "save it as UTF-8", config=path)
+
+
+def test_config_unreadable(tmp_path, capsys, monkeypatch):
+    """We run as root, so a chmod does not deny the read: the open raises instead."""
+    path = tmp_path / "c.toml"
+    write_toml(path, small())
+    real_open = open
+
+    def deny(file, *a, **k):
+        if Path(file) == path:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr("builtins.open", deny)
+    refused(tmp_path, capsys, None, str(path), "Permission denied", "permissions",
+            config=path)
+
+
+def test_config_missing_or_a_folder(tmp_path, capsys):
+    refused(tmp_path, capsys, None, "nope.toml", "does not exist",
+            config=tmp_path / "nope.toml")
+    (tmp_path / "dir.toml").mkdir()
+    refused(tmp_path, capsys, None, "dir.toml", "not a file", config=tmp_path / "dir.toml")
+
+
+# -- 5. repeated values in lists that must be distinct ----------------------------------
+@pytest.mark.parametrize("path, value, key", [
+    (("particles", "n"), [8, 8], "particles.n"),
+    (("particles", "n"), [8, 16, 8], "particles.n"),
+    (("dynamics", "save_times"), [0.0, 0.2, 0.2], "dynamics.save_times"),
+    (("meanfield", "solvers"), ["grid", "grid"], "meanfield.solvers"),
+])
+def test_repeated_values(tmp_path, capsys, path, value, key):
+    err = refused(tmp_path, capsys, mutate(path, value), key, "repeated value")
+    # the hint (each value once) is a value that works
+    hint = list(dict.fromkeys(value))
+    assert str(hint) in err
+    accepted(tmp_path, mutate(path, hint))
+
+
+# -- 6. keys that would be accepted and ignored -----------------------------------------
+@pytest.mark.parametrize("key, value, scheme", [("batch", 4, "gd"), ("temperature", 0.1, "gd"),
+                                                ("batch", 4, "langevin"),
+                                                ("temperature", 0.1, "sgd")])
+def test_scheme_keys_that_do_not_apply(tmp_path, capsys, key, value, scheme):
+    cfg = small()
+    del cfg["meanfield"], cfg["fluctuations"]
+    cfg["dynamics"].update(scheme=scheme, integrator="euler")
+    cfg["dynamics"].update({"sgd": {"batch": 4}, "langevin": {"temperature": 0.1}}.get(scheme, {}))
+    cfg["dynamics"][key] = value
+    refused(tmp_path, capsys, cfg, f"dynamics.{key}", f"scheme = {scheme!r}")
+
+
+@pytest.mark.parametrize("law, extra", [
+    ({"law": "uniform", "low": -1.0, "high": 1.0}, {"std": 1.0}),
+    ({"law": "uniform", "low": -1.0, "high": 1.0}, {"mean": 0.0}),
+    ({"law": "normal"}, {"low": -1.0}),
+    ({"law": "constant", "value": 1.0}, {"std": 1.0}),
+])
+def test_c_law_keys_that_do_not_apply(tmp_path, capsys, law, extra):
+    cfg = small()
+    del cfg["meanfield"], cfg["fluctuations"]
+    cfg["init"]["c"] = {**law, **extra}
+    refused(tmp_path, capsys, cfg, "init.c", repr(next(iter(extra))), "do not apply")
+
+
+def test_y_law_keys_that_do_not_apply(tmp_path, capsys):
+    cfg = tomllib.loads((ROOT / "examples" / "gaussian_line.toml").read_text())
+    cfg["init"]["y"]["std"] = 1.0
+    refused(tmp_path, capsys, cfg, "init.y", "'std'", "do not apply")
+    cfg = small()
+    cfg["init"]["y"] = {"law": "uniform", "low": [0.0], "high": [1.0]}
+    refused(tmp_path, capsys, cfg, "init.y")
+
+
+def test_init_file_without_particles(tmp_path, capsys):
+    cfg = small()
+    del cfg["particles"]
+    cfg["init"]["file"] = "init.nc"
+    refused(tmp_path, capsys, cfg, "init.file", "no [particles]")
