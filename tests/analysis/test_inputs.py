@@ -48,10 +48,10 @@ def refused(tmp_path, capsys, cfg, *needles, config=None):
 
 def accepted(tmp_path, cfg):
     """Run ``cfg`` into a fresh folder; assert exit 0."""
-    d = tmp_path / f"ok{len(list(tmp_path.iterdir()))}"
-    d.mkdir()
-    write_toml(d / "c.toml", cfg)
-    assert main(["run", str(d / "c.toml"), "--out", str(d / "out"), "--no-progress"]) == 0
+    i = len(list(tmp_path.glob("ok*.toml")))
+    write_toml(tmp_path / f"ok{i}.toml", cfg)
+    assert main(["run", str(tmp_path / f"ok{i}.toml"), "--out", str(tmp_path / f"ok{i}"),
+                 "--no-progress"]) == 0
 
 
 def mutate(path, value):
@@ -193,3 +193,58 @@ def test_init_file_without_particles(tmp_path, capsys):
     del cfg["particles"]
     cfg["init"]["file"] = "init.nc"
     refused(tmp_path, capsys, cfg, "init.file", "no [particles]")
+
+
+# -- 4. an init file that cannot start a run --------------------------------------------
+def _init_file(path, y, c, ydims=("member", "particle")):
+    import xarray as xr
+
+    from analysis.io import write_dataset
+
+    write_dataset(xr.Dataset({"y": (ydims, np.asarray(y, float)),
+                              "c": (("member", "particle"), np.asarray(c, float))}), path)
+
+
+def _with_init(tmp_path, y, c, ydims=("member", "particle")):
+    _init_file(tmp_path / "init.nc", y, c, ydims)
+    cfg = small()
+    cfg["init"]["file"] = "init.nc"
+    cfg["particles"] = {}
+    return cfg
+
+
+def _good(S=2, n=5):
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 2 * np.pi, (S, n)), rng.uniform(-1, 1, (S, n))
+
+
+def test_init_file_good_one_runs(tmp_path):
+    """The reference the bad files below are made from: it runs (so a test can fail)."""
+    accepted(tmp_path, _with_init(tmp_path, *_good()))
+
+
+def test_init_file_4d_y(tmp_path, capsys):
+    y, c = _good()
+    cfg = _with_init(tmp_path, y[..., None, None], c, ("member", "particle", "y_dim", "z"))
+    refused(tmp_path, capsys, cfg, "init.file='init.nc'", "expected y(member, particle")
+
+
+@pytest.mark.parametrize("S, n", [(0, 5), (2, 0), (0, 0)])
+def test_init_file_empty(tmp_path, capsys, S, n):
+    cfg = _with_init(tmp_path, np.zeros((S, n)), np.zeros((S, n)))
+    err = refused(tmp_path, capsys, cfg, "init.file='init.nc'", f"{S} member(s)",
+                  f"{n} particle(s)")
+    assert "particles.n" not in err  # the file is at fault, not a key the user did not give
+
+
+@pytest.mark.parametrize("var", ["y", "c"])
+@pytest.mark.parametrize("value, what", [(np.nan, "NaN or infinite"),
+                                         (np.inf, "NaN or infinite"),
+                                         (-np.inf, "NaN or infinite"),
+                                         (1e200, "beyond")])
+def test_init_file_bad_values(tmp_path, capsys, var, value, what):
+    y, c = _good()
+    (y if var == "y" else c)[1, 3] = value
+    err = refused(tmp_path, capsys, _with_init(tmp_path, y, c), "init.file='init.nc'",
+                  f"{var} has", what, "(1, 3)")
+    assert "dynamics.dt" not in err
