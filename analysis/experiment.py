@@ -29,7 +29,7 @@ from particles.results import finish
 from particles.simulate import check_save_times
 from meanfield import defaults as D
 
-from . import preflight
+from . import budget, preflight
 from .io import read_dataset, write_dataset
 from .variables import cf_meta
 
@@ -254,6 +254,12 @@ def _applies(dyn, cfg):
             "come from the file) or drop init.file")
 
 
+def _refuse(message):
+    """Raise the budget's refusal (memory or steps), if any, as a :class:`ConfigError`."""
+    if message:
+        raise ConfigError(message)
+
+
 def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     """Check the whole config and build its objects; raise ConfigError before any work.
 
@@ -280,6 +286,8 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     for s in ("problem", "dynamics"):
         if s not in cfg:
             raise ConfigError(f"missing section [{s}]")
+    if problem is None:  # the sizes of [problem] before anything is built
+        _refuse(budget.problem_need(cfg["problem"]).check())
     problem = _problem(cfg, problem)
     dyn = C.check_section(cfg["dynamics"], DYNAMICS_SCHEMA, "dynamics",
                           required=("scheme", "dt", "t_end", "save_times"))
@@ -300,7 +308,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     init = parts.pop("_init", None) if parts is not None else None
     mf = _meanfield_section(cfg, dynamics) if "meanfield" in cfg else None
     fl = _fluctuations_section(cfg, dynamics) if "fluctuations" in cfg else None
-    preflight.preflight(problem, dynamics, mf, fl)
+    preflight.preflight(problem, dynamics, mf, fl, save_times=save_times, parts=parts)
     resolved = {k: v for k, v in cfg.items()}
     if mf is not None:
         resolved["meanfield"] = mf

@@ -25,6 +25,8 @@ import numpy as np
 
 from particles import config as C
 
+from . import budget
+
 __all__ = ["capabilities", "check_dynamics", "check_meanfield", "check_fluctuations",
            "preflight"]
 
@@ -104,7 +106,7 @@ def _characteristic_rule(problem, key):
         raise ConfigError(f"{key}: {e}") from None
 
 
-def check_meanfield(problem, dynamics, mf) -> None:
+def check_meanfield(problem, dynamics, mf, T=None) -> None:
     """``[meanfield]``: the grid and the characteristics can represent this problem.
 
     Refuses a Dirac c law, Langevin dynamics along characteristics (no diffusion), a
@@ -123,6 +125,16 @@ def check_meanfield(problem, dynamics, mf) -> None:
                           "a temperature schedule is not supported there")
     if "characteristics" in mf["solvers"]:
         _characteristic_rule(problem, "meanfield.solvers = ['characteristics']")
+    if "grid" in mf["solvers"]:
+        try:  # the grid's box and shape (no arrays yet)
+            from meanfield.grid import make_grid
+
+            make_grid(problem, mf["grid"]["y"], mf["grid"]["c"], mf["grid"]["c_min"],
+                      mf["grid"]["c_max"], y_range(mf["grid"]))
+        except (ValueError, NotImplementedError) as e:
+            raise ConfigError(f"meanfield.grid: {e}") from None
+    if T is not None:
+        _budget(budget.meanfield_need(problem, mf, T))
     if "grid" in mf["solvers"]:
         _check_grid(problem, mf["grid"])
 
@@ -175,10 +187,30 @@ def check_fluctuations(problem, dynamics, fl, mf) -> None:
                           "add [meanfield] with solvers including 'grid'")
 
 
-def preflight(problem, dynamics, mf=None, fl=None) -> None:
-    """Every section's check, in the order the sections run; raises on the first refusal."""
+def _budget(need):
+    """Refuse a section whose arrays cannot fit in the available memory."""
+    msg = need.check()
+    if msg:
+        raise ConfigError(msg)
+
+
+def preflight(problem, dynamics, mf=None, fl=None, *, save_times=None, parts=None) -> None:
+    """Every section's check, in the order the sections run; raises on the first refusal.
+
+    With ``save_times``, also the budget (:mod:`analysis.budget`): step counts first, then
+    each section's memory before its preflight allocates anything (the grid's cells).
+    """
     check_dynamics(problem, dynamics)
+    if save_times is not None:
+        T, t_last = len(save_times), float(save_times[-1])
+        msg = budget.steps_check(t_last, dynamics, mf, fl)
+        if msg:
+            raise ConfigError(msg)
+        if parts is not None:
+            _budget(budget.particles_need(problem, dynamics, parts, T))
     if mf is not None:
-        check_meanfield(problem, dynamics, mf)
+        check_meanfield(problem, dynamics, mf, T=None if save_times is None else T)
     if fl is not None:
         check_fluctuations(problem, dynamics, fl, mf)
+        if save_times is not None:
+            _budget(budget.fluctuations_need(problem, fl, mf, T, t_last))

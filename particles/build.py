@@ -18,7 +18,7 @@ from .closed_forms import kernel_form
 from .kernels import ACTIVATIONS, CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
 from .laws import CLaw, YNormal, YUniformBox, YUniformCircle, YUniformSphere
 from .measures import CircleUniform, FileMeasure, Lebesgue, SphereUniform
-from .presets import PRESETS, draw_target, gaussian_measure, preset_problem, problem_rngs
+from .presets import PRESETS, check_circle_width, draw_target, gaussian_measure, preset_problem, problem_rngs
 from .problem import Problem
 from .targets import FileTarget, FourierTarget, GaussianMixture
 
@@ -241,6 +241,8 @@ def _build_parts(cfg, c_law, y_cfg):
     if "d" in top and top["d"] != d:
         raise C.ConfigError(f"problem.d={top['d']} disagrees with the measure's d={d}; drop it")
     kernel = _kernel(k, d)
+    if k["kind"] == "circle" and m["kind"] == "circle":
+        check_circle_width(k["kappa"], m["nodes"], "problem.measure.nodes")
     try:
         target = _target(t, kernel, measure, seed)
     except ValueError as e:

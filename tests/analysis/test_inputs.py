@@ -248,3 +248,94 @@ def test_init_file_bad_values(tmp_path, capsys, var, value, what):
     err = refused(tmp_path, capsys, _with_init(tmp_path, y, c), "init.file='init.nc'",
                   f"{var} has", what, "(1, 3)")
     assert "dynamics.dt" not in err
+
+
+# -- 3. sizes that cannot fit, step counts that cannot finish ---------------------------
+GiB = 2**30
+
+
+@pytest.fixture
+def eight_gib(monkeypatch):
+    """A machine with 8 GiB available, whatever this one has (the refusals below need
+    far more: each size is >= 40 GiB in the tally of analysis.budget)."""
+    from analysis import budget
+
+    monkeypatch.setattr(budget, "available_memory", lambda: 8 * GiB)
+
+
+@pytest.mark.parametrize("path, value, key", [
+    # (seeds, n, Q, N+1) pull-back: 3 x 2 x 1e9 x 64 x 2 x 8 B = 6 TiB
+    (("particles", "n"), [10**9], "particles.n"),
+    (("particles", "n"), [8, 2**62], "particles.n"),
+    # 3 x 1e9 x 8 x 64 x 2 x 8 B = 23 TiB
+    (("particles", "seeds"), 10**9, "particles.seeds"),
+    # the nodes alone: 2 x 1e9 x (1 + 3) x 8 B = 60 GiB, refused before they are built
+    (("problem", "quadrature"), 10**9, "problem.quadrature"),
+    (("problem", "quadrature"), 2**62, "problem.quadrature"),
+    # 14 cell arrays of 4e8 cells: 42 GiB
+    (("meanfield", "grid"), {"y": 20000, "c": 20000, "c_min": -3.0, "c_max": 3.0},
+     "meanfield.grid.y or meanfield.grid.c"),
+    (("meanfield", "grid"), {"y": 2**62, "c": 48, "c_min": -3.0, "c_max": 3.0},
+     "meanfield.grid.y"),
+    # recorded forward states: 2 steps x 1e10 nodes x 2 x 8 B = 300 GiB
+    (("fluctuations", "y"), 10**10, "fluctuations.y"),
+])
+def test_sizes_that_cannot_fit(tmp_path, capsys, eight_gib, path, value, key):
+    import time
+
+    start = time.perf_counter()
+    err = refused(tmp_path, capsys, mutate(path, value), key, "of memory, more than the",
+                  "8 GiB available")
+    assert time.perf_counter() - start < 5.0  # refused before any work: no allocation
+    assert "needs about" in err
+
+
+def test_sizes_that_cannot_fit_this_machine(tmp_path, capsys):
+    """The same refusal against the memory this machine really has (n = 1e9 needs TiB)."""
+    refused(tmp_path, capsys, mutate(("particles", "n"), [10**9]), "particles.n",
+            "available")
+    refused(tmp_path, capsys, mutate(("meanfield", "grid"), {"y": 20000, "c": 20000}),
+            "meanfield.grid.y")
+
+
+def test_ensemble_members_that_cannot_fit(tmp_path, capsys, eight_gib):
+    cfg = small()
+    cfg["fluctuations"] = {"method": "ensemble", "members": 10**7}
+    # 3 x 1e7 members x 64 x 48 cells x 8 B = 690 GiB
+    refused(tmp_path, capsys, cfg, "fluctuations.members")
+
+
+@pytest.mark.parametrize("kappa, hint", [(1e300, "problem.kappa <= "), (1e5, "problem.quadrature >= ")])
+def test_kappa_beyond_the_quadrature(tmp_path, capsys, kappa, hint):
+    err = refused(tmp_path, capsys, mutate(("problem", "kappa"), kappa), "problem.kappa",
+                  hint)
+    # the hint is a value that works
+    value = float(err.split(hint)[1].split()[0].rstrip(";,"))
+    key = ("problem", "kappa") if "kappa" in hint else ("problem", "quadrature")
+    cfg = mutate(key, int(value) if key[1] == "quadrature" else value)
+    if key[1] == "quadrature":
+        cfg["problem"]["kappa"] = kappa
+        cfg["particles"]["seeds"] = 1
+    del cfg["meanfield"], cfg["fluctuations"]  # the grid then needs its own y (its hint)
+    accepted(tmp_path, cfg)
+
+
+@pytest.mark.parametrize("update, key", [
+    ({"dt": 1e-300}, "dynamics.dt"),
+    ({"t_end": 1e300, "save_times": [0.0, 1e300]}, "dynamics.t_end"),
+    ({"dt": 1e-10}, "dynamics.dt"),  # 2e9 steps
+])
+def test_steps_that_cannot_finish(tmp_path, capsys, update, key):
+    cfg = small()
+    cfg["dynamics"].update(update)
+    refused(tmp_path, capsys, cfg, key, "more than the 1e+09 that can finish")
+
+
+def test_solver_steps_that_cannot_finish(tmp_path, capsys):
+    cfg = small()
+    cfg["fluctuations"]["dt"] = 1e-12
+    refused(tmp_path, capsys, cfg, "fluctuations.dt", "steps")
+    cfg = small()
+    cfg["meanfield"]["solvers"] = ["characteristics"]
+    cfg["meanfield"]["characteristics"] = {"y": 8, "c": 4, "dt": 1e-12}
+    refused(tmp_path, capsys, cfg, "meanfield.characteristics.dt", "steps")
