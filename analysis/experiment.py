@@ -211,12 +211,30 @@ def _problem(cfg, problem):
     return problem
 
 
-def _meanfield_section(cfg, dynamics):
-    """``[meanfield]`` checked, with the defaults of :mod:`meanfield.defaults`."""
+#: mass of the c law that the default c range of the grid may leave out (far below the
+#: grid's TRUNCATION_TOL = 1e-8, so that the defaults are accepted)
+DEFAULT_C_MASS = 1e-12
+
+
+def default_c_range(c_law):
+    """The grid's default c range: ``meanfield.defaults.GRID``'s ``[c_min, c_max]``
+    (-5, 5), widened to hold all but 1e-12 of the c law (mean +- 7.1 std of a normal law),
+    rounded outward to 0.1."""
+    lo, hi = D.GRID["c_min"], D.GRID["c_max"]
+    if getattr(c_law, "law", None) in ("normal", "uniform"):
+        a, b = c_law.support(DEFAULT_C_MASS)
+        lo, hi = min(lo, np.floor(a * 10) / 10), max(hi, np.ceil(b * 10) / 10)
+    return float(lo), float(hi)
+
+
+def _meanfield_section(cfg, dynamics, problem):
+    """``[meanfield]`` checked, with the defaults of :mod:`meanfield.defaults` (the c range
+    following the c law: :func:`default_c_range`)."""
     mf = C.check_section(cfg["meanfield"], MEANFIELD_SCHEMA, "meanfield")
     mf.setdefault("solvers", ["grid", "characteristics"])
     g = D.GRID
-    mf["grid"] = {"y": g["ny"], "c": g["nc"], "c_min": g["c_min"], "c_max": g["c_max"],
+    c_min, c_max = default_c_range(problem.c_law)
+    mf["grid"] = {"y": g["ny"], "c": g["nc"], "c_min": c_min, "c_max": c_max,
                   "cfl": g["cfl"], "potential": g["potential"],
                   "allow_truncation": g["allow_truncation"], **mf.get("grid", {})}
     ch = D.CHARACTERISTICS
@@ -306,7 +324,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
         raise ConfigError(str(e)) from None
     parts = _particles_section(cfg, problem, base) if "particles" in cfg else None
     init = parts.pop("_init", None) if parts is not None else None
-    mf = _meanfield_section(cfg, dynamics) if "meanfield" in cfg else None
+    mf = _meanfield_section(cfg, dynamics, problem) if "meanfield" in cfg else None
     fl = _fluctuations_section(cfg, dynamics) if "fluctuations" in cfg else None
     preflight.preflight(problem, dynamics, mf, fl, save_times=save_times, parts=parts)
     resolved = {k: v for k, v in cfg.items()}

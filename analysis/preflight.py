@@ -126,6 +126,7 @@ def check_meanfield(problem, dynamics, mf, T=None) -> None:
     if "characteristics" in mf["solvers"]:
         _characteristic_rule(problem, "meanfield.solvers = ['characteristics']")
     if "grid" in mf["solvers"]:
+        _check_y_box(problem, mf["grid"])
         try:  # the grid's box and shape (no arrays yet)
             from meanfield.grid import make_grid
 
@@ -147,13 +148,37 @@ def y_range(g):
     return list(zip(g["y_low"], g["y_high"])) if "y_low" in g else None
 
 
+#: the config keys that :func:`meanfield.grid.prepare`'s messages name (no phi_tol key)
+GRID_KEYS = {"ny": "meanfield.grid.y", "nc": "meanfield.grid.c", "c_min": "meanfield.grid.c_min",
+             "c_max": "meanfield.grid.c_max", "y_low": "meanfield.grid.y_low",
+             "y_high": "meanfield.grid.y_high",
+             "allow_truncation": "meanfield.grid.allow_truncation = true (in the config)",
+             "phi_tol": None}
+
+
+def _check_y_box(problem, g):
+    """``y_low``/``y_high``: one pair per y coordinate, low < high, not on the circle."""
+    if "y_low" not in g and "y_high" not in g:
+        return
+    from meanfield.cells import _is_circle
+
+    if _is_circle(problem):
+        raise ConfigError("meanfield.grid.y_low/y_high: the circle's y grid is the whole "
+                          "periodic [0, 2 pi); drop y_low and y_high")
+    box = y_range(g)
+    if len(box) != problem.N or any(not hi > lo for lo, hi in box):
+        raise ConfigError(
+            f"meanfield.grid.y_low={g['y_low']} and y_high={g['y_high']}: give {problem.N} "
+            "number(s) each (one per y coordinate) with y_low < y_high in every coordinate")
+
+
 def _check_grid(problem, g):
     from meanfield.grid import GridSolver, prepare
 
     try:
         grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
                                  c_max=g["c_max"], allow_truncation=g["allow_truncation"],
-                                 y_range=y_range(g))
+                                 y_range=y_range(g), names=GRID_KEYS)
     except (ValueError, NotImplementedError) as e:
         raise ConfigError(f"meanfield.grid: {e}") from None
     if g["potential"] == "fft":

@@ -339,3 +339,90 @@ def test_solver_steps_that_cannot_finish(tmp_path, capsys):
     cfg["meanfield"]["solvers"] = ["characteristics"]
     cfg["meanfield"]["characteristics"] = {"y": 8, "c": 4, "dt": 1e-12}
     refused(tmp_path, capsys, cfg, "meanfield.characteristics.dt", "steps")
+
+
+# -- 7. hints that work, messages that name config keys ---------------------------------
+def _hint(err, key):
+    """The number after ``key >= `` or ``key = `` in a message."""
+    import re
+
+    return re.search(re.escape(key) + r" >?= \[?(-?[\d.]+)", err).group(1)
+
+
+@pytest.mark.parametrize("ny", [8, 16, 57])
+def test_grid_y_hint_works(tmp_path, capsys, ny):
+    """grid.y = 16 once said "use ny >= 57", and 57 was then refused with "use ny >= 61"."""
+    err = refused(tmp_path, capsys, mutate(("meanfield", "grid", "y"), ny),
+                  f"meanfield.grid.y={ny} does not resolve phi", "use meanfield.grid.y >= ")
+    assert "phi_tol" not in err and "y_range" not in err  # not config keys
+    hint = int(_hint(err, "use meanfield.grid.y"))
+    assert hint > ny
+    cfg = mutate(("meanfield", "grid", "y"), hint)
+    del cfg["fluctuations"]
+    accepted(tmp_path, cfg)
+
+
+def test_c_range_hint_works(tmp_path, capsys):
+    cfg = mutate(("meanfield", "grid", "c_min"), -1.0)
+    err = refused(tmp_path, capsys, cfg, "outside the grid", "meanfield.grid.c_min/c_max to [",
+                  "meanfield.grid.allow_truncation = true")
+    assert "y_range" not in err and "allow_truncation=True" not in err
+    lo, hi = (float(v) for v in err.split("c_min/c_max to [")[1].split("]")[0].split(","))
+    cfg["meanfield"]["grid"].update(c_min=lo, c_max=hi)
+    del cfg["fluctuations"]
+    accepted(tmp_path, cfg)
+
+
+def test_y_box_hint_works(tmp_path, capsys):
+    cfg = tomllib.loads((ROOT / "examples" / "gaussian_line.toml").read_text())
+    cfg["particles"] = {"n": [4], "seeds": 1}
+    cfg["dynamics"].update(t_end=0.1, save_times=[0.0, 0.1], dt=0.05)
+    cfg["meanfield"] = {"solvers": ["grid"], "grid": {
+        "y": 64, "c": 48, "c_min": -7.0, "c_max": 7.0, "y_low": [-1.0], "y_high": [4.5]}}
+    del cfg["fluctuations"]
+    err = refused(tmp_path, capsys, cfg, "outside the grid", "meanfield.grid.y_low = [",
+                  "meanfield.grid.y_high = [")
+    low = float(err.split("y_low = [")[1].split("]")[0])
+    high = float(err.split("y_high = [")[1].split("]")[0])
+    cfg["meanfield"]["grid"].update(y_low=[low], y_high=[high])
+    cfg["meanfield"]["grid"]["y"] = 128  # the box is wider: phi needs the same dy
+    accepted(tmp_path, cfg)
+
+
+def test_grid_c_hint_names_keys(tmp_path, capsys):
+    err = refused(tmp_path, capsys, mutate(("meanfield", "grid", "c"), 4),
+                  "meanfield.grid.c=4 is too coarse", "use meanfield.grid.c >= ")
+    cfg = mutate(("meanfield", "grid", "c"), int(_hint(err, "use meanfield.grid.c")))
+    del cfg["fluctuations"]
+    accepted(tmp_path, cfg)
+
+
+def test_y_box_on_the_circle_is_refused(tmp_path, capsys):
+    cfg = mutate(("meanfield", "grid", "y_low"), [0.0])
+    cfg["meanfield"]["grid"]["y_high"] = [1.0]
+    refused(tmp_path, capsys, cfg, "meanfield.grid.y_low/y_high", "drop y_low and y_high")
+
+
+@pytest.mark.parametrize("low, high", [([-1.0, 0.0], [1.0, 2.0]), ([1.0], [-1.0])])
+def test_y_box_of_the_wrong_shape(tmp_path, capsys, low, high):
+    cfg = tomllib.loads((ROOT / "examples" / "gaussian_line.toml").read_text())
+    cfg["meanfield"]["grid"].update(y_low=low, y_high=high)
+    refused(tmp_path, capsys, cfg, "meanfield.grid.y_low", "one per y coordinate")
+
+
+def test_documented_meanfield_defaults_work(tmp_path):
+    """docs/config.md: c ~ N(0, 1) and the default c range (-5, 5) leave 5.7e-7 of the mass
+    outside, refused (> 1e-8); the default range follows the c law instead."""
+    from analysis.experiment import default_c_range, resolve
+    from particles.laws import CLaw
+
+    lo, hi = default_c_range(CLaw("normal"))
+    # all but 1e-12 of N(0, 1) lies within +-7.13, rounded outward to 0.1
+    assert (lo, hi) == (-7.2, 7.2)
+    assert default_c_range(CLaw("uniform", low=-1.5, high=1.5)) == (-5.0, 5.0)
+    cfg = small()
+    del cfg["init"], cfg["fluctuations"]
+    cfg["meanfield"] = {"solvers": ["grid"], "grid": {"y": 64, "c": 96}}
+    exp = resolve(cfg, base=tmp_path)
+    assert (exp.config["meanfield"]["grid"]["c_min"], exp.config["meanfield"]["grid"]["c_max"]) == (lo, hi)
+    accepted(tmp_path, cfg)
