@@ -84,20 +84,21 @@ ARGUMENT_NAMES = {"ny": "ny", "nc": "nc", "c_min": "c_min", "c_max": "c_max",
 
 
 def _ny_that_resolves(problem, grid, eps, phi_tol, limit=2**24):
-    """The smallest tested cell counts per y coordinate whose :func:`phi_resolution` is at
-    most ``phi_tol``: from the dy^2 estimate, raised by 10 % until it passes (or None when
-    the count would pass ``limit`` cells)."""
+    """Cell counts per y coordinate whose :func:`phi_resolution` is at most ``phi_tol``
+    (tested), or None past ``limit`` cells: each try re-estimates from the last measured
+    error with the dy^2 law (times 1.05), which holds once the cells resolve phi's width."""
     from dataclasses import replace
 
-    scale = math.sqrt(eps / phi_tol) * 1.05
-    for _ in range(40):
-        need = tuple(max(n + 1, math.ceil(n * scale)) for n in grid.ny)
-        if math.prod(need) > limit:
+    ny = grid.ny
+    for _ in range(12):
+        scale = math.sqrt(eps / phi_tol) * 1.05
+        ny = tuple(max(n + 1, math.ceil(n * scale)) for n in ny)
+        if math.prod(ny) > limit:
             return None
-        if phi_resolution(problem, replace(grid, ny=need)) <= phi_tol:
-            return list(need)
-        scale *= 1.1
-    return None  # pragma: no cover - the dy^2 estimate is reached long before
+        eps = phi_resolution(problem, replace(grid, ny=ny))
+        if eps <= phi_tol:
+            return list(ny)
+    return None  # pragma: no cover - the dy^2 law is reached in two or three tries
 
 
 def prepare(problem, *, ny=GRID["ny"], nc=GRID["nc"], c_min=GRID["c_min"],

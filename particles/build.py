@@ -195,7 +195,13 @@ def _kernel(k, d):
             raise C.ConfigError(f"problem.kernel: kind='circle' needs d = 1, the measure has d={d}")
         return CircleKernel(k["kappa"])
     if kind == "gaussian":
-        return GaussianRBF(d, k["sigma"], k.get("normalised", False))
+        try:
+            return GaussianRBF(d, k["sigma"], k.get("normalised", False))
+        except ArithmeticError:  # (2 pi sigma^2)^(-d/2) is 0 or overflows
+            raise C.ConfigError(
+                f"problem.kernel.sigma={k['sigma']:g}: the kernel's normalisation "
+                f"(2 pi sigma^2)^(-d/2) with d={d} is not a finite positive number; use a "
+                "sigma on the scale of the data (e.g. of the measure's low/high)") from None
     if kind == "sphere":
         return SphereRBF(d, k["alpha"])
     return SigmoidUnit(d, kind)
