@@ -127,6 +127,11 @@ def check_meanfield(problem, dynamics, mf, T=None) -> None:
         _characteristic_rule(problem, "meanfield.solvers = ['characteristics']")
     if "grid" in mf["solvers"]:
         _check_y_box(problem, mf["grid"])
+        if max(abs(mf["grid"]["c_min"]), abs(mf["grid"]["c_max"])) > BOX_MAX:
+            raise ConfigError(
+                f"meanfield.grid.c_min={mf['grid']['c_min']:g}, c_max={mf['grid']['c_max']:g}: "
+                f"the c range must lie in |c| <= {BOX_MAX:g}; give the range the weights "
+                "reach (or drop c_min/c_max for the default that follows the c law)")
         try:  # the grid's box and shape (no arrays yet)
             from meanfield.grid import make_grid
 
@@ -156,6 +161,12 @@ GRID_KEYS = {"ny": "meanfield.grid.y", "nc": "meanfield.grid.c", "c_min": "meanf
              "phi_tol": None}
 
 
+#: Largest |y_low|, |y_high|, |c_min|, |c_max| of the grid: the initial laws are O(1)
+#: (init.file refuses |values| > 1e8 for the same reason), and the grid's fluxes carry
+#: products of the box's coordinates (c times dU/dy), which overflow long before 1e300.
+BOX_MAX = 1e8
+
+
 def _check_y_box(problem, g):
     """``y_low``/``y_high``: one pair per y coordinate, low < high, not on the circle."""
     if "y_low" not in g and "y_high" not in g:
@@ -166,6 +177,12 @@ def _check_y_box(problem, g):
         raise ConfigError("meanfield.grid.y_low/y_high: the circle's y grid is the whole "
                           "periodic [0, 2 pi); drop y_low and y_high")
     box = y_range(g)
+    if any(abs(v) > BOX_MAX for pair in box for v in pair):
+        raise ConfigError(
+            f"meanfield.grid.y_low={g['y_low']}, y_high={g['y_high']}: the y box must lie in "
+            f"|y| <= {BOX_MAX:g} (units start O(1) and the solver's fluxes scale with the "
+            "box); give the box where the units go, e.g. drop y_low/y_high for the y law's "
+            "default box")
     if len(box) != problem.N or any(not hi > lo for lo, hi in box):
         raise ConfigError(
             f"meanfield.grid.y_low={g['y_low']} and y_high={g['y_high']}: give {problem.N} "

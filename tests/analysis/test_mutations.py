@@ -114,7 +114,7 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=mutations())
 def test_mutated_configs_never_raise(tmp_path_factory, case):
     name, cfg = case
@@ -150,6 +150,8 @@ FOUND = [
     # a flat phi: the grid's step bound is finite but huge (ZeroDivisionError in the step)
     ("gaussian_line", ("problem", "kernel", "sigma"), 1000.0, 0, ""),
     ("circle", ("problem", "kappa"), 1e-300, 0, ""),
+    ("gaussian_line", ("meanfield", "grid", "y_high"), [1e300], 2, "meanfield.grid.y_low"),
+    ("gaussian_line", ("meanfield", "grid", "c_max"), 1e300, 2, "meanfield.grid.c_min"),
 ]
 
 
