@@ -88,7 +88,7 @@ def problem_need(problem_cfg) -> Need:
     The data nodes ``Q`` (``quadrature`` of the circle, ``nodes`` of the presets and of
     ``[problem.measure]``, ``nodes^d`` for ``lebesgue``) each hold their coordinates, weight,
     target value and one residual (``Q (d + 3)`` entries, two working copies), the 3-spin
-    target ``d^3`` coefficients and a teacher ``units (N + 1)``. Values of the wrong type
+    target ``4 d^3`` (its coefficients, their symmetrised sum and copies) and a teacher ``units (N + 1)``. Values of the wrong type
     count as 0 (the schemas refuse them next).
     """
     need = Need("problem")
@@ -110,7 +110,8 @@ def problem_need(problem_cfg) -> Need:
                 Q = float(Q) ** d
             need.add(2.0 * Q * (d + 3), "the data nodes, weights and target values", key)
     if target.get("kind") == "3spin":
-        need.add(2.0 * float(d) ** 3, "the 3-spin coefficients a_pqr (d^3)", "problem.d")
+        # a, its symmetrised sum (4.6), the temporary of the sum and a contiguous copy
+        need.add(4.0 * float(d) ** 3, "the 3-spin coefficients a_pqr (d^3)", "problem.d")
     units = _int(target.get("units"))
     if units is not None:
         need.add(2.0 * units * (d + 2), "the teacher's units", "problem.target.units")
