@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,8 @@ from particles.simulate import check_save_times
 from meanfield import defaults as D
 
 from . import budget, preflight
-from .io import read_dataset, write_dataset
+from .inputs import INIT_MAX, load_config, read_init_file as _read_init_file  # noqa: F401
+from .io import write_dataset
 from .variables import cf_meta
 
 __all__ = ["load_config", "resolve", "run_config", "run_experiment", "Experiment",
@@ -93,33 +93,6 @@ PARTICLES_SCHEMA = {
 SECTIONS = ("problem", "init", "dynamics", "particles", "meanfield", "fluctuations")
 
 
-def load_config(path) -> dict:
-    """Read a TOML file (UTF-8); a :class:`ConfigError` naming the file if it is missing,
-    unreadable, not UTF-8 text or not valid TOML."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist (or is not a file); give the "
-                          "path of a TOML config")
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as e:  # permission denied, an I/O error, ...
-        raise ConfigError(f"config file {path} cannot be read ({e.strerror or e}); check its "
-                          "permissions (it must be readable by this user)") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {raw[e.start]:#04x} at line {line}, "
-            f"offset {e.start}); TOML files must be UTF-8: save it as UTF-8 "
-            "(e.g. `iconv -f latin1 -t utf-8`), or remove the character") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
-
-
 @dataclass
 class Experiment:
     """A checked config: the problem and everything needed to run each section."""
@@ -134,64 +107,6 @@ class Experiment:
 
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)
-
-
-#: Largest |value| accepted in an init file. The paper's initial laws are O(1); the
-#: velocities are O(c^2) and the loss O(c^2 n^0) (f_n averages c phi), so a value of
-#: 1e8 already makes the first step's velocity 1e16 times larger than for O(1) units
-#: (no dt a config gives is stable for it) while its square (1e16) is still far from
-#: overflow (1.8e308); larger values are refused as a file in the wrong units or broken.
-INIT_MAX = 1e8
-
-
-def _read_init_file(path, base):
-    """``(y (S, n, N), c (S, n))`` of ``init.file``, checked: shapes, sizes and values."""
-    p = Path(path)
-    if not p.is_absolute():
-        p = base / p
-    key = f"init.file={str(path)!r}"
-    if not p.is_file():
-        raise ConfigError(f"{key}: no such file ({p}); give the path of a netCDF file "
-                          "(relative paths are relative to the config file)")
-    try:
-        ds = read_dataset(p)
-    except Exception as e:  # noqa: BLE001 - any reading failure is a config error here
-        raise ConfigError(f"{key} could not be read as netCDF: {e}") from None
-    for v in ("y", "c"):
-        if v not in ds:
-            raise ConfigError(f"{key} has no variable {v!r}; it needs y(member, particle) "
-                              "and c(member, particle)")
-    y, c = ds["y"], ds["c"]
-    if (c.dims != ("member", "particle") or y.dims[:2] != ("member", "particle")
-            or y.ndim not in (2, 3)):
-        raise ConfigError(
-            f"{key}: y has dims {y.dims} and c {c.dims}; expected y(member, particle[, y_dim]) "
-            "and c(member, particle)"
-        )
-    if y.shape[:2] != c.shape:
-        raise ConfigError(f"{key}: y has {y.shape[:2]} (member, particle) entries and c "
-                          f"{c.shape}; they must agree")
-    S, n = c.shape
-    if S == 0 or n == 0:
-        raise ConfigError(f"{key} holds {S} member(s) of {n} particle(s); it needs at least "
-                          "one member with at least one particle")
-    try:
-        yv, cv = np.asarray(y.values, float), np.asarray(c.values, float)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{key}: y and c must be numbers ({e})") from None
-    for name, v in (("y", yv), ("c", cv)):
-        bad = ~np.isfinite(v)
-        if bad.any():
-            where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ConfigError(f"{key}: {name} has {int(bad.sum())} value(s) that are NaN or "
-                              f"infinite (first at index {where}: {v[where]}); every initial "
-                              "unit must be finite")
-        if np.abs(v).max() > INIT_MAX:
-            where = tuple(int(i) for i in np.unravel_index(np.abs(v).argmax(), v.shape))
-            raise ConfigError(f"{key}: {name} has values up to {v[where]:.3g} (index "
-                              f"{where}), beyond |{name}| <= {INIT_MAX:g}; initial units are "
-                              "O(1): check the file's units")
-    return yv, cv
 
 
 #: the [problem] section of a ready Problem: a description, stored, never parsed

@@ -426,3 +426,17 @@ def test_documented_meanfield_defaults_work(tmp_path):
     exp = resolve(cfg, base=tmp_path)
     assert (exp.config["meanfield"]["grid"]["c_min"], exp.config["meanfield"]["grid"]["c_max"]) == (lo, hi)
     accepted(tmp_path, cfg)
+
+
+@pytest.mark.parametrize("example, path, key", [
+    ("gaussian_line", ("problem", "measure", "nodes"), "problem.measure.nodes"),
+    ("sigmoid_teacher", ("problem", "nodes"), "problem.nodes"),
+    ("sigmoid_teacher", ("problem", "target", "units"), "problem.target.units"),
+])
+def test_problem_nodes_that_cannot_fit(tmp_path, capsys, eight_gib, example, path, key):
+    cfg = tomllib.loads((ROOT / "examples" / f"{example}.toml").read_text())
+    t = cfg
+    for k in path[:-1]:
+        t = t[k]
+    t[path[-1]] = 10**10  # 2 x 1e10 x (d + 3) x 8 B >= 600 GiB, before anything is built
+    refused(tmp_path, capsys, cfg, key, "8 GiB available")
