@@ -173,7 +173,22 @@ def particles_need(problem, dynamics, parts, T) -> Need:
         need.add(3.0 * S * nmax * Q * (N + 1), "the pull-back's (seeds, n, Q, N+1) arrays",
                  "particles.n or particles.seeds (or the data nodes: problem.quadrature or "
                  "nodes)")
+    if dynamics.scheme == "sgd":  # each step draws P points: (seeds, n, P, N+1) and (P, d)
+        P = _largest_batch(dynamics.batch, nmax)
+        need.add(3.0 * S * nmax * P * (N + 1) + P * (problem.x.shape[1] + 2),
+                 "the SGD batch's (seeds, n, P, N+1) arrays", "dynamics.batch")
     return need
+
+
+def _largest_batch(batch, nmax):
+    """The largest SGD batch size P of ``dynamics.batch`` (a number, a schedule, or the
+    scaling P = ceil(P0 n^(2 alpha)))."""
+    if isinstance(batch, dict):
+        P = batch["P0"] * float(nmax) ** (2 * batch["alpha"])
+        return math.ceil(P) if math.isfinite(P) else math.inf
+    if isinstance(batch, list):
+        return max(float(v) for _, v in batch)
+    return float(batch)
 
 
 def _grid_cells(problem, g):

@@ -159,6 +159,8 @@ FOUND = [
     ("gaussian_line", ("meanfield", "grid", "c_max"), 1e300, 2, "meanfield.grid.c_min"),
     # 4 d^3 coefficients: 32 GB (was built for minutes before)
     ("sphere_3spin", ("problem", "d"), 1000, 2, "problem.d"),
+    # P = 1e9 batch points per step: 3 x 2 x 8 x 1e9 x 4 x 8 B = 1.5 TB
+    ("sigmoid_teacher", ("dynamics", "batch"), 10**9, 2, "dynamics.batch"),
 ]
 
 
