@@ -97,14 +97,15 @@ def mutations(draw):
         for k in path[:-1]:
             parent = parent[k]
         op = draw(st.sampled_from(["value", "value", "value", "delete", "add", "add_table"]))
+        # values are copied: sampled_from hands out the same list or table every time
         if op == "value":
-            parent[path[-1]] = draw(VALUES)
+            parent[path[-1]] = copy.deepcopy(draw(VALUES))
         elif op == "delete":
             del parent[path[-1]]
         else:
             target = parent[path[-1]] if isinstance(parent[path[-1]], dict) else parent
-            target[draw(KEYS)] = (draw(VALUES) if op == "add" else
-                                  {draw(KEYS): draw(VALUES)})
+            target[draw(KEYS)] = copy.deepcopy(draw(VALUES) if op == "add" else
+                                               {draw(KEYS): draw(VALUES)})
     return name, cfg
 
 
