@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +29,9 @@ from particles.results import finish
 from particles.simulate import check_save_times
 from meanfield import defaults as D
 
-from . import preflight
-from .io import read_dataset, write_dataset
+from . import budget, preflight
+from .inputs import INIT_MAX, load_config, read_init_file as _read_init_file  # noqa: F401
+from .io import write_dataset
 from .runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
                         run_id)
 from .variables import cf_meta
@@ -47,7 +47,7 @@ DYNAMICS_SCHEMA = {
     "integrator": C.choice("euler", "rk4"),
     "dt": C.number(lo=0, lo_open=True),
     "t_end": C.number(lo=0),
-    "save_times": C.number_list(min_len=1),
+    "save_times": C.number_list(min_len=1, unique=True),
     "form": C.choice("data", "kernel"),
     "batch": lambda v, where: (
         C.check_section(v, {"P0": C.number(lo=0, lo_open=True), "alpha": C.number(lo=0, hi=1)},
@@ -81,31 +81,19 @@ def _solvers(v, where):
         v = [v]
     if not isinstance(v, list) or not v:
         raise ConfigError(f"{where}: expected a list of solvers, e.g. [\"grid\", \"characteristics\"]")
-    for s in v:
-        C.choice("grid", "characteristics")(s, where)
-    return list(dict.fromkeys(v))
+    for i, s in enumerate(v):
+        C.choice("grid", "characteristics")(s, f"{where}[{i}]")
+    return C.distinct(list(v), where)
 
 
 PARTICLES_SCHEMA = {
-    "n": C.integer_list(lo=1),
+    "n": C.integer_list(lo=1, unique=True),
     "seeds": C.integer(lo=1),
     "root_seed": C.integer(lo=0),
     "save_state": C.boolean(),
 }
 #: the sections a config may have (each runnable one writes DIR/<section>.nc)
 SECTIONS = ("problem", "init", "dynamics", "particles", "meanfield", "fluctuations")
-
-
-def load_config(path) -> dict:
-    """Read a TOML file; a clear error if it is missing or not valid TOML."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
 
 
 @dataclass
@@ -122,28 +110,6 @@ class Experiment:
 
     def config_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)
-
-
-def _read_init_file(path, base):
-    p = Path(path)
-    if not p.is_absolute():
-        p = base / p
-    if not p.is_file():
-        raise ConfigError(f"init.file={str(path)!r}: no such file ({p})")
-    try:
-        ds = read_dataset(p)
-    except Exception as e:  # noqa: BLE001 - any reading failure is a config error here
-        raise ConfigError(f"init.file={str(path)!r} could not be read as netCDF: {e}") from None
-    for v in ("y", "c"):
-        if v not in ds:
-            raise ConfigError(f"init.file={str(path)!r} has no variable {v!r}; it needs y(member, particle) and c(member, particle)")
-    y, c = ds["y"], ds["c"]
-    if c.dims != ("member", "particle") or y.dims[:2] != ("member", "particle"):
-        raise ConfigError(
-            f"init.file={str(path)!r}: y has dims {y.dims} and c {c.dims}; "
-            "expected y(member, particle[, y_dim]) and c(member, particle)"
-        )
-    return np.asarray(y.values, float), np.asarray(c.values, float)
 
 
 #: the [problem] section of a ready Problem: a description, stored, never parsed
@@ -163,12 +129,30 @@ def _problem(cfg, problem):
     return problem
 
 
-def _meanfield_section(cfg, dynamics):
-    """``[meanfield]`` checked, with the defaults of :mod:`meanfield.defaults`."""
+#: mass of the c law that the default c range of the grid may leave out (far below the
+#: grid's TRUNCATION_TOL = 1e-8, so that the defaults are accepted)
+DEFAULT_C_MASS = 1e-12
+
+
+def default_c_range(c_law):
+    """The grid's default c range: ``meanfield.defaults.GRID``'s ``[c_min, c_max]``
+    (-5, 5), widened to hold all but 1e-12 of the c law (mean +- 7.1 std of a normal law),
+    rounded outward to 0.1."""
+    lo, hi = D.GRID["c_min"], D.GRID["c_max"]
+    if getattr(c_law, "law", None) in ("normal", "uniform"):
+        a, b = c_law.support(DEFAULT_C_MASS)
+        lo, hi = min(lo, np.floor(a * 10) / 10), max(hi, np.ceil(b * 10) / 10)
+    return float(lo), float(hi)
+
+
+def _meanfield_section(cfg, dynamics, problem):
+    """``[meanfield]`` checked, with the defaults of :mod:`meanfield.defaults` (the c range
+    following the c law: :func:`default_c_range`)."""
     mf = C.check_section(cfg["meanfield"], MEANFIELD_SCHEMA, "meanfield")
     mf.setdefault("solvers", ["grid", "characteristics"])
     g = D.GRID
-    mf["grid"] = {"y": g["ny"], "c": g["nc"], "c_min": g["c_min"], "c_max": g["c_max"],
+    c_min, c_max = default_c_range(problem.c_law)
+    mf["grid"] = {"y": g["ny"], "c": g["nc"], "c_min": c_min, "c_max": c_max,
                   "cfl": g["cfl"], "potential": g["potential"],
                   "allow_truncation": g["allow_truncation"], **mf.get("grid", {})}
     ch = D.CHARACTERISTICS
@@ -185,6 +169,31 @@ def _fluctuations_section(cfg, dynamics):
     fl = C.check_section(cfg["fluctuations"], FLUCTUATIONS_SCHEMA, "fluctuations")
     return {"method": "influence", "members": D.ENSEMBLE["members"], "y": D.INFLUENCE["ny"],
             "c": D.INFLUENCE["nc"], "dt": dynamics.dt, **fl}
+
+
+#: dynamics keys that apply to one scheme only: key -> (scheme, what it is)
+_SCHEME_KEYS = {"batch": ("sgd", "the SGD batch size"),
+                "temperature": ("langevin", "the Langevin temperature")}
+
+
+def _applies(dyn, cfg):
+    """Refuse keys that the chosen options would ignore (issue 9: accepted and ignored)."""
+    for key, (scheme, what) in _SCHEME_KEYS.items():
+        if key in dyn and dyn["scheme"] != scheme:
+            raise ConfigError(
+                f"dynamics.{key} is {what}, which scheme = {dyn['scheme']!r} ignores; drop "
+                f"dynamics.{key} or use scheme = {scheme!r}")
+    if "file" in (cfg.get("init") or {}) and "particles" not in cfg:
+        raise ConfigError(
+            "init.file gives the particles' initial units, but the config has no "
+            "[particles] section, so it would be ignored; add [particles] (n and seeds then "
+            "come from the file) or drop init.file")
+
+
+def _refuse(message):
+    """Raise the budget's refusal (memory or steps), if any, as a :class:`ConfigError`."""
+    if message:
+        raise ConfigError(message)
 
 
 def resolve(cfg: dict, base=None, problem=None) -> Experiment:
@@ -213,9 +222,12 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     for s in ("problem", "dynamics"):
         if s not in cfg:
             raise ConfigError(f"missing section [{s}]")
+    if problem is None:  # the sizes of [problem] before anything is built
+        _refuse(budget.problem_need(cfg["problem"]).check())
     problem = _problem(cfg, problem)
     dyn = C.check_section(cfg["dynamics"], DYNAMICS_SCHEMA, "dynamics",
                           required=("scheme", "dt", "t_end", "save_times"))
+    _applies(dyn, cfg)
     try:
         save_times = check_save_times(dyn["save_times"], dyn["t_end"])
         dynamics = Dynamics(
@@ -230,9 +242,9 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
         raise ConfigError(str(e)) from None
     parts = _particles_section(cfg, problem, base) if "particles" in cfg else None
     init = parts.pop("_init", None) if parts is not None else None
-    mf = _meanfield_section(cfg, dynamics) if "meanfield" in cfg else None
+    mf = _meanfield_section(cfg, dynamics, problem) if "meanfield" in cfg else None
     fl = _fluctuations_section(cfg, dynamics) if "fluctuations" in cfg else None
-    preflight.preflight(problem, dynamics, mf, fl)
+    preflight.preflight(problem, dynamics, mf, fl, save_times=save_times, parts=parts)
     resolved = {k: v for k, v in cfg.items()}
     if mf is not None:
         resolved["meanfield"] = mf
@@ -272,7 +284,7 @@ def _particles_section(cfg, problem, base):
             f"init.file: y has {yy.shape[2]} coordinates per particle; problem needs {problem.N}"
         )
     parts["n"], parts["seeds"] = [n], S
-    return {**parts, "_init": init}
+    return {**parts, "_init": (yy, init[1])}
 
 
 def _attrs(exp: Experiment, section: str) -> dict:

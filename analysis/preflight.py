@@ -25,6 +25,8 @@ import numpy as np
 
 from particles import config as C
 
+from . import budget
+
 __all__ = ["capabilities", "check_dynamics", "check_meanfield", "check_fluctuations",
            "preflight"]
 
@@ -104,7 +106,7 @@ def _characteristic_rule(problem, key):
         raise ConfigError(f"{key}: {e}") from None
 
 
-def check_meanfield(problem, dynamics, mf) -> None:
+def check_meanfield(problem, dynamics, mf, T=None) -> None:
     """``[meanfield]``: the grid and the characteristics can represent this problem.
 
     Refuses a Dirac c law, Langevin dynamics along characteristics (no diffusion), a
@@ -124,6 +126,22 @@ def check_meanfield(problem, dynamics, mf) -> None:
     if "characteristics" in mf["solvers"]:
         _characteristic_rule(problem, "meanfield.solvers = ['characteristics']")
     if "grid" in mf["solvers"]:
+        _check_y_box(problem, mf["grid"])
+        if max(abs(mf["grid"]["c_min"]), abs(mf["grid"]["c_max"])) > BOX_MAX:
+            raise ConfigError(
+                f"meanfield.grid.c_min={mf['grid']['c_min']:g}, c_max={mf['grid']['c_max']:g}: "
+                f"the c range must lie in |c| <= {BOX_MAX:g}; give the range the weights "
+                "reach (or drop c_min/c_max for the default that follows the c law)")
+        try:  # the grid's box and shape (no arrays yet)
+            from meanfield.grid import make_grid
+
+            make_grid(problem, mf["grid"]["y"], mf["grid"]["c"], mf["grid"]["c_min"],
+                      mf["grid"]["c_max"], y_range(mf["grid"]))
+        except (ValueError, NotImplementedError) as e:
+            raise ConfigError(f"meanfield.grid: {e}") from None
+    if T is not None:
+        _budget(budget.meanfield_need(problem, mf, T))
+    if "grid" in mf["solvers"]:
         _check_grid(problem, mf["grid"])
 
 
@@ -135,13 +153,49 @@ def y_range(g):
     return list(zip(g["y_low"], g["y_high"])) if "y_low" in g else None
 
 
+#: the config keys that :func:`meanfield.grid.prepare`'s messages name (no phi_tol key)
+GRID_KEYS = {"ny": "meanfield.grid.y", "nc": "meanfield.grid.c", "c_min": "meanfield.grid.c_min",
+             "c_max": "meanfield.grid.c_max", "y_low": "meanfield.grid.y_low",
+             "y_high": "meanfield.grid.y_high",
+             "allow_truncation": "meanfield.grid.allow_truncation = true (in the config)",
+             "phi_tol": None}
+
+
+#: Largest |y_low|, |y_high|, |c_min|, |c_max| of the grid: the initial laws are O(1)
+#: (init.file refuses |values| > 1e8 for the same reason), and the grid's fluxes carry
+#: products of the box's coordinates (c times dU/dy), which overflow long before 1e300.
+BOX_MAX = 1e8
+
+
+def _check_y_box(problem, g):
+    """``y_low``/``y_high``: one pair per y coordinate, low < high, not on the circle."""
+    if "y_low" not in g and "y_high" not in g:
+        return
+    from meanfield.cells import _is_circle
+
+    if _is_circle(problem):
+        raise ConfigError("meanfield.grid.y_low/y_high: the circle's y grid is the whole "
+                          "periodic [0, 2 pi); drop y_low and y_high")
+    box = y_range(g)
+    if any(abs(v) > BOX_MAX for pair in box for v in pair):
+        raise ConfigError(
+            f"meanfield.grid.y_low={g['y_low']}, y_high={g['y_high']}: the y box must lie in "
+            f"|y| <= {BOX_MAX:g} (units start O(1) and the solver's fluxes scale with the "
+            "box); give the box where the units go, e.g. drop y_low/y_high for the y law's "
+            "default box")
+    if len(box) != problem.N or any(not hi > lo for lo, hi in box):
+        raise ConfigError(
+            f"meanfield.grid.y_low={g['y_low']} and y_high={g['y_high']}: give {problem.N} "
+            "number(s) each (one per y coordinate) with y_low < y_high in every coordinate")
+
+
 def _check_grid(problem, g):
     from meanfield.grid import GridSolver, prepare
 
     try:
         grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
                                  c_max=g["c_max"], allow_truncation=g["allow_truncation"],
-                                 y_range=y_range(g))
+                                 y_range=y_range(g), names=GRID_KEYS)
     except (ValueError, NotImplementedError) as e:
         raise ConfigError(f"meanfield.grid: {e}") from None
     if g["potential"] == "fft":
@@ -175,10 +229,30 @@ def check_fluctuations(problem, dynamics, fl, mf) -> None:
                           "add [meanfield] with solvers including 'grid'")
 
 
-def preflight(problem, dynamics, mf=None, fl=None) -> None:
-    """Every section's check, in the order the sections run; raises on the first refusal."""
+def _budget(need):
+    """Refuse a section whose arrays cannot fit in the available memory."""
+    msg = need.check()
+    if msg:
+        raise ConfigError(msg)
+
+
+def preflight(problem, dynamics, mf=None, fl=None, *, save_times=None, parts=None) -> None:
+    """Every section's check, in the order the sections run; raises on the first refusal.
+
+    With ``save_times``, also the budget (:mod:`analysis.budget`): step counts first, then
+    each section's memory before its preflight allocates anything (the grid's cells).
+    """
     check_dynamics(problem, dynamics)
+    if save_times is not None:
+        T, t_last = len(save_times), float(save_times[-1])
+        msg = budget.steps_check(t_last, dynamics, mf, fl)
+        if msg:
+            raise ConfigError(msg)
+        if parts is not None:
+            _budget(budget.particles_need(problem, dynamics, parts, T))
     if mf is not None:
-        check_meanfield(problem, dynamics, mf)
+        check_meanfield(problem, dynamics, mf, T=None if save_times is None else T)
     if fl is not None:
         check_fluctuations(problem, dynamics, fl, mf)
+        if save_times is not None:
+            _budget(budget.fluctuations_need(problem, fl, mf, T, t_last))

@@ -76,41 +76,88 @@ SCHEME = (
 
 
 # -- time loop ------------------------------------------------------------------------------
+#: How a message names each input of :func:`prepare`: the Python arguments by default;
+#: ``analysis.preflight`` passes the config keys (``meanfield.grid.y``, ...).
+ARGUMENT_NAMES = {"ny": "ny", "nc": "nc", "c_min": "c_min", "c_max": "c_max",
+                  "y_low": "y_range (low)", "y_high": "y_range (high)",
+                  "allow_truncation": "allow_truncation=True", "phi_tol": "phi_tol"}
+
+
+def _ny_that_resolves(problem, grid, eps, phi_tol, limit=2**24):
+    """Cell counts per y coordinate whose :func:`phi_resolution` is at most ``phi_tol``
+    (tested), or None past ``limit`` cells: each try re-estimates from the last measured
+    error with the dy^2 law (times 1.05), which holds once the cells resolve phi's width."""
+    from dataclasses import replace
+
+    ny = grid.ny
+    for _ in range(12):
+        scale = math.sqrt(eps / phi_tol) * 1.05
+        ny = tuple(max(n + 1, math.ceil(n * scale)) for n in ny)
+        if math.prod(ny) > limit:
+            return None
+        eps = phi_resolution(problem, replace(grid, ny=ny))
+        if eps <= phi_tol:
+            return list(ny)
+    return None  # pragma: no cover - the dy^2 law is reached in two or three tries
+
+
 def prepare(problem, *, ny=GRID["ny"], nc=GRID["nc"], c_min=GRID["c_min"],
             c_max=GRID["c_max"], y_range=None, allow_truncation=GRID["allow_truncation"],
-            phi_tol=GRID["phi_tol"]):
+            phi_tol=GRID["phi_tol"], names=None):
     """Grid, initial cell masses, truncated mass and φ resolution, with every input check.
 
     Raises ValueError (saying what to change) for a Dirac c law, more than 1e-8 of
-    :math:`\\rho_{in}` outside the grid (unless ``allow_truncation``), a c law narrower
+    :math:`\rho_{in}` outside the grid (unless ``allow_truncation``), a c law narrower
     than one cell, or a y grid that does not resolve φ (:func:`phi_resolution` above
-    ``phi_tol``).
+    ``phi_tol``). Each hint is a value that passes the check it comes from. ``names``
+    maps the inputs to the names the messages use (:data:`ARGUMENT_NAMES`; a name of
+    ``None`` leaves that hint out, e.g. ``phi_tol`` for a config).
     """
+    k = {**ARGUMENT_NAMES, **(names or {})}
     grid = make_grid(problem, ny, nc, c_min, c_max, y_range)
     m, truncated = initial_masses(problem, grid)
     if truncated > TRUNCATION_TOL and not allow_truncation:
-        raise ValueError(
-            f"the initial law has mass {truncated:.3g} outside the grid (c in [{c_min}, "
-            f"{c_max}], y in {list(zip(grid.y_low, grid.y_high))}) > {TRUNCATION_TOL:g}; "
-            "widen c_min/c_max (or y_range), or pass allow_truncation=True"
-        )
+        raise ValueError(_truncation_message(problem, grid, truncated, k))
     law = problem.c_law
     c_std = math.sqrt(max(law.second_moment() - law.mean() ** 2, 0.0))
     if c_std < grid.dc:
         raise ValueError(
-            f"nc={grid.nc} is too coarse for the c law (std {c_std:.3g} < cell width "
-            f"{grid.dc:.3g}); use nc >= {math.ceil((c_max - c_min) / c_std)} or a narrower "
-            "c range"
+            f"{k['nc']}={grid.nc} is too coarse for the c law (std {c_std:.3g} < cell width "
+            f"{grid.dc:.3g}); use {k['nc']} >= {math.ceil((c_max - c_min) / c_std)} or a "
+            f"narrower c range ({k['c_min']}, {k['c_max']})"
         )
     eps = phi_resolution(problem, grid)
     if eps > phi_tol:
-        need = [math.ceil(n * math.sqrt(eps / phi_tol) * 1.05) for n in grid.ny]
+        need = _ny_that_resolves(problem, grid, eps, phi_tol)
+        use = ("a much finer grid is needed (more than 2^24 y cells): use a smoother kernel"
+               if need is None else f"use {k['ny']} >= {need if grid.N > 1 else need[0]}")
         raise ValueError(
-            f"ny={list(grid.ny)} does not resolve phi: its cell-centre values differ from "
-            f"its cell averages by {eps:.2g} (relative) > phi_tol={phi_tol:g}; use ny >= "
-            f"{need if grid.N > 1 else need[0]} (error ~ dy^2), or raise phi_tol"
+            f"{k['ny']}={list(grid.ny) if grid.N > 1 else grid.ny[0]} does not resolve phi: "
+            f"its cell-centre values differ from its cell averages by {eps:.2g} (relative) > "
+            f"{phi_tol:g}; {use} (tested: it resolves phi)"
+            + (f", or raise {k['phi_tol']}" if k["phi_tol"] else "")
         )
     return grid, m, truncated, eps
+
+
+def _truncation_message(problem, grid, truncated, k):
+    """What is outside the grid and a range that holds it (tested by the caller's check)."""
+    law, ylaw = problem.c_law, problem.y_law
+    c_out = 1.0 - float(np.clip(np.diff(law.cdf(grid.c_edges)), 0, None).sum())
+    fixes = []
+    if c_out > TRUNCATION_TOL / 2:
+        lo, hi = law.support(TRUNCATION_TOL / 100)
+        lo, hi = min(grid.c_min, math.floor(lo * 10) / 10), max(grid.c_max, math.ceil(hi * 10) / 10)
+        fixes.append(f"widen {k['c_min']}/{k['c_max'].rsplit('.', 1)[-1]} to [{lo:g}, {hi:g}]")
+    if not all(grid.y_periodic) and truncated - c_out > TRUNCATION_TOL / 2:
+        box = ylaw.default_box()
+        low = [min(a, b[0]) for a, b in zip(grid.y_low, box)]
+        high = [max(a, b[1]) for a, b in zip(grid.y_high, box)]
+        fixes.append(f"widen the y box to {k['y_low']} = {low} and {k['y_high']} = {high}")
+    fixes.append(f"or pass {k['allow_truncation']}")
+    return (f"the initial law has mass {truncated:.3g} outside the grid (c in [{grid.c_min:g}, "
+            f"{grid.c_max:g}], y in {[(a, b) for a, b in zip(grid.y_low, grid.y_high)]}) > "
+            f"{TRUNCATION_TOL:g}; " + "; ".join(fixes))
 
 
 def advance(solver, m, t, t_end, *, cfl=GRID["cfl"], dt=None, after_step=None):

@@ -96,7 +96,7 @@ class GridStepper:
             k = round(left / ((t_end - t_start) / n)) if n else 1
             return left / max(k, 1)
         b = self.solver.step_bound(state.m)
-        return left / math.ceil(left / (self.cfl * b) - 1e-9) if b < math.inf else left
+        return left / max(1, math.ceil(left / (self.cfl * b) - 1e-9)) if b < math.inf else left
 
     def step(self, state, h):
         s, m = self.solver, state.m

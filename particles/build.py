@@ -18,7 +18,7 @@ from .closed_forms import kernel_form
 from .kernels import ACTIVATIONS, CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
 from .laws import CLaw, YNormal, YUniformBox, YUniformCircle, YUniformSphere
 from .measures import CircleUniform, FileMeasure, Lebesgue, SphereUniform
-from .presets import PRESETS, draw_target, gaussian_measure, preset_problem, problem_rngs
+from .presets import PRESETS, check_circle_width, draw_target, gaussian_measure, preset_problem, problem_rngs
 from .problem import Problem
 from .targets import FileTarget, FourierTarget, GaussianMixture
 
@@ -195,7 +195,13 @@ def _kernel(k, d):
             raise C.ConfigError(f"problem.kernel: kind='circle' needs d = 1, the measure has d={d}")
         return CircleKernel(k["kappa"])
     if kind == "gaussian":
-        return GaussianRBF(d, k["sigma"], k.get("normalised", False))
+        try:
+            return GaussianRBF(d, k["sigma"], k.get("normalised", False))
+        except ArithmeticError:  # (2 pi sigma^2)^(-d/2) is 0 or overflows
+            raise C.ConfigError(
+                f"problem.kernel.sigma={k['sigma']:g}: the kernel's normalisation "
+                f"(2 pi sigma^2)^(-d/2) with d={d} is not a finite positive number; use a "
+                "sigma on the scale of the data (e.g. of the measure's low/high)") from None
     if kind == "sphere":
         return SphereRBF(d, k["alpha"])
     return SigmoidUnit(d, kind)
@@ -241,6 +247,8 @@ def _build_parts(cfg, c_law, y_cfg):
     if "d" in top and top["d"] != d:
         raise C.ConfigError(f"problem.d={top['d']} disagrees with the measure's d={d}; drop it")
     kernel = _kernel(k, d)
+    if k["kind"] == "circle" and m["kind"] == "circle":
+        check_circle_width(k["kappa"], m["nodes"], "problem.measure.nodes")
     try:
         target = _target(t, kernel, measure, seed)
     except ValueError as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numbers
 
-__all__ = ["ConfigError", "CapabilityError", "require", "check_section", "number", "integer", "choice", "number_list",
+__all__ = ["ConfigError", "CapabilityError", "require", "check_section", "number", "integer", "choice", "number_list", "distinct",
            "integer_list", "table", "boolean", "string", "schedule"]
 
 
@@ -81,13 +81,29 @@ def string():
 
 def choice(*allowed):
     def check(v, where):
+        if not isinstance(v, str):
+            _fail(where, f"expected a name (a string), got {v!r}; use one of "
+                         f"{', '.join(map(repr, allowed))}")
         if v not in allowed:
             _fail(where, f"{v!r} is not allowed; use one of {', '.join(map(repr, allowed))}")
         return v
     return check
 
 
-def number_list(lo=None, min_len=0):
+def distinct(values, where):
+    """Refuse repeated entries of a list whose entries must differ; return ``values``."""
+    seen, repeated = set(), []
+    for v in values:
+        if v in seen and v not in repeated:
+            repeated.append(v)
+        seen.add(v)
+    if repeated:
+        _fail(where, f"repeated value(s) {repeated}; every entry must differ: give each "
+                     f"once, e.g. {list(dict.fromkeys(values))}")
+    return values
+
+
+def number_list(lo=None, min_len=0, unique=False):
     item = number(lo=lo)
 
     def check(v, where):
@@ -95,11 +111,13 @@ def number_list(lo=None, min_len=0):
             _fail(where, f"expected a list of numbers, got {v!r}")
         if len(v) < min_len:
             _fail(where, f"expected at least {min_len} entries, got {len(v)}")
-        return [item(e, f"{where}[{i}]") for i, e in enumerate(v)]
+        out = [item(e, f"{where}[{i}]") for i, e in enumerate(v)]
+        return distinct(out, where) if unique else out
     return check
 
 
-def integer_list(lo=None, min_len=1):
+def integer_list(lo=None, min_len=1, unique=False):
+    """A list of integers (a single integer is a list of one); ``unique``: no repeats."""
     item = integer(lo=lo)
 
     def check(v, where):
@@ -107,7 +125,8 @@ def integer_list(lo=None, min_len=1):
             v = [v]
         if not isinstance(v, list) or len(v) < min_len:
             _fail(where, f"expected a list of integers, got {v!r}")
-        return [item(e, f"{where}[{i}]") for i, e in enumerate(v)]
+        out = [item(e, f"{where}[{i}]") for i, e in enumerate(v)]
+        return distinct(out, where) if unique else out
     return check
 
 

@@ -86,6 +86,16 @@ class CLaw:
             return (np.asarray(c) >= self.p["value"]).astype(float)
         return self.dist.cdf(c)
 
+    def support(self, mass=1e-12):
+        """``(low, high)`` holding all but ``mass`` of the law (``mass / 2`` on each side):
+        the quantiles of a normal law, the interval of a uniform one, the value of a
+        constant one."""
+        if self.dist is None:
+            return self.p["value"], self.p["value"]
+        if self.law == "uniform":
+            return self.p["low"], self.p["high"]
+        return float(self.dist.ppf(mass / 2)), float(self.dist.isf(mass / 2))
+
     def mean(self):
         return self.p["value"] if self.dist is None else float(self.dist.mean())
 

@@ -28,7 +28,10 @@ and never coincide with these.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy import special
 
 from . import config as C
 from .closed_forms import kernel_form
@@ -115,6 +118,47 @@ def y_law_normal(N, y_cfg):
         raise C.ConfigError(f"init.y: key(s) {sorted(set(y_cfg) - {'law', 'mean', 'std'})} do "
                             "not apply to law='normal'; it takes mean, std")
     return YNormal(N, y_cfg.get("mean", 0.0), y_cfg.get("std", 1.0))
+
+
+#: Relative size e^{-κ}I_k(κ) / e^{-κ}I_0(κ) below which a Fourier mode of the circle
+#: kernel is negligible: products of φ then reach the trapezoid rule's aliasing at 1e-24.
+CIRCLE_MODE_TOL = 1e-12
+
+
+def circle_modes(kappa, tol=CIRCLE_MODE_TOL):
+    """The Fourier modes k < K of φ = exp(κ(cos(x - y) - 1)) above ``tol`` of k = 0
+    (``math.inf`` for κ > 1e10, where K exceeds 1e6)."""
+    if not kappa <= 1e10:
+        return math.inf
+    # I_k(κ)/I_0(κ) <= exp(-k^2 / (2(k + κ))): K is below 2 sqrt(2κ log(1/tol)) + 2 log(1/tol)
+    L = math.log(1 / tol)
+    k = np.arange(int(2 * math.sqrt(2 * kappa * L) + 2 * L) + 32)
+    with np.errstate(all="ignore"):
+        r = special.ive(k, kappa) / special.ive(0, kappa)
+    small = np.flatnonzero(~(r >= tol))
+    return int(small[0]) if small.size else len(k)
+
+
+def check_circle_width(kappa, Q, key):
+    r"""Refuse a circle kernel narrower than ``Q`` trapezoid nodes can integrate.
+
+    The rule is exact for products φ(·, y)φ(·, y') when ``Q > 2K`` (:func:`circle_modes`);
+    the hint is the quadrature that passes, or the largest κ that passes for ``Q``.
+    """
+    K = circle_modes(kappa)
+    if Q > 2 * K:
+        return
+    lo, hi = 1e-8, float(kappa)  # the largest kappa with 2 K(kappa) < Q, by bisection
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if Q > 2 * circle_modes(mid) else (lo, mid)
+    use_q = f"{key} >= {2 * K + 1} or " if 2 * K + 1 <= 10**7 else ""
+    raise C.ConfigError(
+        f"problem.kappa={kappa:g}: phi = exp(kappa (cos(x - y) - 1)) has "
+        f"{K if K < math.inf else 'more than 1e6'} Fourier modes above {CIRCLE_MODE_TOL:g} of "
+        f"k = 0, more than {key}={Q} trapezoid nodes integrate (products of phi need more "
+        f"than twice as many nodes as modes); use {use_q}"
+        f"problem.kappa <= {math.floor(lo * 1000) / 1000:g}")
 
 
 # -- problems (callable from Python) --------------------------------------------------
@@ -214,6 +258,7 @@ def _circle(cfg, c_law, y_cfg):
             f"problem.quadrature={cfg['quadrature']} cannot resolve target modes up to "
             f"k={kmax - 1}; use quadrature > {2 * kmax}"
         )
+    check_circle_width(cfg["kappa"], cfg["quadrature"], "problem.quadrature")
     return circle_problem(cfg["kappa"], cfg["quadrature"], t.get("cos", ()), t.get("sin", ()),
                           c_law=c_law)
 

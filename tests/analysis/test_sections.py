@@ -50,8 +50,8 @@ def test_meanfield_and_fluctuations_files(tmp_path):
 
 BAD = [
     (lambda c: c["meanfield"]["grid"].update(c_min=-1.0, c_max=1.0),
-     r"mass .* outside the grid .* widen c_min/c_max"),
-    (lambda c: c["meanfield"]["grid"].update(y=8), r"ny=\[8\] does not resolve phi.*use ny >= "),
+     r"mass .* outside the grid .* widen meanfield.grid.c_min/c_max to \[-1.5, 1.5\]"),
+    (lambda c: c["meanfield"]["grid"].update(y=8), r"meanfield.grid.y=8 does not resolve phi.*use meanfield.grid.y >= "),
     (lambda c: c["meanfield"].update(solvers=["spectral"]), r"'spectral' is not allowed"),
     (lambda c: c["meanfield"]["grid"].update(c_min=2.0, c_max=1.0), r"must be below"),
     (lambda c: c["fluctuations"].update(method="ensemble") or c["meanfield"].update(
