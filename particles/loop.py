@@ -116,6 +116,7 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
     span = max(ts[-1] - float(state.t), 0.0)
     bar = tqdm(total=span, disable=(None if progress is None else not progress),
                desc=desc or stepper.name, unit="time", leave=False)
+    steps = 0
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for j, t1 in enumerate(ts):
@@ -133,9 +134,10 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
                     landed = t1 - float(new.t) <= 0.5 * taken
                     state = new
                     bar.update(taken)
+                    steps += 1
                     bad = stepper.check(state)
                     if bad is not None:
-                        _fail(stepper, state, bad, partial)
+                        _fail(stepper, state, bad, partial, first=steps == 1)
                     if landed:
                         break
                 state = state._replace(t=t1)
@@ -147,8 +149,12 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
     return state
 
 
-def _fail(stepper, state, bad, partial):
+def _fail(stepper, state, bad, partial, first=False):
     what = "diverging" if isinstance(bad, Divergence) else "non-finite state"
     message = f"{stepper.name}: {what} at t={float(state.t):.6g} ({bad}); {stepper.advice}"
+    if first and not isinstance(bad, Divergence):
+        # an overflow in the very first step may come from the data, not from the step
+        message += ("; it failed at the first step, so check the scales of the initial law "
+                    "and of the target as well")
     log.error(message)
     raise NumericalFailure(message, partial(message) if partial is not None else None)

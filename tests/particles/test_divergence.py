@@ -241,3 +241,20 @@ def test_grid_loss_and_bound_rules(ucircle):
     assert isinstance(bad, Divergence) and "mean-field loss" in bad
     bad = st.check(GridState(1.0, m, 0.0, 0.01, 0.5 * BOUND_DROP * 0.01, 0.0, ok))
     assert isinstance(bad, Divergence) and "positivity bound" in bad
+
+
+def test_failure_at_the_first_step_points_at_the_data(tmp_path, capsys):
+    # c of order 1e300: the first step overflows whatever dt is, so lowering dt alone is
+    # the wrong advice; the message must also point at the initial law and the target
+    cfg = only(example("circle"), {"particles"})
+    cfg["particles"] = {"n": [16], "seeds": 2, "root_seed": 1}
+    cfg["dynamics"].update(t_end=1.0, save_times=[0.0, 1.0])
+    cfg["init"]["c"] = {"law": "uniform", "low": -1e300, "high": 1e300}
+    rc, _ = run(tmp_path, cfg)
+    err = capsys.readouterr().err
+    assert rc == 3 and "first step" in err and "initial law" in err, err
+    # a (finite) divergence, a dt problem, does not say so
+    (tmp_path / "b").mkdir()
+    rc, _ = run(tmp_path / "b", only(big_step(50.0), {"particles"}))
+    err = capsys.readouterr().err
+    assert rc == 3 and "first step" not in err, err
