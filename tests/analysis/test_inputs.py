@@ -14,19 +14,9 @@ import pytest
 from analysis.cli import main
 
 from .test_cli import write_toml
+from .test_preflight import circle as small  # the circle example, shrunk
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def small():
-    """The shipped circle example, shrunk: runs every section in about a second."""
-    cfg = tomllib.loads((ROOT / "examples" / "circle.toml").read_text())
-    cfg["particles"] = {"n": [8], "seeds": 2}
-    cfg["dynamics"].update(t_end=0.2, save_times=[0.0, 0.2], dt=0.1)
-    cfg["meanfield"] = {"solvers": ["grid"], "grid": {"y": 64, "c": 48, "c_min": -3.0,
-                                                      "c_max": 3.0}}
-    cfg["fluctuations"] = {"method": "influence", "y": 8, "c": 4}
-    return cfg
 
 
 def refused(tmp_path, capsys, cfg, *needles, config=None):
