@@ -32,29 +32,41 @@ def _relu(s):
 ACTIVATIONS = {"sigmoid": _sigmoid, "tanh": _tanh, "relu": _relu}
 
 
-def _sigmoid_fused(S, D):
-    """In place: S <- h(S) = expit(S), D <- h'(S) = h (1 - h) (same as :func:`_sigmoid`)."""
+def _sigmoid_fused(S):
+    """In place: S <- h(S) = expit(S)."""
     special.expit(S, out=S)
-    np.subtract(1.0, S, out=D)
-    D *= S
 
 
-def _tanh_fused(S, D):
-    """In place: S <- tanh(S), D <- 1 - h h (same as :func:`_tanh`)."""
+def _sigmoid_slope(H, D):
+    """D <- h' = h (1 - h) from h (as :func:`_sigmoid`)."""
+    np.subtract(1.0, H, out=D)
+    D *= H
+
+
+def _tanh_fused(S):
     np.tanh(S, out=S)
-    np.multiply(S, S, out=D)
+
+
+def _tanh_slope(H, D):
+    """D <- h' = 1 - h h from h (as :func:`_tanh`)."""
+    np.multiply(H, H, out=D)
     np.subtract(1.0, D, out=D)
 
 
-def _relu_fused(S, D):
-    """In place: D <- [S > 0], S <- max(S, 0) (same as :func:`_relu`)."""
-    np.greater(S, 0.0, out=D)
+def _relu_fused(S):
     np.maximum(S, 0.0, out=S)
 
 
-#: activation -> in-place pass (S, D) giving h in S and h' in D from the pre-activation
-#: S: the fused step's one activation pass, the same arithmetic as ``ACTIVATIONS``.
-FUSED = {"sigmoid": _sigmoid_fused, "tanh": _tanh_fused, "relu": _relu_fused}
+def _relu_slope(H, D):
+    """D <- h' = [s > 0] = [h > 0] from h = max(s, 0) (as :func:`_relu`)."""
+    np.greater(H, 0.0, out=D)
+
+
+#: activation -> (in-place h of the pre-activation, h' from h): the fused step's one
+#: activation pass (the only transcendental) and its derivative without a second one,
+#: the same arithmetic as ``ACTIVATIONS``.
+FUSED = {"sigmoid": (_sigmoid_fused, _sigmoid_slope), "tanh": (_tanh_fused, _tanh_slope),
+         "relu": (_relu_fused, _relu_slope)}
 
 
 class SigmoidUnit(Kernel):
@@ -73,7 +85,7 @@ class SigmoidUnit(Kernel):
         self.N = self.d + 1
         self.activation = activation
         self._act = ACTIVATIONS[activation]
-        self._fused = FUSED[activation]
+        self._fused, self._slope = FUSED[activation]
 
     @property
     def name(self):
@@ -119,31 +131,33 @@ class SigmoidUnit(Kernel):
         return h, dh[..., None] * xe, d2h[..., None, None] * xe[..., :, None] * xe[..., None, :]
 
     #: Elements of one block of the (units, nodes) arrays processed while it stays in
-    #: cache (2**15 float64 = 256 KiB: the block's S and D together fit a per-core L2).
+    #: cache (2**15 float64 = 256 KiB: a block of h and its h' fit a per-core L2).
     _BLOCK = 2**15
-    #: Elements of h and h' kept from the forward pass to the backward pass (2**22
-    #: float64 = 32 MiB each): all of them while n·Q is at most this, else the last
-    #: units' (the others' pre-activations and activation are computed again).
+    #: Elements of h kept from the forward pass to the backward pass (2**22 float64 =
+    #: 32 MiB): all of h while n·Q is at most this, else the last units' (the others'
+    #: pre-activations and activation are computed again in the backward pass).
     _KEEP = 2**22
     #: Per-thread work buffers of :meth:`pullback` (one per thread, so concurrent calls
     #: never share them; a class attribute, so they are not pickled with the kernel).
     _scratch = threading.local()
 
     @classmethod
-    def _work(cls, rows, Q):
-        """Two (rows, Q) views (h, h') of this thread's reused buffer, grown when small."""
+    def _work(cls, rows, block):
+        """This thread's reused buffers: h (rows elements) and a block for h', grown when
+        too small (flat; the caller reshapes)."""
         buf = getattr(cls._scratch, "buf", None)
-        if buf is None or buf.size < 2 * rows * Q:
-            buf = cls._scratch.buf = np.empty(2 * rows * Q)
-        m = rows * Q
-        return buf[:m].reshape(rows, Q), buf[m : 2 * m].reshape(rows, Q)
+        if buf is None or buf.size < rows + block:
+            buf = cls._scratch.buf = np.empty(rows + block)
+        return buf[:rows], buf[rows : rows + block]
 
     def pullback(self, y, a, x, w, f_x):
         r"""Fused pass: one pre-activation product and one activation pass per block.
 
         With :math:`y_i = (a_i, b_i)` and :math:`\tilde x_q = (x_q, 1)`,
-        :math:`s_{iq} = y_i\cdot\tilde x_q` is one matrix product per block of units;
-        one activation pass gives :math:`h(s)` and :math:`h'(s)` together, and
+        :math:`s_{iq} = y_i\cdot\tilde x_q` is one matrix product per block of units,
+        then one activation pass gives :math:`H = h(s)` (the only transcendental;
+        :math:`h'` follows from :math:`h`: :math:`h(1-h)`, :math:`1-h^2`,
+        :math:`[h > 0]`), and
 
         .. math::
             f = a^\top H, \qquad g^c = H (w r), \qquad
@@ -152,13 +166,14 @@ class SigmoidUnit(Kernel):
         (:math:`\tilde X` the (Q, N) matrix of the :math:`\tilde x_q`) are matrix
         products: :math:`g^y_i = (\sum_q h'_{iq} w_q r_q x_q, \sum_q h'_{iq} w_q r_q)`.
 
-        Units are taken in cache-sized blocks (``_BLOCK`` elements of the (n, Q)
-        arrays). The forward pass builds each block's ``h`` and ``h'`` and adds its share
-        of ``f``; the backward pass (``r`` needs the whole ``f``) contracts the blocks
-        kept in a reused per-thread buffer (the last ``_KEEP`` elements' worth of units,
-        all of them when n·Q ≤ ``_KEEP``: one activation pass in all) and builds the
-        others again. Memory is O((n + Q)·N) per member plus the buffer, whatever n and
-        Q; members (shared nodes (Q, d) or per-member batches (B, Q, d)) are looped, units
+        Units are taken in cache-sized blocks (``_BLOCK`` elements of the (n, Q) array).
+        The forward pass builds each block's ``h`` and adds its share of ``f``; the
+        backward pass (``r`` needs the whole ``f``) takes ``h'`` of each block while it
+        is in cache and contracts. ``h`` is kept between the passes in a reused
+        per-thread buffer for the last ``_KEEP`` elements' worth of units (all of them
+        when n·Q ≤ ``_KEEP``: one activation pass in all); the other blocks are built
+        again. Memory is O((n + Q)·N) per member plus the buffer, whatever n and Q;
+        members (shared nodes (Q, d) or per-member batches (B, Q, d)) are looped, units
         never. Nothing returned is a view of the buffer. Held against
         :func:`particles.kernels.pullback_reference` in ``tests/particles/test_fused.py``.
         """
@@ -178,38 +193,41 @@ class SigmoidUnit(Kernel):
         f_x = np.broadcast_to(f_x, (B, Q)) if f_x.ndim == 2 else [f_x] * B
 
         rows = max(1, min(n, self._BLOCK // max(Q, 1)))
-        kept = min(n, max(rows, self._KEEP // max(Q, 1)))  # units head..n stay in H, D
+        kept = min(n, max(rows, self._KEEP // max(Q, 1)))  # units head..n stay in H
         head = n - kept
         rebuilt = [(s, min(s + rows, head)) for s in range(0, head, rows)]
         stored = [(s, min(s + rows, n)) for s in range(head, n, rows)]
         blocks = rebuilt + stored
-        H, D = self._work(kept, Q)  # rows 0.. also serve as scratch for rebuilt blocks
+        H, D = self._work(kept * Q, rows * Q)  # H rows 0.. also serve rebuilt blocks
+        H, D = H.reshape(kept, Q), D.reshape(rows, Q)
         f = np.zeros((B, Q))  # stays 0 for n = 0
-        parts = np.empty((max(len(blocks), 1), Q))
+        share = np.empty(Q)  # one block's share of f
         g_c = np.empty((B, n))
         g_y = np.empty((B, n, N))
-        matmul, act = np.matmul, self._fused
+        matmul, act, slope = np.matmul, self._fused, self._slope
         for b in range(B):
             XT, Xb = (X1T, X1) if shared else (X1T[b], X1[b])
             yb, ab = y[b], a[b]
-            for j, (s, e) in enumerate(blocks):
+            fb = f[b]
+            for s, e in blocks:
                 o = max(s - head, 0)
-                Hb, Db = H[o : o + e - s], D[o : o + e - s]
+                Hb = H[o : o + e - s]
                 matmul(yb[s:e], XT, out=Hb)
-                act(Hb, Db)
-                matmul(ab[s:e], Hb, out=parts[j])
-            if blocks:
-                np.sum(parts[: len(blocks)], axis=0, out=f[b])
+                act(Hb)
+                matmul(ab[s:e], Hb, out=share)
+                fb += share
             wr = f[b] - f_x[b]
             wr *= w[b]
             for s, e in stored + rebuilt:
                 if s >= head:
-                    Hb, Db = H[s - head : e - head], D[s - head : e - head]
+                    Hb = H[s - head : e - head]
                 else:
-                    Hb, Db = H[: e - s], D[: e - s]
+                    Hb = H[: e - s]
                     matmul(yb[s:e], XT, out=Hb)
-                    act(Hb, Db)
-                matmul(Hb, wr, out=g_c[b, s:e])
+                    act(Hb)
+                Db = D[: e - s]
+                slope(Hb, Db)
                 Db *= wr
+                matmul(Hb, wr, out=g_c[b, s:e])
                 matmul(Db, Xb, out=g_y[b, s:e])
         return f, g_c, g_y

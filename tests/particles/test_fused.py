@@ -11,6 +11,9 @@ ulps of the largest term times the number of terms; with O(1) terms and at most 
 hundred of them, 1e-12 relative (1e-14 absolute for entries that cancel to ~0) holds with
 a wide margin and still catches any arithmetic that differs by more than round-off.
 """
+import threading
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -63,6 +66,31 @@ def test_units_blocked_matches_unblocked(monkeypatch, activation, batched, block
     blocked = kernel.pullback(*args)
     _assert_close(blocked, whole)
     _assert_close(blocked, pullback_reference(kernel, *args))
+
+
+def test_units_memory_is_bounded_by_the_budget(monkeypatch):
+    """With a small budget the step never holds an (n, Q) array: the work buffer stays
+    within _KEEP + 2 _BLOCK elements, and the peak of new allocations within the outputs
+    (80 kB) plus 200 kB (the buffer, 10 kB; the block lists, O(n / rows) Python tuples,
+    about 60 kB here), below one (n, Q) array (n Q = 10^5 doubles, 800 kB; the generic
+    pull-back peaks at 7.2 MB here)."""
+    monkeypatch.setattr(SigmoidUnit, "_BLOCK", 256)
+    monkeypatch.setattr(SigmoidUnit, "_KEEP", 1024)
+    monkeypatch.setattr(SigmoidUnit, "_scratch", threading.local())
+    rng = np.random.default_rng(8)
+    kernel = SigmoidUnit(3, "sigmoid")
+    n, Q = 2000, 50
+    args = _units_case(rng, 1, n, Q, 3, False)
+    tracemalloc.start()
+    try:
+        got = kernel.pullback(*args)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert SigmoidUnit._scratch.buf.size <= 1024 + 2 * 256
+    outputs = sum(v.nbytes for v in got)  # f, g_c, g_y: (Q + n + n N) doubles
+    assert peak < outputs + 200_000, (peak, outputs)
+    _assert_close(got, pullback_reference(kernel, *args))
 
 
 def test_units_results_are_not_views_of_the_buffer():
