@@ -11,7 +11,7 @@ are contractions of :math:`E_{iq} = \varphi(x_q, y_i)` with the (Q, d + 1) matri
 
 without materialising E: the nodes are cut into blocks of ``Qb`` columns. For each block
 E is built in cache-sized tiles of particles (one small matrix product, then ``exp`` in
-place), ``f`` on the block is summed, and since ``r`` on the block needs only the block's
+place; small enough that no BLAS thread is woken), ``f`` on the block is summed, and since ``r`` on the block needs only the block's
 ``f``, the tiles are contracted with the block's rows of R at once. ``Qb`` is chosen so
 that the block (n, Qb) fits the kept buffer (``KEEP`` elements): one ``exp`` per pair in
 all. For n > ``KEEP / QMIN`` the block keeps only its last particles and rebuilds the
@@ -26,8 +26,13 @@ import numpy as np
 
 __all__ = ["exp_pullback"]
 
-#: Elements of one tile of E built and exponentiated while in cache (1 MiB).
-BLOCK = 2**17
+#: Elements of one tile of E built and exponentiated while in cache (128 KiB).
+BLOCK = 2**14
+#: OpenBLAS runs a gemm on one thread while m·n·k < 2**18 (65536 × its
+#: GEMM_MULTITHREAD_THRESHOLD of 4); a tile's products stay below it. A thin gemm that
+#: wakes the BLAS threads cost 20-70x more on this busy 2-core machine (measured:
+#: (128, 7) @ (7, 1024) 24 ms threaded against 0.3 ms on one thread).
+SINGLE = 2**18
 #: Elements of E kept between the forward sum and the contraction (8 MiB).
 KEEP = 2**20
 #: Fewest node columns per block (narrower blocks make the products too thin).
@@ -77,7 +82,8 @@ def exp_pullback(U, V, xc, a, w, f_x, *, block=None, keep=None, qmin=None):
     if n == 0 or Q == 0:
         return f, G
     Qb = min(Q, max(qmin, keep // n, 1))
-    rows = max(1, min(n, block // Qb))
+    tile = min(block, SINGLE // max(U.shape[-1], d + 1))
+    rows = max(1, min(n, tile // Qb))
     kept = min(n, max(rows, keep // Qb))  # particles head..n stay in E
     head = n - kept
     rebuilt = [(s, min(s + rows, head)) for s in range(0, head, rows)]
