@@ -11,8 +11,9 @@ are contractions of :math:`E_{iq} = \varphi(x_q, y_i)` with the (Q, d + 1) matri
 
 without materialising E: the nodes are cut into blocks of ``Qb`` columns. For each block
 E is built in cache-sized tiles of particles (one small matrix product, then ``exp`` in
-place; small enough that no BLAS thread is woken), ``f`` on the block is summed, and since ``r`` on the block needs only the block's
-``f``, the tiles are contracted with the block's rows of R at once. ``Qb`` is chosen so
+place; small enough that no BLAS thread is woken), ``f`` on the block is summed, and
+since ``r`` on the block needs only the block's ``f``, the tiles are contracted with the
+block's rows of R at once. ``Qb`` is chosen so
 that the block (n, Qb) fits the kept buffer (``KEEP`` elements): one ``exp`` per pair in
 all. For n > ``KEEP / QMIN`` the block keeps only its last particles and rebuilds the
 other tiles (a second ``exp`` on a cache-resident tile): memory stays bounded by
