@@ -2,6 +2,7 @@
 
 ``docs/kernels.md`` says how to add one (one class in one file).
 """
+from . import expblocks
 from .base import Kernel, pullback_reference
 from .circle import CircleKernel
 from .gaussian import GaussianRBF

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Kernel
+from .base import Kernel, _weighted
+from .expblocks import exp_pullback
 
 __all__ = ["SphereRBF"]
 
@@ -50,3 +51,30 @@ class SphereRBF(Kernel):
 
     def retract(self, y):
         return y * (np.sqrt(self.d) / np.linalg.norm(y, axis=-1, keepdims=True))
+
+    def pullback(self, y, a, x, w, f_x):
+        r"""Fused pass: one matrix product and one ``exp`` per (particle, node) pair.
+
+        :math:`\alpha(x\cdot y - d) = [y, 1]\cdot[\alpha x, -\alpha d]`, so
+        :math:`E = e^{\alpha(x\cdot y - d)}` is one (n, d + 1) × (d + 1, Q) product and
+        one ``exp``, and :math:`g^y = \alpha E(w r x)` (:math:`\nabla_y\varphi =
+        \alpha x\varphi`), not projected: the caller applies :meth:`tangent` as for every
+        kernel. Blocked and bounded in memory by :func:`.expblocks.exp_pullback`; held
+        against :func:`.base.pullback_reference` in ``tests/particles/test_fused_rbf.py``.
+        Shapes as :meth:`Kernel.pullback`.
+        """
+        x, w = _weighted(x, w)
+        y = np.asarray(y, dtype=float)
+        a = np.asarray(a, dtype=float)
+        f_x = np.asarray(f_x, dtype=float)
+        B, n, d = y.shape
+        U = np.empty((B, n, d + 1))
+        U[..., :d] = y
+        U[..., d] = 1.0
+        V = np.empty(x.shape[:-2] + (d + 1, x.shape[-2]))
+        np.multiply(np.swapaxes(x, -1, -2), self.alpha, out=V[..., :d, :])
+        V[..., d, :] = -self.alpha * self.d
+        f, G = exp_pullback(U, V, x, a, w, f_x)
+        g_y = G[..., 1:]
+        g_y *= self.alpha
+        return f, G[..., 0], g_y
