@@ -26,7 +26,7 @@ from particles import Dynamics, NumericalFailure, simulate
 from particles import config as C
 from particles.problems import build_problem
 from particles.results import finish
-from particles.simulate import check_save_times
+from particles.loop import check_save_times
 from meanfield import defaults as D
 
 from . import budget, preflight

@@ -130,21 +130,34 @@ def spread(s):
     return (q3 - q1) / q2
 
 
+def timing_args(ap, *, block_time, quick_block, min_calls=3):
+    """The timing options every benchmark shares (interleaved rounds of timed blocks,
+    ``--quick``, ``--seed``); ``quick_args`` applies ``--quick`` after parsing."""
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--block-time", type=float, default=block_time,
+                    help=f"seconds per timed block and quantity (default {block_time})")
+    ap.add_argument("--min-calls", type=int, default=min_calls)
+    ap.add_argument("--quick", action="store_true",
+                    help=f"3 rounds of {quick_block} s blocks")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.set_defaults(quick_block=quick_block)
+    return ap
+
+
+def quick_args(args):
+    if args.quick:
+        args.rounds, args.block_time = 3, args.quick_block
+    return args
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[256, 1024, 4096, 16384, 65536])
     ap.add_argument("--Q", type=int, default=256, help="quadrature nodes (default 256)")
     ap.add_argument("--members", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--kappa", type=float, default=2.0)
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
-    ap.add_argument("--block-time", type=float, default=0.15,
-                    help="seconds per timed block and quantity (default 0.15)")
-    ap.add_argument("--min-calls", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="3 rounds of 0.05 s blocks")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.rounds, args.block_time = 3, 0.05
+    timing_args(ap, block_time=0.15, quick_block=0.05)
+    args = quick_args(ap.parse_args(argv))
 
     print("\n".join(machine_info()))
     rng = np.random.default_rng(args.seed)

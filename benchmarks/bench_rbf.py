@@ -34,7 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_particles import load_line, machine_info, measure, spread  # noqa: E402
+from bench_particles import (load_line, machine_info, measure, quick_args, spread,
+                             timing_args)  # noqa: E402
 
 from particles.dynamics import Dynamics, State, step  # noqa: E402
 from particles.kernels import Kernel, pullback_reference  # noqa: E402
@@ -102,14 +103,8 @@ def main(argv=None):
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--kernels", nargs="+", default=["gaussian", "sphere"])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--block-time", type=float, default=0.3)
-    ap.add_argument("--min-calls", type=int, default=3)
-    ap.add_argument("--quick", action="store_true", help="3 rounds of 0.1 s blocks")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.rounds, args.block_time = 3, 0.1
+    timing_args(ap, block_time=0.3, quick_block=0.1)
+    args = quick_args(ap.parse_args(argv))
     print("\n".join(machine_info()))
     n, Q, d = args.n, args.Q, args.d
     dyn = Dynamics(scheme="gd", integrator="euler", dt=0.05)

@@ -30,7 +30,8 @@ from scipy import special
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_particles import load_line, machine_info, measure, spread  # noqa: E402
+from bench_particles import (load_line, machine_info, measure, quick_args, spread,
+                             timing_args)  # noqa: E402
 from particles.dynamics import Dynamics, State, step  # noqa: E402
 from particles.kernels import Kernel, pullback_reference  # noqa: E402
 from particles.problems import sigmoid_problem  # noqa: E402
@@ -74,15 +75,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     ap.add_argument("--members", type=int, default=1, help="ensemble members B (default 1)")
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
-    ap.add_argument("--block-time", type=float, default=0.3,
-                    help="seconds per timed block and quantity (default 0.3)")
-    ap.add_argument("--min-calls", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="3 rounds of 0.1 s blocks")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.rounds, args.block_time = 3, 0.1
+    timing_args(ap, block_time=0.3, quick_block=0.1, min_calls=2)
+    args = quick_args(ap.parse_args(argv))
 
     print("\n".join(machine_info()))
     print(f"B={args.members} member(s); rounds={args.rounds}, block={args.block_time}s; "

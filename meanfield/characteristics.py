@@ -25,7 +25,7 @@ import xarray as xr
 from particles import Dynamics
 from particles.loop import check_save_times, run
 from particles.results import dataset as cf_dataset
-from particles.results import versions
+from particles.results import run_status, x_coord
 from particles.steppers import ParticleStepper
 
 from .defaults import CHARACTERISTICS
@@ -80,7 +80,7 @@ def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"
 
     def dataset(failure=None):
         coords = {"t": ts}
-        coords["x"] = problem.x[:, 0] if problem.x.shape[1] == 1 else np.arange(Q, dtype=np.int32)
+        coords["x"] = x_coord(problem.x)
         data = {
             "f_0_characteristics": (("t", "x"), f0),
             "loss_0_characteristics": (("t",), problem.loss(f0)),
@@ -93,11 +93,8 @@ def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"
                                       f"particles.dynamics.step ({integrator})",
             "characteristics_nodes": json.dumps({"y": ny, "c": nc, "total": J}),
             "characteristics_dt": dt,
-            "versions": json.dumps(versions()),
-            "complete": int(failure is None),
+            **run_status(failure),
         }
-        if failure is not None:
-            attrs["failure"] = failure
         return cf_dataset(data, coords, attrs, title="mfpc mean-field limit (characteristics)")
 
     stepper = ParticleStepper(problem, dyn, w[None], name="characteristics", labels=["nodes"],

@@ -37,7 +37,7 @@ import xarray as xr
 
 from particles.loop import check_save_times, run
 from particles.results import dataset as cf_dataset
-from particles.results import versions
+from particles.results import run_status, x_coord
 
 from .cells import Grid, initial_masses, make_grid, phi_resolution
 from .defaults import GRID
@@ -312,11 +312,8 @@ def solve_grid(
             "problem": json.dumps(problem.params()),
             "c_law": json.dumps(problem.c_law.params()),
             "y_law": json.dumps(problem.y_law.params()),
-            "versions": json.dumps(versions()),
-            "complete": int(failure is None),
+            **run_status(failure),
         }
-        if failure is not None:
-            attrs["failure"] = failure
         return _dataset(problem, grid, ts, out, attrs)
 
     stepper = GridStepper(solver, cfl=cfl, dt=dt)
@@ -336,10 +333,8 @@ def _dataset(problem, grid, ts, out, attrs):
         "f_target": (("x",), problem.f_x),
         "x_weight": (("x",), problem.w),
     }
-    if x.shape[1] == 1:
-        coords["x"] = x[:, 0]
-    else:
-        coords["x"] = np.arange(x.shape[0], dtype=np.int32)
+    coords["x"] = x_coord(x)
+    if x.shape[1] > 1:
         data["x_nodes"] = (("x", "x_dim"), x)
     coords.update(grid.coords())
     if "rho_0" in out:

@@ -32,7 +32,7 @@ from particles import Dynamics
 from particles.config import require
 from particles.loop import check_save_times, run
 from particles.results import dataset as cf_dataset
-from particles.results import versions
+from particles.results import run_status, x_coord
 from particles.steppers import ParticleStepper
 
 from .defaults import INFLUENCE
@@ -305,7 +305,7 @@ def clt_covariance_influence(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFL
     """
     ts = check_save_times(save_times)
     x = problem.x
-    xc = x[:, 0] if x.shape[1] == 1 else np.arange(x.shape[0], dtype=np.int32)
+    xc = x_coord(x)
     # The Gauss rule in c integrates the whole support of the c law (Gauss–Legendre on
     # [low, high], Gauss–Hermite on the line): no mass of rho_in is cut off.
     law = problem.c_law
@@ -322,11 +322,8 @@ def clt_covariance_influence(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFL
             "c_domain": json.dumps(domain),
             "c_nodes_range": json.dumps(info.get("c_nodes_range")),
             "truncated_mass": 0.0,
-            "versions": json.dumps(versions()),
-            "complete": int(failure is None),
+            **run_status(failure),
         }
-        if failure is not None:
-            attrs["failure"] = failure
         data = {
             "clt_cov": (("t", "x", "x_"), cov),
             "clt_var": (("t", "x"), np.diagonal(cov, axis1=1, axis2=2).copy()),

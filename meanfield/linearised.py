@@ -44,7 +44,7 @@ import xarray as xr
 
 from particles.loop import NumericalFailure, check_save_times, run
 from particles.results import dataset as cf_dataset
-from particles.results import versions
+from particles.results import run_status, x_coord
 
 from .defaults import ENSEMBLE, GRID
 from .grid import OUTFLOW_WARN, GridSolver, prepare
@@ -52,7 +52,6 @@ from .tangent import (  # noqa: F401 - re-exported
     Linearisation,
     TangentStepper,
     stage_linearisations,
-    tangent_rk3,
     tangent_step,
 )
 
@@ -278,7 +277,7 @@ def _dataset(problem, grid, ts, fh, f0, hs, members, root_seed, cfl, eps, trunca
         cov = 0.5 * (cov + cov.transpose(0, 2, 1))
         stderr = covariance_stderr(cov, members)
     x = problem.x
-    xc = x[:, 0] if x.shape[1] == 1 else np.arange(x.shape[0], dtype=np.int32)
+    xc = x_coord(x)
     d = np.asarray(hs) if hs else np.zeros(1)
     resolution = {"ny": list(grid.ny), "nc": grid.nc, "c_min": grid.c_min,
                   "c_max": grid.c_max, "cfl": float(cfl), "n_steps": len(hs),
@@ -296,11 +295,8 @@ def _dataset(problem, grid, ts, fh, f0, hs, members, root_seed, cfl, eps, trunca
         "c_domain": json.dumps([float(grid.c_min), float(grid.c_max)]),
         "truncated_mass": float(truncated),
         "outflow": float(outflow),
-        "versions": json.dumps(versions()),
-        "complete": int(failure is None),
+        **run_status(failure),
     }
-    if failure is not None:
-        attrs["failure"] = failure
     data = {
         "clt_cov": (("t", "x", "x_"), cov),
         "clt_var": (("t", "x"), np.diagonal(cov, axis1=1, axis2=2).copy()),

@@ -18,6 +18,7 @@ Time ``t`` is the paper's training time (dimensionless, ``units = "1"``): with
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 __all__ = ["VARIABLES", "REFERENCES", "dataset", "finish", "versions", "history_line",
+           "x_coord", "run_status",
            "check_cf"]
 
 REFERENCES = (
@@ -86,6 +88,22 @@ def versions() -> dict:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out[pkg] = "not installed"
+    return out
+
+
+def x_coord(nodes) -> np.ndarray:
+    """The ``x`` coordinate of nodes (Q, d): the node values when d = 1, else an int32
+    index (the nodes then go in a variable ``x_nodes(x, x_dim)``)."""
+    nodes = np.asarray(nodes)
+    return nodes[:, 0] if nodes.shape[1] == 1 else np.arange(nodes.shape[0], dtype=np.int32)
+
+
+def run_status(failure: str | None = None) -> dict:
+    """The attrs every solver's Dataset carries: ``versions`` (JSON), ``complete`` (1, or
+    0 for a partial result) and, for a partial result, ``failure`` (the message)."""
+    out = {"versions": json.dumps(versions()), "complete": int(failure is None)}
+    if failure is not None:
+        out["failure"] = failure
     return out
 
 

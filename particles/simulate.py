@@ -20,10 +20,10 @@ import xarray as xr
 from .dynamics import Dynamics
 from .loop import NumericalFailure, check_save_times, run  # noqa: F401 - re-exported
 from .results import dataset as cf_dataset
-from .results import VARIABLES, versions
+from .results import VARIABLES, run_status, x_coord
 from .steppers import ParticleStepper
 
-__all__ = ["simulate", "member_rng", "NumericalFailure", "versions"]
+__all__ = ["simulate", "member_rng", "NumericalFailure"]
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,8 @@ def simulate(
             "f_target": (dims_x, problem.f_x),
             "x_weight": (dims_x, problem.w),
         }
-        if x.shape[1] == 1:
-            coords["x"] = x[:, 0]
-        else:
-            coords["x"] = np.arange(Q, dtype=np.int32)
+        coords["x"] = x_coord(x)
+        if x.shape[1] > 1:
             data["x_nodes"] = (("x", "x_dim"), x)
         if save_state:
             data["y"] = (("n", "seed", "t", "particle", "y_dim"), ys,
@@ -139,11 +137,8 @@ def simulate(
             "problem": json.dumps(problem.params()),
             "dynamics": json.dumps(dynamics.params()),
             "time_step_rule": "equal steps <= dt between consecutive save times",
-            "versions": json.dumps(versions()),
-            "complete": int(failure is None),
+            **run_status(failure),
         }
-        if failure is not None:
-            attrs["failure"] = failure
         return cf_dataset(data, coords, attrs, title="mfpc particle ensembles")
 
     for k, nk in enumerate(ns):

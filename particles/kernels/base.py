@@ -42,9 +42,10 @@ __all__ = ["Kernel", "pullback_reference"]
 FOURIER_POINTS = 4096
 
 
-def _weighted(x, w):
-    """Broadcast nodes (Q, d) or (B, Q, d) and weights (Q,) or (B, Q)."""
-    return np.asarray(x, dtype=float), np.asarray(w, dtype=float)
+def pullback_arrays(y, a, x, w, f_x):
+    """The arguments of :meth:`Kernel.pullback` as float arrays, in that order: y
+    (B, n, N), a (B, n), nodes (Q, d) or (B, Q, d), weights and targets (Q,) or (B, Q)."""
+    return tuple(np.asarray(v, dtype=float) for v in (y, a, x, w, f_x))
 
 
 class Kernel:
@@ -150,7 +151,7 @@ class Kernel:
         g_c : ndarray, shape (B, n)
         g_y : ndarray, shape (B, n, N)
         """
-        x, w = _weighted(x, w)
+        y, a, x, w, f_x = pullback_arrays(y, a, x, w, f_x)
         p, dp = self.phi_grad(x, y)
         f = np.einsum("bn,bnq->bq", a, p)
         wr = w * (f - f_x)

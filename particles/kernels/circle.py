@@ -6,7 +6,7 @@ import threading
 import numpy as np
 from scipy import special
 
-from .base import Kernel, _weighted
+from .base import Kernel, pullback_arrays
 
 __all__ = ["CircleKernel"]
 
@@ -112,11 +112,8 @@ class CircleKernel(Kernel):
         O((n + Q)·B) plus the buffer; every BLAS call is small (no BLAS threads are
         woken). Nothing returned is a view of the buffer.
         """
-        x, w = _weighted(x, w)
+        y, a, x, w, f_x = pullback_arrays(y, a, x, w, f_x)
         kappa = self.kappa
-        y = np.asarray(y, dtype=float)
-        a = np.asarray(a, dtype=float)
-        f_x = np.asarray(f_x, dtype=float)
         B, n = y.shape[:2]
         Q = x.shape[-2]
         xx = x[..., 0]

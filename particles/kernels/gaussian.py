@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Kernel, _weighted
+from .base import Kernel, pullback_arrays
 from .expblocks import exp_pullback
 
 __all__ = ["GaussianRBF"]
@@ -87,10 +87,7 @@ class GaussianRBF(Kernel):
         :func:`.base.pullback_reference` in ``tests/particles/test_fused_rbf.py``.
         Shapes as :meth:`Kernel.pullback`.
         """
-        x, w = _weighted(x, w)
-        y = np.asarray(y, dtype=float)
-        a = np.asarray(a, dtype=float)
-        f_x = np.asarray(f_x, dtype=float)
+        y, a, x, w, f_x = pullback_arrays(y, a, x, w, f_x)
         B, n, d = y.shape
         s = 0.5 / self.sigma**2
         m = np.mean(x, axis=-2, keepdims=True) if x.shape[-2] else np.zeros(x.shape[:-2] + (1, d))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Kernel, _weighted
+from .base import Kernel, pullback_arrays
 from .expblocks import exp_pullback
 
 __all__ = ["SphereRBF"]
@@ -63,10 +63,7 @@ class SphereRBF(Kernel):
         against :func:`.base.pullback_reference` in ``tests/particles/test_fused_rbf.py``.
         Shapes as :meth:`Kernel.pullback`.
         """
-        x, w = _weighted(x, w)
-        y = np.asarray(y, dtype=float)
-        a = np.asarray(a, dtype=float)
-        f_x = np.asarray(f_x, dtype=float)
+        y, a, x, w, f_x = pullback_arrays(y, a, x, w, f_x)
         B, n, d = y.shape
         U = np.empty((B, n, d + 1))
         U[..., :d] = y

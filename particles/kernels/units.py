@@ -6,7 +6,7 @@ import threading
 import numpy as np
 from scipy import special
 
-from .base import Kernel, _weighted
+from .base import Kernel, pullback_arrays
 
 __all__ = ["SigmoidUnit", "ACTIVATIONS"]
 
@@ -177,10 +177,7 @@ class SigmoidUnit(Kernel):
         never. Nothing returned is a view of the buffer. Held against
         :func:`particles.kernels.pullback_reference` in ``tests/particles/test_fused.py``.
         """
-        x, w = _weighted(x, w)
-        y = np.asarray(y, dtype=float)
-        a = np.asarray(a, dtype=float)
-        f_x = np.asarray(f_x, dtype=float)
+        y, a, x, w, f_x = pullback_arrays(y, a, x, w, f_x)
         B, n, N = y.shape
         Q = x.shape[-2]
         # (x, 1) per node: the pre-activation is y @ X1.T, g_y is (h' w r) @ X1
