@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from particles.closed_forms import circle_fourier_F, circle_K
 from particles.config import CapabilityError
 
 from .cells import Grid
@@ -52,11 +51,10 @@ class FFTPotential:
     With :math:`\varphi(x, y) = g(x - y)`, :math:`g(s) = \sum_k\hat g_{|k|}e^{iks}` and μ
     uniform on the circle, :math:`K(y, y') = \sum_k \hat g_{|k|}^2 e^{ik(y-y')}` and, for
     a Fourier target :math:`f = \sum_k a_k\cos kx + b_k\sin kx`,
-    :math:`F(y) = \sum_k \hat g_k(a_k\cos ky + b_k\sin ky)`. The circle kernel uses
-    its closed forms :func:`particles.closed_forms.circle_K` and
-    :func:`~particles.closed_forms.circle_fourier_F`; another kernel declaring
-    ``"fourier"`` sums the series for K (``n`` modes on n cells: the aliased sum of the
-    FFT), and F comes from the series for a Fourier target, else once through the data
+    :math:`F(y) = \sum_k \hat g_k(a_k\cos ky + b_k\sin ky)`. Every kernel declaring
+    ``"fourier"`` (the circle's coefficients are exact, :math:`e^{-\kappa}I_k(\kappa)`) gives
+    the DFT of K as the aliased sum of :math:`\hat g_k^2` (modes :math:`|k| \le n` on n
+    cells), and F comes from the series for a Fourier target, else once through the data
     (:math:`F(y_j) = \sum_q w_q\varphi(x_q, y_j)f(x_q)`).
     """
 
@@ -71,20 +69,14 @@ class FFTPotential:
         y = grid.y_points
         kern, target = problem.kernel, problem.target
         self.n = len(y)
+        # K(y, y') = sum_k ghat_|k|^2 e^{ik(y - y')} sampled on n cells: its DFT is the
+        # aliased sum n sum_{k = m mod n} ghat_|k|^2 (modes |k| <= n), no n x n matrix
+        gh = np.asarray(kern.fourier_coefficients(self.n), float)
+        k = np.arange(-self.n, self.n + 1)
+        folded = np.zeros(self.n)
+        np.add.at(folded, k % self.n, gh[np.abs(k)] ** 2)
+        self.Khat = self.n * folded[: self.n // 2 + 1]
         fourier_target = getattr(target, "name", None) == "fourier"
-        if getattr(kern, "name", None) == "circle" and hasattr(kern, "kappa"):
-            K, _ = circle_K(kern)
-            self.Khat = np.fft.rfft(K(y[:1], y)[0])
-            if fourier_target:
-                self.F = circle_fourier_F(kern, target)[0](y)
-                return
-        else:
-            kmax = self.n
-            gh = np.asarray(kern.fourier_coefficients(kmax), float)
-            k = np.arange(kmax + 1)
-            s = y[:, 0] - y[0, 0]
-            row = gh[0] ** 2 + 2 * np.cos(np.outer(s, k[1:])) @ gh[1:] ** 2
-            self.Khat = np.fft.rfft(row)
         if fourier_target:
             gh = np.asarray(kern.fourier_coefficients(len(target.k) - 1), float)
             ky = y[:, 0, None] * target.k

@@ -83,21 +83,13 @@ def _list(v, where):
     return v
 
 
-def _name(v, where, allowed):
-    """A part's ``kind``: a string among ``allowed`` (never a list or a table)."""
-    if not isinstance(v, str):
-        raise C.ConfigError(f"{where}: expected a name (a string), got {v!r}; use one of "
-                            f"{', '.join(map(repr, allowed))}")
-    return C.choice(*allowed)(v, where)
-
-
 def _part(cfg, where, table):
     """Check one part table against ``table`` (kind -> (schema, required))."""
     if not isinstance(cfg, dict):
         raise C.ConfigError(f"{where}: expected a table with a key 'kind', got {cfg!r}")
     if "kind" not in cfg:
         raise C.ConfigError(f"{where}: missing key 'kind'; use one of {sorted(table)}")
-    kind = _name(cfg["kind"], f"{where}.kind", tuple(table))
+    kind = C.choice(*table)(cfg["kind"], f"{where}.kind")
     schema, required = table[kind]
     extra = sorted(set(cfg) - {"kind"} - set(schema))
     if extra:
@@ -277,7 +269,7 @@ def build_problem(problem_cfg, init_cfg=None) -> Problem:
             raise C.ConfigError(f"problem.kind={kind!r} is not known; use one of "
                                 f"{sorted(PRESETS)}, or the parts tables [problem.kernel], "
                                 "[problem.measure], [problem.target] without kind")
-        _name(kind, "problem.kind", tuple(PRESETS))
+        C.choice(*PRESETS)(kind, "problem.kind")
         for key in ("kernel", "measure"):
             if isinstance(problem_cfg.get(key), dict):
                 raise C.ConfigError(f"problem: give either a preset kind or parts tables, not "

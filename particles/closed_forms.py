@@ -23,6 +23,7 @@ import numpy as np
 from scipy import special
 
 from .problem import KernelForm
+from .targets import GaussianMixture
 
 __all__ = ["CLOSED_FORMS", "kernel_form", "circle_fourier_F", "circle_K", "rbf_gaussian_K",
            "teacher_F", "interpolation_form", "gaussian_line_forms"]
@@ -98,17 +99,14 @@ def gaussian_line_forms(kernel, target):
         k = kpref * np.exp(-np.sum(dm**2, -1) / (4 * s2))
         return k[..., None] * (-dm / (2 * s2))
 
-    def _comp(y):
-        dm = y[..., :, None, :] - target.m  # (..., n, K, d)
-        g = target.w * np.exp(-0.5 * np.sum(dm**2, -1) / v) * (2 * np.pi * v) ** (-0.5 * d)
-        return dm, fpref * g
+    # F is the target's mixture again, each width widened by the kernel: sqrt(v_k)
+    widened = GaussianMixture(target.w, target.m, np.sqrt(v))
 
     def F(y):
-        return np.sum(_comp(y)[1], axis=-1)
+        return fpref * widened(y)
 
     def grad_F(y):
-        dm, g = _comp(y)
-        return -np.sum((g / v)[..., None] * dm, axis=-2)
+        return fpref * widened.grad(y)
 
     return F, grad_F, K, grad_K
 

@@ -31,11 +31,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
 
 from . import config as C
 from .closed_forms import kernel_form
 from .kernels import CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
+from .kernels.circle import CIRCLE_MODE_TOL, circle_modes
 from .laws import CLaw, YNormal, YUniformCircle, YUniformSphere
 from .measures import CircleUniform, GaussianMeasure, SphereUniform
 from .problem import Problem
@@ -120,23 +120,6 @@ def y_law_normal(N, y_cfg):
     return YNormal(N, y_cfg.get("mean", 0.0), y_cfg.get("std", 1.0))
 
 
-#: Relative size e^{-κ}I_k(κ) / e^{-κ}I_0(κ) below which a Fourier mode of the circle
-#: kernel is negligible: products of φ then reach the trapezoid rule's aliasing at 1e-24.
-CIRCLE_MODE_TOL = 1e-12
-
-
-def circle_modes(kappa, tol=CIRCLE_MODE_TOL):
-    """The Fourier modes k < K of φ = exp(κ(cos(x - y) - 1)) above ``tol`` of k = 0
-    (``math.inf`` for κ > 1e10, where K exceeds 1e6)."""
-    if not kappa <= 1e10:
-        return math.inf
-    # I_k(κ)/I_0(κ) <= exp(-k^2 / (2(k + κ))): K is below 2 sqrt(2κ log(1/tol)) + 2 log(1/tol)
-    L = math.log(1 / tol)
-    k = np.arange(int(2 * math.sqrt(2 * kappa * L) + 2 * L) + 32)
-    with np.errstate(all="ignore"):
-        r = special.ive(k, kappa) / special.ive(0, kappa)
-    small = np.flatnonzero(~(r >= tol))
-    return int(small[0]) if small.size else len(k)
 
 
 def check_circle_width(kappa, Q, key):

@@ -1,6 +1,7 @@
 r"""The circle kernel (THEORY §7) and its fused fast pass."""
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -10,6 +11,25 @@ from .base import Kernel, pullback_arrays
 
 __all__ = ["CircleKernel"]
 
+
+
+#: Relative size e^{-κ}I_k(κ) / e^{-κ}I_0(κ) below which a Fourier mode of the circle
+#: kernel is negligible: products of φ then reach the trapezoid rule's aliasing at 1e-24.
+CIRCLE_MODE_TOL = 1e-12
+
+
+def circle_modes(kappa, tol=CIRCLE_MODE_TOL):
+    """The Fourier modes k < K of φ = exp(κ(cos(x - y) - 1)) above ``tol`` of k = 0
+    (``math.inf`` for κ > 1e10, where K exceeds 1e6)."""
+    if not kappa <= 1e10:
+        return math.inf
+    # I_k(κ)/I_0(κ) <= exp(-k^2 / (2(k + κ))): K is below 2 sqrt(2κ log(1/tol)) + 2 log(1/tol)
+    L = math.log(1 / tol)
+    k = np.arange(int(2 * math.sqrt(2 * kappa * L) + 2 * L) + 32)
+    with np.errstate(all="ignore"):
+        r = special.ive(k, kappa) / special.ive(0, kappa)
+    small = np.flatnonzero(~(r >= tol))
+    return int(small[0]) if small.size else len(k)
 
 class CircleKernel(Kernel):
     r"""The circle kernel :math:`\varphi(x, y) = e^{\kappa(\cos(x-y)-1)}` on :math:`[0, 2\pi)`.
@@ -182,9 +202,7 @@ class CircleKernel(Kernel):
         1e-17 of :math:`e^{-\kappa}I_0(\kappa)` (the Jacobi–Anger tail), cached."""
         K = getattr(self, "_K", None)
         if K is None:
-            k = np.arange(0, 4 * int(self.kappa) + 64)
-            small = special.ive(k, self.kappa) < 1e-17 * special.ive(0, self.kappa)
-            K = self._K = int(np.argmax(small)) if small.any() else len(k)
+            K = self._K = circle_modes(self.kappa, 1e-17)
         return K
 
     def _pullback_series(self, a, xx, w, f_x, X, Y, rows):
