@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from particles.loop import Divergence
+from particles.steppers import ATOL, substeps
 
 from .defaults import GRID
 from .gridsolver import GridSolver
@@ -81,6 +82,8 @@ class GridStepper:
         self.advice = ("lower meanfield.cfl (or dt)" if dt is None
                        else f"lower meanfield.dt={dt}")
         self._t_end = None  # the save time the proposed step heads for (for a redo)
+        p = solver.problem
+        self._f_scale = 0.5 * float(np.sum(p.w * p.f_x ** 2))  # loss scale of ATOL
 
     def init(self, m, t=0.0) -> GridState:
         return GridState(float(t), np.asarray(m, float))
@@ -91,10 +94,9 @@ class GridStepper:
         if not left > 0:
             return 0.0
         if self.dt is not None:
-            n = math.ceil((t_end - t_start) / self.dt - 1e-9)
+            n = substeps(t_start, t_end, self.dt)  # > 0 since left > 0
             # steps left in this interval: exact integer up to round-off in t
-            k = round(left / ((t_end - t_start) / n)) if n else 1
-            return left / max(k, 1)
+            return left / max(round(left / ((t_end - t_start) / n)), 1)
         b = self.solver.step_bound(state.m)
         return left / max(1, math.ceil(left / (self.cfl * b) - 1e-9)) if b < math.inf else left
 
@@ -124,19 +126,18 @@ class GridStepper:
                          res.outflow, w)
 
     def check(self, state):
-        if not (np.isfinite(state.outflow) and np.isfinite(state.m.sum())):
+        mass = float(state.m.sum()) + state.outflow
+        if not np.isfinite(mass):
             return "cell masses"
         w = state.watch
         if w is None:
             return None
-        mass = float(state.m.sum()) + state.outflow
         low = float(state.m.min())
         if mass > w.mass0 * (1 + MASS_RTOL) or low < -MASS_RTOL * w.mass0:
             return Divergence(
                 f"mass + outflow {mass:.6g} from {w.mass0:.6g}, smallest cell mass {low:.3g}: "
                 f"the scheme conserves mass and keeps it >= 0 up to {MASS_RTOL:g} of it")
-        lref = 0.5 * float(np.sum(self.solver.problem.w * self.solver.problem.f_x ** 2))
-        if not w.last <= LOSS_FACTOR * w.lmin + 1e-10 * (lref + w.lmin):
+        if not w.last <= LOSS_FACTOR * w.lmin + ATOL * (self._f_scale + w.lmin):
             return Divergence(
                 f"the mean-field loss rose to {w.last:.3g} from its running minimum "
                 f"{w.lmin:.3g}, beyond {LOSS_FACTOR:.0e} times it")

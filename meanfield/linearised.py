@@ -23,7 +23,8 @@ tangent-linear of the finite-volume scheme of :mod:`meanfield.grid`:
   stage states of the forward run, plus the linear response of the potential
   :math:`\delta U = \Phi^\top W\Phi\,\delta g` (:math:`\delta g = \delta m\,c`). The
   forward run :math:`\rho_0` and the batch of perturbations advance together, with the
-  step sizes of :func:`meanfield.grid.advance` (those of :func:`~meanfield.grid.solve_grid`);
+  step sizes of :class:`meanfield.gridstep.GridStepper` (those of
+  :func:`~meanfield.grid.solve_grid`), both in :class:`meanfield.tangent.TangentStepper`;
 * **estimate** (:func:`clt_covariance_ensemble`): the sample covariance of
   :math:`f_{1/2}(t, x) = \sum_{jk}c_k\varphi(x, y_j)\delta m_{jk}(t)` over members and its
   standard error (:func:`covariance_stderr`).
@@ -182,7 +183,7 @@ def clt_covariance_ensemble(
 
     Each member is a sample of the initial fluctuation field on the cells
     (:func:`sample_perturbations`), carried by the tangent-linear of the grid scheme around
-    :math:`\rho_0(t)` (:func:`tangent_step`, steps of :func:`meanfield.grid.advance`).
+    :math:`\rho_0(t)` (:class:`meanfield.tangent.TangentStepper`: the grid's own steps).
     At each save time :math:`f_{1/2}(t, x)` (:func:`f_half`) is recorded for every member,
     and the covariance is the sample covariance over members (mean subtracted, ddof = 1).
 

@@ -325,6 +325,7 @@ class EnsembleState(NamedTuple):
     outflow: float = 0.0
     h: float = 0.0
     bound: float = math.inf
+    watch: object = None  # the forward run's divergence watch (gridstep.GridWatch)
 
 
 class TangentStepper:
@@ -350,7 +351,8 @@ class TangentStepper:
         return EnsembleState(float(t), np.asarray(m, float), tuple(dms), np.zeros(M))
 
     def _grid(self, state):
-        return GridState(state.t, state.m, state.outflow)
+        return GridState(state.t, state.m, state.outflow, state.h, state.bound,
+                         watch=state.watch)
 
     def propose(self, state, t_start, t_end):
         return self.forward.propose(self._grid(state), t_start, t_end)
@@ -364,22 +366,23 @@ class TangentStepper:
             d, r = tangent_rk3(lins, g.h, d)
             dms.append(d)
             dout[a:b] += r
-        return EnsembleState(g.t, g.m, tuple(dms), dout, g.outflow, g.h, g.bound)
+        return EnsembleState(g.t, g.m, tuple(dms), dout, g.outflow, g.h, g.bound, g.watch)
 
     def check(self, state):
         bad = self.forward.check(self._grid(state))
-        if bad is not None:
-            return f"forward run: {bad}"
+        if bad is not None:  # a divergence stays one
+            return type(bad)(f"forward run: {bad}")
         if not all(np.isfinite(d.sum()) for d in state.dm):
             return "perturbations"
         return None
 
     def capture(self, state) -> dict:
-        return {"t": float(state.t), "m": np.array(state.m), "outflow": float(state.outflow),
+        return {**self.forward.capture(self._grid(state)),
                 "dm": np.concatenate(state.dm), "dout": np.array(state.dout)}
 
     def restore(self, snap) -> EnsembleState:
+        g = self.forward.restore(snap)
         dm = np.array(snap["dm"], float)
         dms = tuple(dm[a:b].copy() for a, b in self.batches)
-        return EnsembleState(float(snap["t"]), np.array(snap["m"], float), dms,
-                             np.array(snap["dout"], float), float(snap["outflow"]))
+        return EnsembleState(g.t, g.m, dms, np.array(snap["dout"], float), g.outflow,
+                             watch=g.watch)

@@ -12,7 +12,6 @@ numbers.
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import xarray as xr
@@ -24,8 +23,6 @@ from .results import VARIABLES, run_status, x_coord
 from .steppers import ParticleStepper
 
 __all__ = ["simulate", "member_rng", "NumericalFailure"]
-
-log = logging.getLogger(__name__)
 
 
 def member_rng(root_seed: int, i_n: int, i_seed: int) -> np.random.Generator:

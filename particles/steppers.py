@@ -150,7 +150,9 @@ class ParticleStepper:
         """Steps between two loss evaluations on the nodes (SGD, kernel form)."""
         Q, n = self.problem.x.shape[0], state.c.shape[-1]
         work = (self.dynamics.batch_at(state.t, n) if self.dynamics.scheme == "sgd" else n)
-        return max(1, math.ceil(Q / (8 * max(work, 1))))
+        # one evaluation on Q nodes costs about Q/work steps: every 8 Q/work steps it adds
+        # about 1/8 to the run
+        return max(1, math.ceil(8 * Q / max(work, 1)))
 
     def _loss(self, y, c):
         a = np.broadcast_to(self.a, c.shape)
@@ -211,20 +213,20 @@ class ParticleStepper:
             return Divergence(
                 f"member(s) {self._who(bad)}: the largest charge |c| = {cmax[b]:.3g} grew "
                 f"beyond {STATE_FACTOR:.0e} times its start {w.cref[b]:.3g}")
+        bad = self._broken(w)
+        if bad is None:
+            return None
         if self.monotone:
             rule = (f"gradient descent may not raise it by more than round-off "
                     f"({GD_RTOL:.0e} relative)")
         else:
             rule = (f"{self.dynamics.scheme} ({self.dynamics.form} form) may not raise it "
                     f"beyond {NOISY_FACTOR:.0e} times its running minimum")
-        bad = self._broken(w)
-        if bad is not None:
-            b = bad[0]
-            what = "loss" if np.isfinite(w.last[b]) else "non-finite loss"
-            return Divergence(
-                f"member(s) {self._who(bad)}: the {what} rose to {w.last[b]:.3g} from its "
-                f"running minimum {w.lmin[b]:.3g} after {w.steps} steps; {rule}")
-        return None
+        b = bad[0]
+        what = "loss" if np.isfinite(w.last[b]) else "non-finite loss"
+        return Divergence(
+            f"member(s) {self._who(bad)}: the {what} rose to {w.last[b]:.3g} from its "
+            f"running minimum {w.lmin[b]:.3g} after {w.steps} steps; {rule}")
 
     def capture(self, state) -> dict:
         snap = {"t": float(state.t), "y": np.array(state.y), "c": np.array(state.c)}

@@ -5,6 +5,7 @@ failure contract (partial Dataset, ``complete = 0``); a healthy run is not stopp
 Before issue 9 every diverging run below exited 0 with ``complete = 1`` (circle, n = 16,
 Euler dt = 50: loss 5e10; RK4 dt = 1000: 2e130; characteristics dt = 1000: loss_0 5e125).
 """
+import math
 import tomllib
 from pathlib import Path
 
@@ -258,3 +259,36 @@ def test_failure_at_the_first_step_points_at_the_data(tmp_path, capsys):
     rc, _ = run(tmp_path / "b", only(big_step(50.0), {"particles"}))
     err = capsys.readouterr().err
     assert rc == 3 and "first step" not in err, err
+
+
+def test_ensemble_forward_run_keeps_its_divergence_watch(ucircle, monkeypatch):
+    # the tangent ensemble steps the same grid: its forward run must be watched as the
+    # grid's is (a watch dropped between steps never sees the mass grow)
+    from meanfield.linearised import clt_covariance_ensemble
+    from particles import NumericalFailure
+
+    _grow_after(monkeypatch, 10, 1.5)
+    with pytest.raises(NumericalFailure, match=r"^ensemble: diverging at t=\S+ \(forward "
+                                                r"run: mass \+ outflow"):
+        clt_covariance_ensemble(ucircle, [0.0, 0.1, 1.0], members=4, ny=64, nc=24,
+                                c_min=-2.5, c_max=2.5, root_seed=1, progress=False)
+
+
+def test_noisy_loss_is_evaluated_rarely(ucircle, monkeypatch):
+    # SGD: one loss evaluation on Q nodes costs about Q/P steps; the check evaluates it
+    # every ceil(8 Q/P) steps (plus at save times), about 1/8 of the run's cost
+    calls = {"n": 0}
+    real = ParticleStepper._loss
+
+    def counted(self, *args):
+        calls["n"] += 1
+        return real(self, *args)
+
+    monkeypatch.setattr(ParticleStepper, "_loss", counted)
+    dyn = Dynamics("sgd", "euler", 0.01, batch=4)
+    from particles import simulate
+
+    simulate(ucircle, [8], 1, dyn, [0.0, 1.0], progress=False)  # 100 steps, Q = 16, P = 4
+    stride = math.ceil(8 * 16 / 4)
+    # the first step's loss, one every `stride` steps, one on landing at t = 1
+    assert calls["n"] <= 1 + 100 // stride + 1, calls
