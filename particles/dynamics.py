@@ -145,7 +145,8 @@ class Dynamics:
         }
 
 
-def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None) -> State:
+def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None, *,
+         record=None) -> State:
     """Advance ``state`` by one step of size ``h``.
 
     Parameters
@@ -159,11 +160,16 @@ def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None) -> State:
     rngs : list of numpy.random.Generator, one per member
         Needed by ``sgd`` (batches) and ``langevin`` (noise); member b draws only from
         ``rngs[b]``, so a member rerun alone draws the same numbers.
+    record : dict, optional
+        Receives ``record["f"]``, the network on the problem's nodes at the step's start,
+        when the step computes it (GD and Langevin in the data form;
+        :meth:`Problem.velocity`).
     """
     y, c = state.y, state.c
     kernel = problem.kernel
     if dyn.scheme == "gd":
-        v = lambda yy, cc: problem.velocity(yy, cc, a, form=dyn.form)  # noqa: E731
+        v = lambda yy, cc: problem.velocity(yy, cc, a, form=dyn.form,  # noqa: E731
+                                            record=record)
         y1, c1 = INTEGRATORS[dyn.integrator](v, y, c, h)
     elif dyn.scheme == "sgd":
         P = dyn.batch_at(state.t, y.shape[1])
@@ -173,7 +179,7 @@ def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None) -> State:
         y1, c1 = y + h * vy, c + h * vc
     else:
         tau = dyn.temperature_at(state.t)
-        vy, vc = problem.velocity(y, c, a, form=dyn.form)
+        vy, vc = problem.velocity(y, c, a, form=dyn.form, record=record)
         noise = [r.standard_normal((y.shape[1], y.shape[2] + 1)) for r in rngs]
         xi = np.stack(noise)  # (B, n, N + 1)
         s = np.sqrt(2.0 * tau * h)

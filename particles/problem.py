@@ -187,7 +187,7 @@ class Problem:
         return 0.5 * np.sum(self.w * (f_net - self.f_x) ** 2, axis=-1)
 
     # -- velocity field ---------------------------------------------------------------
-    def velocity(self, y, c, a, *, x=None, w=None, form="data"):
+    def velocity(self, y, c, a, *, x=None, w=None, form="data", record=None):
         r"""Gradient-descent velocity of (2.1) for units (y, c) with charges ``a``.
 
         .. math::
@@ -207,6 +207,10 @@ class Problem:
         c : ndarray, shape (B, n)
         a : ndarray, shape (B, n) or scalar
             Unit weights (``1/n``).
+        record : dict, optional
+            When given and still empty, receives ``record["f"]``, the network on the
+            problem's own nodes (B, Q) that the data form computes anyway (the loss at no
+            extra cost; the divergence check of :mod:`particles.steppers`).
 
         Returns
         -------
@@ -223,11 +227,14 @@ class Problem:
             gy = kf.grad_F(y) - np.einsum("bnmk,bm->bnk", kf.grad_K(y, y), ac)
             vy = c[..., None] * gy
         else:
-            if x is None:
+            own_nodes = x is None
+            if own_nodes:
                 x, w, f_x = self.x, self.w, self.f_x
             else:
                 f_x = self.target(x)
-            _, g_c, g_y = self.kernel.pullback(y, a * c, x, w, f_x)
+            f, g_c, g_y = self.kernel.pullback(y, a * c, x, w, f_x)
+            if record is not None and own_nodes and not record:
+                record["f"] = f
             vc = -g_c
             vy = -c[..., None] * g_y
         return self.kernel.tangent(y, vy), vc

@@ -28,7 +28,6 @@ their start (:class:`Watch`), and reports a :class:`particles.loop.Divergence`:
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import NamedTuple
 
@@ -88,23 +87,6 @@ def substeps(t0, t1, dt):
     return max(0, math.ceil((t1 - t0) / dt - 1e-9))
 
 
-class _Tap:
-    """The problem's kernel, keeping the network values of the first pull-back on the
-    problem's own nodes (the loss at the start of a step, for free)."""
-
-    def __init__(self, kernel, nodes):
-        self._kernel, self._nodes, self.f = kernel, nodes, None
-
-    def __getattr__(self, name):
-        return getattr(self._kernel, name)
-
-    def pullback(self, y, a, x, w, f_x):
-        out = self._kernel.pullback(y, a, x, w, f_x)
-        if self.f is None and x is self._nodes:
-            self.f = out[0]
-        return out
-
-
 class ParticleStepper:
     r"""Fixed equal substeps of :func:`particles.dynamics.step` between save times.
 
@@ -131,10 +113,10 @@ class ParticleStepper:
                                  "this problem: lower dynamics.dt")
         #: the loss is a Lyapunov function of the step (GD in the residual form)
         self.monotone = dynamics.scheme == "gd" and dynamics.form == "data"
-        self._tapped, self._t_end = None, None
-        if dynamics.scheme != "sgd" and dynamics.form == "data":
-            self._tapped = copy.copy(problem)
-            self._tapped.kernel = _Tap(problem.kernel, problem.x)
+        self._t_end = None
+        #: the step computes the network on the nodes at its start (GD, Langevin in the
+        #: data form): the loss comes with it
+        self._records = dynamics.scheme != "sgd" and dynamics.form == "data"
         self._f_scale = 0.5 * float(np.sum(problem.w * problem.f_x ** 2))
 
     def init(self, y, c, rngs=None, t=0.0) -> ParticleState:
@@ -160,14 +142,12 @@ class ParticleStepper:
 
     def step(self, state, h):
         watch = state.watch
-        problem = self._tapped if self._tapped is not None else self.problem
-        if self._tapped is not None:
-            problem.kernel.f = None
-        new = step(problem, self.dynamics, State(state.t, state.y, state.c), h, self.a,
-                   state.rngs)
-        seen = []  # losses in time order: at the step's start (tapped), at its end
-        if self._tapped is not None and problem.kernel.f is not None:
-            seen.append(problem.loss(problem.kernel.f))
+        record = {} if self._records else None
+        new = step(self.problem, self.dynamics, State(state.t, state.y, state.c), h, self.a,
+                   state.rngs, record=record)
+        seen = []  # losses in time order: at the step's start (recorded), at its end
+        if record:
+            seen.append(self.problem.loss(record["f"]))
         if watch is None:
             cref = np.maximum(1.0, np.max(np.abs(state.c), axis=-1))
             l0 = seen[0] if seen else self._loss(state.y, state.c)
