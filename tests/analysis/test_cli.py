@@ -50,8 +50,11 @@ def write_toml(path, cfg):
         for sname, sd in subs:
             section(sname, sd)
 
+    # a top-level value that is not a table (a hostile config) precedes every table
+    lines.extend(f"{k} = {val(v)}" for k, v in cfg.items() if not isinstance(v, dict))
     for name, d in cfg.items():
-        section(name, d)
+        if isinstance(d, dict):
+            section(name, d)
     path.write_text("\n".join(lines) + "\n")
     return path
 

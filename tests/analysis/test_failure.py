@@ -19,9 +19,6 @@ from .test_cli import small_config, write_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: the solvers of the characteristics, the influence method and the ensemble keep a
-#: partial Dataset only with the one time loop (branch of the lead's issue 8); until that
-#: is merged these tests fail, and strict=True makes the merge remove the marker
 def section_config(section):
     """Only [section] (no particles: nothing else to wait for) with a step that blows up:
     RK4 with h = 1000 on velocities O(1) overflows within a few dozen steps."""

@@ -13,7 +13,7 @@ from unittest import mock
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from analysis import budget
@@ -117,15 +117,17 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.filter_too_much])
 @given(case=mutations())
 def test_mutated_configs_never_raise(tmp_path_factory, case):
     name, cfg = case
     d = tmp_path_factory.mktemp("m")
     try:
         write_toml(d / "c.toml", cfg)
-    except Exception:  # noqa: BLE001 - a value the helper cannot write: not a case
-        return
+    except (TypeError, ValueError):  # a value the test's TOML writer cannot spell
+        reject()
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, BUDGET)
     try:
@@ -174,6 +176,7 @@ def test_found_by_the_mutations(tmp_path, capsys, monkeypatch, name, path, value
                "--no-progress"])
     err = capsys.readouterr().err
     assert rc == code, err
-    assert key in err
+    assert "Traceback" not in err
     if code == 2:
+        assert key in err, err
         assert not (tmp_path / "out").exists()

@@ -60,4 +60,5 @@ def test_users_kernel_runs_through_the_solvers():
     ch = solve_characteristics(p, ts, ny=64, nc=12)["f_0_characteristics"].values
     assert np.abs(g - ch).max() <= 1e-3 * np.abs(ch).max()
     cov = clt_covariance_influence(p, ts, ny=32, nc=8)["clt_var"].values
+    # a variance D diag(w) D^T - (Dw)^2 of O(0.1): negative only by round-off, ~eps * 0.1
     assert np.all(np.isfinite(cov)) and np.all(cov >= -1e-12)

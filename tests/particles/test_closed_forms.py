@@ -97,12 +97,16 @@ def test_sphere_interpolation_energy_is_f_and_phi():
     assert kernel_form(kernel, mu, target)[0] is None  # the data energy has no closed form
     form, _ = kernel_form(kernel, mu, target, "interpolation")
     y = mu.sample(np.random.default_rng(5), 3)
+    y2 = mu.sample(np.random.default_rng(6), 4)
     np.testing.assert_array_equal(form.F(y), target(y))
-    np.testing.assert_array_equal(form.K(y, y), kernel.phi(y, y).T)
+    # K(y, y') = phi(y', y) (4.5): distinct y and y' so that a swap would show in the shape
+    np.testing.assert_array_equal(form.K(y, y2), kernel.phi(y2, y))
     H = 1e-6
     e = np.zeros(d)
     e[0] = H
     fd = (form.K(y + e, y) - form.K(y - e, y)) / (2 * H)
+    # central difference: truncation H^2/6 |d^3 K| ~ 1e-12 alpha^3 and round-off
+    # eps K / H ~ 2e-10 (K <= 1 on the sphere): atol 1e-9 is 5 times the round-off
     np.testing.assert_allclose(form.grad_K(y, y)[..., 0], fd, rtol=1e-7, atol=1e-9)
 
 
