@@ -14,7 +14,7 @@ import math
 import os
 
 __all__ = ["available_memory", "MAX_STEPS", "Need", "format_bytes", "problem_need", "steps_check",
-           "particles_need", "meanfield_need", "fluctuations_need", "check"]
+           "particles_need", "meanfield_need", "fluctuations_need"]
 
 #: More steps than this in one section is refused (the paper's runs take 2e6 steps).
 MAX_STEPS = 10**9
@@ -246,24 +246,3 @@ def fluctuations_need(problem, fl, mf, T, t_last) -> Need:
         need.add(float(T) * fl["members"] * Q, "the members' f_1/2(t, x)",
                  "fluctuations.members")
     return need
-
-
-def check(problem, dynamics, save_times, parts=None, mf=None, fl=None, available=None):
-    """The first section that cannot fit (memory, then steps), as a message, or None."""
-    T, t_last = len(save_times), float(save_times[-1])
-    msg = steps_check(t_last, dynamics, mf, fl)
-    if msg:
-        return msg
-    available = available_memory() if available is None else available
-    needs = []
-    if parts is not None:
-        needs.append(particles_need(problem, dynamics, parts, T))
-    if mf is not None:
-        needs.append(meanfield_need(problem, mf, T))
-    if fl is not None:
-        needs.append(fluctuations_need(problem, fl, mf, T, t_last))
-    for need in needs:
-        msg = need.check(available)
-        if msg:
-            return msg
-    return None

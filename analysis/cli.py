@@ -18,6 +18,7 @@ import sys
 from particles import NumericalFailure
 
 from .experiment import ConfigError, run_config
+from .power import VERDICTS
 
 __all__ = ["main"]
 
@@ -42,7 +43,7 @@ def _parser():
     return p
 
 
-def _failure(e, out):
+def _failure(e):
     """The message of a numerical failure: what failed and what was kept."""
     print(f"mfpc: numerical failure: {e}", file=sys.stderr)
     path = getattr(e, "path", None)
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
             print(f"mfpc: error: {e}", file=sys.stderr)
             return 2
         except NumericalFailure as e:  # a SectionFailure: any section
-            return _failure(e, args.out)
+            return _failure(e)
         for section, (path, state) in status.items():
             if state.startswith("up to date"):
                 print(f"{path}: exists from the same config, {state}; nothing done "
@@ -104,8 +105,7 @@ def main(argv=None) -> int:
         if res["incomplete"]:
             print(f"mfpc: warning: {res['incomplete']}", file=sys.stderr)
         v = res["verdicts"]
-        print(f"{res['report']}: {v['PASS']} PASS, {v['FAIL']} FAIL, "
-              f"{v.get('INCONCLUSIVE', 0)} INCONCLUSIVE, {v['n.a.']} n.a.")
+        print(f"{res['report']}: " + ", ".join(f"{v[k]} {k}" for k in VERDICTS))
         print(f"{res['analysis']}: written; {len(res['figures'])} figures in "
               f"{Path(args.dir) / 'figures'}")
         return 0

@@ -30,7 +30,7 @@ from particles.loop import check_save_times
 from meanfield import defaults as D
 
 from . import budget, preflight
-from .inputs import INIT_MAX, load_config, read_init_file as _read_init_file  # noqa: F401
+from .inputs import load_config, read_init_file
 from .io import write_dataset
 from .runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
                         run_id)
@@ -268,7 +268,7 @@ def _particles_section(cfg, problem, base):
             if k not in parts:
                 raise ConfigError(f"particles: missing required key {k!r}")
         return parts
-    init = _read_init_file(file, base)
+    init = read_init_file(file, base)
     S, n = init[1].shape
     if "n" in parts and parts["n"] != [n]:
         raise ConfigError(

@@ -33,30 +33,10 @@ __all__ = ["capabilities", "check_dynamics", "check_meanfield", "check_fluctuati
 ConfigError = C.ConfigError
 
 
-def capabilities(problem, grid=None) -> frozenset:
-    """What ``problem`` declares it can do: its kernel's capabilities and its own.
-
-    ``problem.capabilities()`` when the problem declares them; otherwise (problems of
-    today's ``particles``) the kernel's ``capabilities``, plus ``"kernel_form"`` when a
-    closed (F, K) form exists, ``"sample"`` when the data measure can draw batches and
-    ``"fft"`` when the FFT potential can serve on ``grid``.
-    """
-    declared = getattr(problem, "capabilities", None)
-    if callable(declared):
-        return frozenset(declared())
-    if declared is not None:  # declared as a set rather than a method
-        return frozenset(declared)
-    caps = set(getattr(problem.kernel, "capabilities", frozenset()))
-    if getattr(problem, "kernel_form", None) is not None:
-        caps.add("kernel_form")
-    if callable(getattr(problem.measure, "sample", None)):
-        caps.add("sample")
-    if grid is not None:
-        from meanfield.potentials import fft_available
-
-        if fft_available(problem, grid):
-            caps.add("fft")
-    return frozenset(caps)
+def capabilities(problem) -> frozenset:
+    """What ``problem`` declares it can do (:meth:`particles.problem.Problem.capabilities`:
+    its kernel's capabilities, ``"kernel_form"``, ``"sample"``, ``"fft"``)."""
+    return frozenset(problem.capabilities())
 
 
 def _require(caps, capability, key, what, problem):
@@ -199,7 +179,7 @@ def _check_grid(problem, g):
     except (ValueError, NotImplementedError) as e:
         raise ConfigError(f"meanfield.grid: {e}") from None
     if g["potential"] == "fft":
-        _require(capabilities(problem, grid), "fft", "meanfield.grid.potential",
+        _require(capabilities(problem), "fft", "meanfield.grid.potential",
                  "the FFT potential (a translation-invariant kernel on a periodic grid)",
                  problem)
     if g.get("dt") is not None:

@@ -171,10 +171,10 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
     f0_name = None
     if meanfield is not None:
         f0, f0_name = checks.reference_f0(meanfield)
-        parts.append(checks.lln(particles, meanfield, fluct, n_boot=n_boot, level=level,
-                                rng=rng))
+        parts.append(checks.lln(particles, meanfield, fluct, f0=f0, n_boot=n_boot,
+                                level=level, rng=rng))
         if fluct is not None:
-            parts.append(checks.clt(particles, meanfield, fluct))
+            parts.append(checks.clt(particles, meanfield, fluct, f0=f0))
     else:
         notes.append("LLN and CLT need f_0 from meanfield.nc: n.a.")
     if problem.x.shape[0] <= M_MAX_Q:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ANALYSIS", "RUN", "cf_meta"]
-
-#: variables of particles.nc / meanfield.nc whose solver table entry does not fit them there
-RUN = {}
+__all__ = ["ANALYSIS", "cf_meta"]
 
 #: name -> (long_name, units) of every variable and coordinate of analysis.nc
 #: (docs/propositions.md says how each statistic is derived)
@@ -103,7 +100,7 @@ ANALYSIS = {
 
 def cf_meta(ds) -> dict:
     """``{name: (long_name, units)}`` for the variables of ``ds`` this module knows."""
-    meta = {**RUN, **ANALYSIS}
+    meta = dict(ANALYSIS)
     for name in ds.variables:
         m = re.fullmatch(r"y_(\d+)", str(name))
         if m:
