@@ -59,7 +59,7 @@ class Problem:
                  kernel_form=None, name=None, info=None, *, kind=None, kernel_form_reason=None):
         if name is None:
             name = kind if kind is not None else "parts"
-        self.name = self.kind = str(name)
+        self.name = str(name)
         self.kernel, self.measure, self.target = kernel, measure, target
         self.y_law, self.c_law = y_law, c_law
         self.kernel_form = kernel_form
@@ -68,6 +68,11 @@ class Problem:
             "" if kernel_form is not None
             else f"problem {self.name!r} has no closed (F, K) form")
         self._f_x = np.asarray(self.target(self.measure.nodes), float)
+
+    @property
+    def kind(self) -> str:
+        """The problem's name (a preset's ``kind``, or ``"parts"``), as in configs."""
+        return self.name
 
     def replace(self, **changes) -> "Problem":
         """A new problem with some parts changed. A changed kernel, measure or target

@@ -17,6 +17,7 @@ Time ``t`` is the paper's training time (dimensionless, ``units = "1"``): with
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata as md
 import json
 import shlex
@@ -80,15 +81,22 @@ VARIABLES = {
 }
 
 
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple:
+    return tuple(_version(pkg) for pkg in
+                 ("mfpc", "numpy", "scipy", "xarray", "h5netcdf", "h5py"))
+
+
+def _version(pkg):
+    try:
+        return pkg, md.version(pkg)
+    except md.PackageNotFoundError:
+        return pkg, "not installed"
+
+
 def versions() -> dict:
-    """Versions of mfpc and the packages it computes with."""
-    out = {}
-    for pkg in ("mfpc", "numpy", "scipy", "xarray", "h5netcdf", "h5py"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    """Versions of mfpc and the packages it computes with (looked up once a process)."""
+    return dict(_versions())
 
 
 def x_coord(nodes) -> np.ndarray:
@@ -146,15 +154,13 @@ def finish(ds: xr.Dataset, *, title: str, meta: dict | None = None,
         var = ds.variables[name]
         long_name, units = _meta(name, var, meta)
         var.attrs["long_name"], var.attrs["units"] = long_name, units
-        if np.issubdtype(var.dtype, np.integer) and var.dtype != np.int32:
+        wide = np.issubdtype(var.dtype, np.integer) and var.dtype != np.int32
+        if wide or np.issubdtype(var.dtype, np.bool_):
             values = var.values
-            if values.size and (values.min() < np.iinfo(np.int32).min
-                                or values.max() > np.iinfo(np.int32).max):
+            if wide and values.size and (values.min() < np.iinfo(np.int32).min
+                                         or values.max() > np.iinfo(np.int32).max):
                 raise OverflowError(f"{name} does not fit a 32-bit integer")
             ds[name] = var.copy(data=values.astype(np.int32))
-            ds.variables[name].attrs.update(long_name=long_name, units=units)
-        if np.issubdtype(var.dtype, np.bool_):
-            ds[name] = var.copy(data=var.values.astype(np.int32))
             ds.variables[name].attrs.update(long_name=long_name, units=units)
     for name in ds.coords:
         ds[name].encoding["_FillValue"] = None
