@@ -79,7 +79,7 @@ def check_save_times(save_times, t_end=None):
 
 
 def run(stepper, state, save_times, observe, *, before_step=None, after_step=None,
-        progress=None, desc=None, partial=None):
+        progress=None, desc=None, partial=None, checkpoint=None):
     r"""Advance ``stepper`` from ``state`` to each save time and observe there.
 
     Parameters
@@ -100,6 +100,13 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
         Its label (default ``stepper.name``).
     partial : callable ``(message) -> xarray.Dataset``, optional
         Builds the dataset of everything observed so far, marked ``complete = 0``.
+    checkpoint : particles.checkpoint.Checkpoint, optional
+        If it holds a snapshot of its key and stage, the run restores the state
+        (``stepper.restore``), the caller's tracked outputs and its place, and goes on from
+        there (``state`` is then not used); while running it writes one when due (at the
+        start, after a step that did not land, and after each observation); the file is
+        removed when the run completes. A restored run gives bitwise the numbers of one that never
+        stopped.
 
     Returns
     -------
@@ -113,14 +120,24 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
         the solver, the time and what to lower; ``.partial`` is ``partial(message)``.
     """
     ts = [float(t) for t in save_times]
+    j0, t0, steps = 0, float(state.t), 0
+    held = checkpoint.load() if checkpoint is not None else None
+    if held is not None:
+        state = stepper.restore(held["snapshot"])
+        j0, t0, steps = held["j"], held["t0"], held["steps"]
+    elif checkpoint is not None and checkpoint.due():
+        # a later run of a solver of several runs (one per n) starts with one, so what
+        # the earlier runs observed is kept from the start
+        checkpoint.save(stepper.capture(state), j=0, t0=t0, steps=0)
     span = max(ts[-1] - float(state.t), 0.0)
     bar = tqdm(total=span, disable=(None if progress is None else not progress),
                desc=desc or stepper.name, unit="time", leave=False)
-    steps = 0
     try:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for j, t1 in enumerate(ts):
-                t0 = float(state.t)
+            for j in range(j0, len(ts)):
+                t1 = ts[j]
+                if j > j0 or held is None:
+                    t0 = float(state.t)  # restored mid-interval: the interval's start
                 while True:
                     h = stepper.propose(state, t0, t1)
                     if not h > 0:
@@ -140,12 +157,19 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
                         _fail(stepper, state, bad, partial, first=steps == 1)
                     if landed:
                         break
+                    if checkpoint is not None and checkpoint.due():
+                        checkpoint.save(stepper.capture(state), j=j, t0=t0, steps=steps)
                 state = state._replace(t=t1)
                 got = observe(j, state)
                 if got is not None:
                     state = got
+                if checkpoint is not None and checkpoint.due() and j + 1 < len(ts):
+                    checkpoint.save(stepper.capture(state), j=j + 1, t0=float(state.t),
+                                    steps=steps)
     finally:
         bar.close()
+    if checkpoint is not None:
+        checkpoint.remove()
     return state
 
 

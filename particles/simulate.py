@@ -43,6 +43,7 @@ def simulate(
     init=None,
     save_state: bool = True,
     progress: bool | None = None,
+    checkpoint=None,
 ) -> xr.Dataset:
     r"""Run an ensemble of finite-n networks and return what was observed.
 
@@ -68,6 +69,11 @@ def simulate(
         (padded with NaN where particle >= n).
     progress : bool or None
         Progress bar; ``None`` shows it only on a terminal.
+    checkpoint : particles.checkpoint.Checkpoint, optional
+        Checkpoints inside the run (:mod:`particles.checkpoint`): one run per n, the
+        stage ``"n_index=<i_n>"``; the outputs of the n already done are tracked, so a
+        run resumed from the checkpoint of a later n skips the earlier ones. The result
+        is bitwise that of a run that never stopped.
 
     Returns
     -------
@@ -138,7 +144,17 @@ def simulate(
         }
         return cf_dataset(data, coords, attrs, title="mfpc particle ensembles")
 
+    first = 0
+    if checkpoint is not None:
+        checkpoint.track(f_n=f_n, loss=loss, **({"y": ys, "c": cs} if save_state else {}))
+        stages = [f"n_index={i}" for i in n_index]
+        held = checkpoint.held_stage()
+        first = stages.index(held) if held in stages else 0
     for k, nk in enumerate(ns):
+        if k < first:
+            continue  # finished before the checkpoint was written: its outputs come back
+        if checkpoint is not None:
+            checkpoint.stage = stages[k]
         rngs = [member_rng(root_seed, n_index[k], s) for s in seed_ids]
         if init is None:
             draws = [problem.sample_init(r, nk) for r in rngs]
@@ -159,5 +175,5 @@ def simulate(
         stepper = ParticleStepper(problem, dynamics, a, name="particles",
                                   labels=[f"n={nk}, seed {s}" for s in seed_ids])
         run(stepper, stepper.init(y, c, rngs), ts, observe, progress=progress,
-            desc=f"particles n={nk}", partial=dataset)
+            desc=f"particles n={nk}", partial=dataset, checkpoint=checkpoint)
     return dataset()
