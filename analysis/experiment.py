@@ -297,8 +297,9 @@ def _attrs(exp: Experiment, section: str) -> dict:
     }
 
 
-def run_particles(exp: Experiment, progress=None) -> xr.Dataset:
-    """The [particles] section: an ensemble over n and seeds."""
+def run_particles(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset:
+    """The [particles] section: an ensemble over n and seeds (``checkpoint``: a
+    :class:`particles.checkpoint.Checkpoint` passed to :func:`particles.simulate`)."""
     p = exp.particles
     return simulate(
         exp.problem,
@@ -310,11 +311,13 @@ def run_particles(exp: Experiment, progress=None) -> xr.Dataset:
         init=exp.init,
         save_state=p["save_state"],
         progress=progress,
+        checkpoint=checkpoint,
     )
 
 
-def run_meanfield(exp: Experiment, progress=None) -> xr.Dataset:
-    """The [meanfield] section: f_0 from the grid and along characteristics."""
+def run_meanfield(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset:
+    """The [meanfield] section: f_0 from the grid and along characteristics (each with
+    its own ``checkpoint.part``: a restart redoes a solver that had completed)."""
     from meanfield.characteristics import solve_characteristics
     from meanfield.grid import solve_grid
 
@@ -328,11 +331,14 @@ def run_meanfield(exp: Experiment, progress=None) -> xr.Dataset:
                 exp.problem, exp.save_times, ny=g["y"], nc=g["c"], c_min=g["c_min"],
                 c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"], potential=g["potential"],
                 tau=float(tau),
-                allow_truncation=g["allow_truncation"], dt=g.get("dt"), progress=progress))
+                allow_truncation=g["allow_truncation"], dt=g.get("dt"), progress=progress,
+                checkpoint=checkpoint and checkpoint.part("grid")))
         if "characteristics" in mf["solvers"]:
             ch = mf["characteristics"]
             parts.append(solve_characteristics(exp.problem, exp.save_times, ny=ch["y"],
-                                               nc=ch["c"], dt=ch["dt"], save_nodes=True))
+                                               nc=ch["c"], dt=ch["dt"], save_nodes=True,
+                                               checkpoint=checkpoint
+                                               and checkpoint.part("characteristics")))
     except NumericalFailure as e:
         # the partial of the failed solver beside what the solvers before it computed
         done = parts + [p for p in [getattr(e, "partial", None)] if isinstance(p, xr.Dataset)]
@@ -352,8 +358,9 @@ def _merge_meanfield(parts):
     return ds
 
 
-def run_fluctuations(exp: Experiment, progress=None) -> xr.Dataset:
-    """The [fluctuations] section: the predicted CLT covariance of sqrt(n)(f_n - f_0)."""
+def run_fluctuations(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset:
+    """The [fluctuations] section: the predicted CLT covariance of sqrt(n)(f_n - f_0)
+    (``checkpoint``: the ensemble method only; the influence method runs without)."""
     fl = exp.config["fluctuations"]
     if fl["method"] == "influence":
         from meanfield.influence import clt_covariance_influence
@@ -367,7 +374,7 @@ def run_fluctuations(exp: Experiment, progress=None) -> xr.Dataset:
         exp.problem, exp.save_times, members=fl["members"], ny=g["y"], nc=g["c"],
         c_min=g["c_min"], c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"],
         potential=g["potential"], allow_truncation=g["allow_truncation"], root_seed=(exp.particles or {}).get("root_seed", 0),
-        progress=progress)
+        progress=progress, checkpoint=checkpoint)
 
 
 RUNNERS = {"particles": run_particles, "meanfield": run_meanfield,

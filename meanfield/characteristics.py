@@ -37,8 +37,8 @@ __all__ = ["characteristic_nodes", "c_rule", "solve_characteristics"]
 def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"],
                           nc: int = CHARACTERISTICS["nc"], dt: float = 0.05,
                           integrator: str = CHARACTERISTICS["integrator"],
-                          save_nodes: bool = False, progress: bool | None = False
-                          ) -> xr.Dataset:
+                          save_nodes: bool = False, progress: bool | None = False,
+                          checkpoint=None) -> xr.Dataset:
     r"""Mean-field :math:`f_0(t, x)` along characteristics of (2.9).
 
     Parameters
@@ -54,6 +54,9 @@ def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"
         ``weight(node)``.
     progress : bool or None
         Progress bar; ``None`` shows it only on a terminal.
+    checkpoint : particles.checkpoint.Checkpoint, optional
+        Checkpoints inside the run (:mod:`particles.checkpoint`): a run resumed from it is
+        bitwise one that never stopped.
 
     Returns
     -------
@@ -99,6 +102,8 @@ def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"
 
     stepper = ParticleStepper(problem, dyn, w[None], name="characteristics", labels=["nodes"],
                               advice=f"lower the characteristics' dt={dt}")
+    if checkpoint is not None:
+        checkpoint.track(f0=f0, ys=ys, cs=cs)
     run(stepper, stepper.init(y[None], c[None]), ts, observe, progress=progress,
-        partial=dataset)
+        partial=dataset, checkpoint=checkpoint)
     return dataset()

@@ -195,6 +195,7 @@ def solve_grid(
     save_rho: bool = True,
     on_step=None,
     progress: bool | None = None,
+    checkpoint=None,
 ) -> xr.Dataset:
     r"""Solve the mean-field equation (2.9) from :math:`\rho_{in}` on a (y, c) grid.
 
@@ -229,6 +230,9 @@ def solve_grid(
         Called after every accepted step with the cell masses (do not modify them).
     progress : bool or None
         Progress bar; ``None`` shows it only on a terminal.
+    checkpoint : particles.checkpoint.Checkpoint, optional
+        Checkpoints inside the run (:mod:`particles.checkpoint`; the outputs and the step
+        statistics are tracked): a run resumed from it is bitwise one that never stopped.
 
     Returns
     -------
@@ -316,9 +320,11 @@ def solve_grid(
         }
         return _dataset(problem, grid, ts, out, attrs)
 
+    if checkpoint is not None:
+        checkpoint.track(**{f"out_{k}": v for k, v in out.items()}, stats=stats_)
     stepper = GridStepper(solver, cfl=cfl, dt=dt)
     run(stepper, stepper.init(m), ts, observe, after_step=after_step, progress=progress,
-        desc="grid", partial=dataset)
+        desc="grid", partial=dataset, checkpoint=checkpoint)
     return dataset()
 
 

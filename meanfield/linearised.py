@@ -178,6 +178,7 @@ def clt_covariance_ensemble(
     phi_tol: float = GRID["phi_tol"],
     chunk: int | None = None,
     progress: bool | None = None,
+    checkpoint=None,
 ) -> xr.Dataset:
     r"""Predicted covariance of :math:`\sqrt n(f_n - f_0)(t)` by an ensemble of (2.24) runs.
 
@@ -204,6 +205,9 @@ def clt_covariance_ensemble(
         for every chunk). Default: about ``CHUNK_DOUBLES`` doubles per batch array.
     progress : bool or None
         Progress bar; ``None`` shows it only on a terminal.
+    checkpoint : particles.checkpoint.Checkpoint, optional
+        Checkpoints inside the run (:mod:`particles.checkpoint`): a run resumed from it is
+        bitwise one that never stopped.
 
     Returns
     -------
@@ -260,9 +264,11 @@ def clt_covariance_ensemble(
         return _dataset(problem, grid, ts, fh, f0, hs, members, root_seed, cfl, eps,
                         truncated, box["outflow"], solver.U_of_g.name, failure)
 
+    if checkpoint is not None:
+        checkpoint.track(fh=fh, f0=f0, hs=hs, box=box)
     stepper = TangentStepper(solver, batches, cfl=cfl)
     run(stepper, stepper.init(m0, dms), ts, observe, after_step=after_step,
-        progress=progress, desc="ensemble", partial=dataset)
+        progress=progress, desc="ensemble", partial=dataset, checkpoint=checkpoint)
     if not np.all(np.isfinite(fh)):
         message = "ensemble: non-finite f_1/2 at a save time; lower fluctuations.cfl"
         raise NumericalFailure(message, dataset(message))

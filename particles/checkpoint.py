@@ -95,6 +95,15 @@ class Checkpoint:
         return (f"Checkpoint({str(self.path)!r}, every={self.every}, key={self.key!r}, "
                 f"stage={self.stage!r})")
 
+    def part(self, name: str) -> "Checkpoint":
+        """A checkpoint of its own for one of several solvers a task runs in turn: the file
+        ``<stem>.<name><suffix>`` beside this one, the key ``<key>/<name>``, the same
+        ``every`` and clock."""
+        ck = Checkpoint(self.path.with_name(f"{self.path.stem}.{name}{self.path.suffix}"),
+                        self.every, key=f"{self.key}/{name}", clock=self._clock)
+        ck._last = self._last
+        return ck
+
     # -- what the caller registers ---------------------------------------------------------
     def track(self, **values) -> "Checkpoint":
         """Register the caller's outputs by name: saved with every checkpoint, refilled in
