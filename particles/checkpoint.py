@@ -193,11 +193,13 @@ class Checkpoint:
         return got[0]["stage"]
 
     def remove(self) -> None:
-        """Delete the file (the run it belongs to is complete)."""
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        """Delete the file (the run it belongs to is complete) and the temporary files
+        that writers killed mid-write left beside it."""
+        for p in [self.path, *self.path.parent.glob(f".{self.path.name}.*.tmp")]:
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
 
     # -- internals -------------------------------------------------------------------------
     def _read(self, quiet=False):

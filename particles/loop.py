@@ -27,7 +27,8 @@ grid, the tangent-linear grid ensemble) declares its state and its step; the dri
 ``capture(state) -> dict`` and ``restore(snapshot) -> state``
     The state as a flat dict of numpy arrays and numbers (``np.savez``), the generator
     states under the key ``"rng"`` as a list of ``bit_generator.state`` dicts (JSON);
-    ``restore`` on a freshly built stepper continues bitwise as a run that never stopped.
+    ``restore`` on a freshly built stepper continues bitwise as a run that never stopped;
+    :mod:`particles.checkpoint` writes them inside long runs (``run(..., checkpoint=)``).
 
 A run lands on a save time when what is left is at most half the step just taken; the
 state's time is then set to the save time exactly.

@@ -160,3 +160,47 @@ def test_write_is_atomic_and_bad_input_is_clear(tmp_path):
     np.testing.assert_array_equal(out, [1, 2, 3])
     assert (held["j"], held["t0"]) == (1, 0.25)
     assert held["snapshot"]["rng"] == [{"a": 2**100}]  # 128-bit generator states survive
+
+
+KILLED_RUN = """
+import sys
+from particles import Dynamics, simulate
+from particles.checkpoint import Checkpoint
+from particles.problems import circle_problem
+circle = circle_problem(2.0, 16, cos=[0.0, 0.0, 0.5], sin=[0.0, 1.0])
+simulate(circle, [4, 6], 2, Dynamics("sgd", "euler", 0.01, batch=4),
+         [float(t) for t in range(11)], root_seed=9, progress=False,
+         checkpoint=Checkpoint(sys.argv[1], 0, key="killed"))
+"""
+
+
+def test_restart_after_sigkill_is_bitwise(circle, tmp_path):
+    # a real process killed with SIGKILL while it writes a checkpoint after every step
+    # (2 x 1000 steps): the file it leaves is whole (atomic writes) and resumes bitwise
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    path = tmp_path / "task.npz"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(path)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        end = time.monotonic() + 120  # a deadline against a hang, not a timing
+        while not path.exists() and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.3)  # let it go on writing, so that the kill falls anywhere
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert path.exists()
+    dyn = Dynamics("sgd", "euler", 0.01, batch=4)
+    args = (circle, [4, 6], 2, dyn, [float(t) for t in range(11)])
+    resumed = simulate(*args, root_seed=9, progress=False,
+                       checkpoint=Checkpoint(path, 1e9, key="killed"))
+    assert not list(tmp_path.iterdir()), "no checkpoint or temporary file is left"
+    assert_same(resumed, simulate(*args, root_seed=9, progress=False))
