@@ -5,9 +5,9 @@ It follows the executor protocol of :mod:`analysis.executors` (``workers``,
 ``as_completed(futures)``, ``close()``, ``with ex:``):
 
 * ``dask_local=N`` starts a :class:`distributed.LocalCluster` of ``N`` worker processes of
-  one thread each (``processes=True``: numpy runs outside the GIL of this process; Dask's
-  nanny starts every worker with ``OMP_NUM_THREADS=1`` and its BLAS siblings, so ``N``
-  workers use ``N`` cores) and closes it on :meth:`DaskExecutor.close`;
+  one thread each (``processes=True``; every worker starts with :data:`ONE_THREAD` in its
+  environment, numpy/BLAS on one thread, so ``N`` workers use ``N`` cores) and closes it
+  on :meth:`DaskExecutor.close`;
 * ``scheduler=ADDRESS`` joins a running ``dask scheduler`` (workers started with
   ``dask worker ADDRESS --nthreads 1``) and leaves it, and its workers, running on close.
 
@@ -25,7 +25,7 @@ import logging
 
 from particles.config import ConfigError
 
-__all__ = ["DaskExecutor", "dask_executor", "INSTALL", "CONNECT_TIMEOUT"]
+__all__ = ["DaskExecutor", "dask_executor", "INSTALL", "CONNECT_TIMEOUT", "ONE_THREAD"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 INSTALL = 'pip install -e ".[dask]"'
 #: Seconds to reach a scheduler and to wait for its first worker.
 CONNECT_TIMEOUT = 10.0
+#: Environment of every LocalCluster worker process: numpy/BLAS on one thread each, so
+#: that N workers use N cores (the same as the process executor's).
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
 
 
 class DaskExecutor:
@@ -119,7 +123,7 @@ def dask_executor(dask_local=None, scheduler=None, *, timeout=CONNECT_TIMEOUT) -
         if n < 1:
             raise ConfigError(f"--dask-local {dask_local}: give at least 1 worker")
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
+                                           dashboard_address=None, env=dict(ONE_THREAD))
         try:
             client = distributed.Client(cluster)
         except BaseException:
