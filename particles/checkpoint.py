@@ -158,14 +158,16 @@ class Checkpoint:
         if got is None:
             return None
         meta, arrays = got
-        held = (meta["key"], meta["stage"])
-        if held != (self.key, self.stage):
-            self._ignore(f"it belongs to key={meta['key']!r}, stage={meta['stage']!r}, not "
-                         f"key={self.key!r}, stage={self.stage!r}")
+        held = f"key={meta['key']!r}, stage={meta['stage']!r}"
+        if meta["key"] != self.key:
+            self._ignore(f"it belongs to {held}, not key={self.key!r}, stage={self.stage!r}")
             return None
         why = self._layout_mismatch(meta, arrays)
         if why:
             self._ignore(f"its tracked outputs differ from this run's ({why})")
+            return None
+        if meta["stage"] != self.stage:
+            self._ignore(f"it belongs to {held}, not key={self.key!r}, stage={self.stage!r}")
             return None
         for name, v in self._arrays.items():
             v[...] = arrays[f"tracked/{name}"]
@@ -185,10 +187,11 @@ class Checkpoint:
                 "snapshot": snap}
 
     def held_stage(self):
-        """The stage of the file if it is a readable checkpoint of this key, else None
-        (a solver of several runs uses it to skip the runs already finished)."""
+        """The stage of the file if it is a checkpoint :meth:`load` would use at that
+        stage (readable, of this key, with these tracked outputs), else None; a solver of
+        several runs uses it to skip the runs already finished."""
         got = self._read(quiet=True)
-        if got is None or got[0]["key"] != self.key:
+        if got is None or got[0]["key"] != self.key or self._layout_mismatch(*got):
             return None
         return got[0]["stage"]
 

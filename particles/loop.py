@@ -106,8 +106,8 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
         (``stepper.restore``), the caller's tracked outputs and its place, and goes on from
         there (``state`` is then not used); while running it writes one when due (at the
         start, after a step that did not land, and after each observation); the file is
-        removed when the run completes. A restored run gives bitwise the numbers of one that never
-        stopped.
+        removed when the run completes. A restored run gives bitwise the numbers of one
+        that never stopped.
 
     Returns
     -------
@@ -137,8 +137,8 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for j in range(j0, len(ts)):
                 t1 = ts[j]
-                if j > j0 or held is None:
-                    t0 = float(state.t)  # restored mid-interval: the interval's start
+                if j > j0 or held is None:  # else: the restored interval's start
+                    t0 = float(state.t)
                 while True:
                     h = stepper.propose(state, t0, t1)
                     if not h > 0:

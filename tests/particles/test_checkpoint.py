@@ -68,8 +68,20 @@ def full_calls(circle, dyn, tmp_path):
     return clock.calls
 
 
+def held_stage(path):
+    """The stage of the checkpoint file (read directly)."""
+    import json
+
+    with np.load(path) as f:
+        return json.loads(str(f["meta"]))["stage"]
+
+
+#: clock calls at which the runs below are killed: inside the first n, inside the second
+KILL_AT = {9: "n_index=0", 45: "n_index=1"}
+
+
 @pytest.mark.parametrize("which", sorted(DYNAMICS))
-@pytest.mark.parametrize("kill_at", [9, 33])  # inside the first n / inside the second n
+@pytest.mark.parametrize("kill_at", sorted(KILL_AT))
 def test_restart_from_checkpoint_is_bitwise(circle, reference, which, kill_at, tmp_path,
                                             caplog):
     dyn = DYNAMICS[which]
@@ -77,7 +89,7 @@ def test_restart_from_checkpoint_is_bitwise(circle, reference, which, kill_at, t
     first = Checkpoint(path, 2.0, key="task-1", clock=Clock(kill_at))
     with pytest.raises(Killed):
         run(circle, dyn, first)
-    assert first.writes > 0 and path.exists()
+    assert first.writes > 0 and held_stage(path) == KILL_AT[kill_at]
     clock = Clock()
     with caplog.at_level(logging.INFO, logger="particles.checkpoint"):
         resumed = run(circle, dyn, Checkpoint(path, 1e9, key="task-1", clock=clock))
@@ -117,10 +129,13 @@ def test_checkpoint_of_another_key_is_not_used(circle, reference, tmp_path):
     assert_same(ds, reference["sgd"])
 
 
-def test_checkpoint_with_other_outputs_is_not_used(circle, tmp_path):
-    # the same key but the run now saves no units: the tracked arrays differ
+@pytest.mark.parametrize("kill_at", sorted(KILL_AT))
+def test_checkpoint_with_other_outputs_is_not_used(circle, tmp_path, kill_at):
+    # the same key but the run now saves no units: the tracked arrays differ (and the
+    # first n is not skipped for a checkpoint of the second that cannot be used)
     path = tmp_path / "task.npz"
-    interrupted(circle, path)
+    interrupted(circle, path, kill_at=kill_at)
+    assert held_stage(path) == KILL_AT[kill_at]
     with pytest.warns(CheckpointWarning, match=r"tracked outputs differ"):
         ds = run(circle, DYNAMICS["sgd"], Checkpoint(path, 1e9, key="task-1"),
                  save_state=False)
