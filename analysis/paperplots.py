@@ -21,7 +21,7 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 __all__ = ["loss_vs_n", "training_loss", "slice_levels", "great_circles", "slice_nodes",
-           "great_circle_nodes", "network_at"]
+           "great_circle_nodes", "network_at", "paper_figures"]
 
 
 def loss_vs_n(scaling, name="final_loss_mean", *, label="loss (4.8)", ax=None):
@@ -147,3 +147,48 @@ def great_circles(problem, members, *, pairs=((0, 1), (2, 3), (4, 5)), m=200):
         ax.set_xlabel(rf"$\theta$ (x$_{i + 1}$, x$_{j + 1}$)")
     axes[0][0].legend(fontsize=7)
     return fig
+
+
+def _last_units(particles, i_n, seed=0):
+    n = int(particles["n"].values[i_n])
+    sel = dict(n=i_n, seed=seed, t=-1)
+    if "realisation" in particles["y"].dims:
+        sel["realisation"] = 0
+    return (particles["y"].isel(sel).values[:n], particles["c"].isel(sel).values[:n])
+
+
+def paper_figures(folder, particles, analysis, problem, *, quench=None):
+    """Draw the figures of this module the data allow into ``folder``; return the paths.
+
+    ``loss_n.png`` (and ``signed_pos_n.png``, ``signed_neg_n.png``) when ``analysis`` has
+    the slopes of :func:`analysis.scaling.final_scaling`; ``training_loss.png`` always;
+    ``slice.png`` (sphere kernels, d ≥ 3) and ``great_circles.png`` (data on the sphere)
+    from the units of seed 0 at the last save time, realisation 0.
+    """
+    from pathlib import Path
+
+    from .plots import save
+
+    folder = Path(folder)
+    figs = {"training_loss.png": lambda: training_loss(particles, quench=quench)}
+    if analysis is not None and "loss_slope" in analysis:
+        figs["loss_n.png"] = lambda: loss_vs_n(analysis)
+        for s, lab in (("signed_pos", "(4.11), Θ(f)"), ("signed_neg", "(4.11), Θ(−f)")):
+            if f"{s}_slope" in analysis:
+                figs[f"{s}_n.png"] = (lambda s=s, lab=lab:
+                                      loss_vs_n(analysis, s, label=f"|signed error {lab}|"))
+    has_units = "y" in particles and "c" in particles
+    d = problem.x.shape[1]
+    on_sphere = getattr(problem.measure, "name", "") == "sphere"
+    if has_units and getattr(problem.kernel, "name", "") == "sphere" and d >= 3:
+        i = int(np.argmax(particles["n"].values))
+        figs["slice.png"] = lambda: slice_levels(problem, *_last_units(particles, i))
+    if has_units and on_sphere and d >= 2:
+        ns = particles["n"].values
+        pick = sorted({0, len(ns) - 1})
+        figs["great_circles.png"] = lambda: great_circles(
+            problem, [(f"n = {int(ns[i])}", *_last_units(particles, i)) for i in pick])
+    paths = []
+    for name, make in figs.items():
+        paths.append(save(make(), folder / name))
+    return paths

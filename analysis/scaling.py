@@ -185,6 +185,4 @@ def final_scaling(particles, *, n_boot=1000, level=0.95, rng):
         out.update({name: (("fit", "n"), vals), f"{name}_slope": ("fit", s),
                     f"{name}_slope_low": ("fit", lo), f"{name}_slope_high": ("fit", hi),
                     f"{name}_sign_changes": ("fit", changes)})
-    ds = xr.Dataset(out, coords={"fit": fit_labels(R), "n": particles["n"].values})
-    ds["final_time"] = float(particles["t"].values[-1])
-    return ds
+    return xr.Dataset(out, coords={"fit": fit_labels(R), "n": particles["n"].values})
