@@ -10,6 +10,7 @@ import xarray as xr
 
 from analysis.cli import main
 from analysis.highdim import quench_time
+from analysis.runfolder import FIGURE_NAMES
 from particles.results import check_cf
 
 from .test_cli import write_toml
@@ -60,6 +61,7 @@ def test_sigmoid_sgd_with_quench_report(tmp_path):
     figs = {p.name for p in (out / "figures").iterdir()}
     assert {"training_loss.png", "loss_n.png", "signed_pos_n.png", "signed_neg_n.png",
             "great_circles.png"} <= figs
+    assert figs <= set(FIGURE_NAMES)  # so that --force removes them with the run
 
 
 def test_sphere_interpolation_report_draws_the_slice(tmp_path):
@@ -71,6 +73,7 @@ def test_sphere_interpolation_report_draws_the_slice(tmp_path):
     out, report = _run_and_report(tmp_path, cfg)
     figs = {p.name for p in (out / "figures").iterdir()}
     assert {"slice.png", "great_circles.png", "loss_n.png"} <= figs
+    assert figs <= set(FIGURE_NAMES)  # so that --force removes them with the run
     assert "LLN without f_0" in report
     # GD-type run: the loss row asks for faster than 1/n
     assert "≤ −1 (faster than n^−1)" in report
