@@ -181,13 +181,13 @@ def particles_need(problem, dynamics, parts, T) -> Need:
 
 
 def _largest_batch(batch, nmax):
-    """The largest SGD batch size P of ``dynamics.batch`` (a number, a schedule, or the
-    scaling P = ceil(P0 n^(2 alpha)))."""
+    """The largest SGD batch size P of ``dynamics.batch`` (a number, the scaling
+    P = ceil(P0 n^(2 alpha)), or a schedule of either)."""
     if isinstance(batch, dict):
         P = batch["P0"] * float(nmax) ** (2 * batch["alpha"])
         return math.ceil(P) if math.isfinite(P) else math.inf
     if isinstance(batch, list):
-        return max(float(v) for _, v in batch)
+        return max(_largest_batch(v, nmax) for _, v in batch)
     return float(batch)
 
 

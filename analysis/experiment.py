@@ -49,10 +49,11 @@ DYNAMICS_SCHEMA = {
     "t_end": C.number(lo=0),
     "save_times": C.number_list(min_len=1, unique=True),
     "form": C.choice("data", "kernel"),
-    "batch": lambda v, where: (
-        C.check_section(v, {"P0": C.number(lo=0, lo_open=True), "alpha": C.number(lo=0, hi=1)},
+    "batch": C.schedule(lambda v, where: (
+        C.check_section(v, {"P0": C.number(lo=0, lo_open=True), "alpha": C.number(lo=0, hi=1),
+                            "round": C.choice("ceil", "floor")},
                         where, required=("P0", "alpha"))
-        if isinstance(v, dict) else C.schedule(C.integer(lo=1))(v, where)),
+        if isinstance(v, dict) else C.integer(lo=1)(v, where))),
     "temperature": C.schedule(C.number(lo=0)),
 }
 MEANFIELD_SCHEMA = {

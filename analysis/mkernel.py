@@ -40,6 +40,7 @@ __all__ = [
     "features",
     "m_kernel",
     "operator_spectrum",
+    "gram_spectrum",
     "identity_239",
     "tangent_kernel",
     "grid_units",
@@ -136,6 +137,48 @@ def operator_spectrum(M, w):
     """
     s = np.sqrt(np.asarray(w, float))
     return np.linalg.eigvalsh(s[:, None] * M * s[None, :])[::-1]
+
+
+def gram_spectrum(kernel, x, w, y, c, weights, *, block_elems: int = 2**22):
+    r"""The nonzero spectrum of the operator :math:`M` on :math:`L^2(\mu)`, any number
+    of nodes, descending.
+
+    With :math:`M = AA^\top` (:func:`features`, ``A`` of shape (Q, m), m = J (N + 1)) and
+    :math:`W = \mathrm{diag}(w)`, the operator ``M W`` is similar to
+    :math:`W^{1/2}AA^\top W^{1/2}`, whose nonzero eigenvalues are those of the Gram
+    matrix :math:`G = A^\top W A` (m × m): exact, with no cap on Q. ``G`` is accumulated
+    over blocks of nodes (at most ``block_elems`` elements of ``A`` at a time), so memory
+    is O(m² + block) whatever Q. When Q < m the Q × Q form
+    (:func:`operator_spectrum`) is the smaller one and is used instead; either way the
+    result has min(Q, m) eigenvalues.
+
+    Parameters
+    ----------
+    kernel : particles.kernels.Kernel
+    x : ndarray, shape (Q, d)
+    w : ndarray, shape (Q,)
+        Quadrature weights of μ (non-negative).
+    y : ndarray, shape (J, N)
+    c, weights : ndarray, shape (J,)
+
+    Returns
+    -------
+    ndarray, shape (min(Q, m),)
+    """
+    x = np.asarray(x, float)
+    x = x.reshape(len(x), -1)
+    w = np.asarray(w, float).ravel()
+    c = np.asarray(c, float).ravel()
+    y = np.asarray(y, float).reshape(len(c), -1)
+    Q, m = len(x), len(c) * (y.shape[1] + 1)
+    if Q <= m:
+        return operator_spectrum(m_kernel(kernel, x, y, c, weights), w)
+    G = np.zeros((m, m))
+    step = max(1, block_elems // max(1, m))
+    for s in range(0, Q, step):
+        A = features(kernel, x[s:s + step], y, c, weights)
+        G += A.T @ (w[s:s + step, None] * A)
+    return np.linalg.eigvalsh(0.5 * (G + G.T))[::-1]
 
 
 def psd_tolerance(Q: int) -> float:

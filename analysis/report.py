@@ -36,6 +36,7 @@ from particles.results import finish
 
 from . import checks
 from .io import atomic_path, write_dataset
+from .highdim import highdim_checks, highdim_rows, quench_time
 from .mkernel import mkernel_checks
 from .power import VERDICTS, bootstrap_min_seeds, judge, slope_alternatives
 from .runfolder import check_writable, holding, read_run
@@ -176,7 +177,10 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
         if fluct is not None:
             parts.append(checks.clt(particles, meanfield, fluct, f0=f0))
     else:
-        notes.append("LLN and CLT need f_0 from meanfield.nc: n.a.")
+        notes.append("LLN and CLT against f_0 need meanfield.nc: n.a. (the LLN from the "
+                     "ensembles alone is checked instead)")
+        parts.append(highdim_checks(particles, problem, cfg, n_boot=n_boot, level=level,
+                                    rng=rng, notes=notes))
     if problem.x.shape[0] <= M_MAX_Q:
         nodes = _nodes(meanfield, notes)
         if "y" not in particles:
@@ -184,7 +188,9 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
         parts.append(mkernel_checks(problem, particles, meanfield, nodes,
                                     n_boot=n_boot, level=level, rng=rng))
     else:
-        notes.append(f"M[rho]: Q = {problem.x.shape[0]} > {M_MAX_Q} nodes, not formed")
+        notes.append(f"M[rho]: Q = {problem.x.shape[0]} > {M_MAX_Q} nodes, the Q x Q kernel "
+                     "is not formed" + (" (its spectrum is measured through the Gram matrix "
+                                        "instead)" if meanfield is None else ""))
     ds = xr.merge(parts, combine_attrs="drop_conflicts")
     # the variables every analysis.nc has (NaN where the inputs did not allow the check)
     T, Nn = particles.sizes["t"], particles.sizes["n"]
@@ -369,6 +375,8 @@ def rows(a, inputs):
                        f"slope {_g(s)} [{_g(lo)}, {_g(hi)}]",
                        _with(f"−2α = {_g(e)}", note) if np.isfinite(e) else
                        "n.a.: dynamics.batch does not scale P ∝ n^{2α}", v))
+    out.extend(Row(*r) for r in highdim_rows(a, seeds=S, scheme=scheme, alpha=_batch_alpha(cfg),
+                                             min_seeds=k_95, min_seeds_t=k_t, pct=pct))
     return out
 
 
@@ -481,6 +489,13 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
                 out / "figures", inputs["particles"], inputs["meanfield"],
                 inputs["fluctuations"], a,
                 "f_0_characteristics" if inputs["f0_name"] == "characteristics" else "f_0")
+            if inputs["meanfield"] is None:  # the paper's Sec. 4 figures (issue 12)
+                from .paperplots import paper_figures
+
+                paths += paper_figures(out / "figures", inputs["particles"], a,
+                                       inputs["problem"],
+                                       quench=quench_time(inputs["config"]["dynamics"]
+                                                          .get("batch")))
     verdicts = {v: sum(r.verdict == v for r in table) for v in VERDICTS}
     return {"analysis": apath, "report": rpath, "figures": paths, "verdicts": verdicts,
             "run_id": a.attrs["run_id"], "incomplete": a.attrs.get("incomplete")}

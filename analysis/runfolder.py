@@ -47,7 +47,10 @@ RUN_FILES = {"particles": "particles.nc", "meanfield": "meanfield.nc",
 #: what ``mfpc report`` derives from the run files (and ``figures/`` with FIGURE_NAMES)
 DERIVED = ("analysis.nc", "report.md")
 FIGURE_NAMES = ("loss.png", "functions.png", "density.png", "lln.png", "clt_qq.png",
-                "m_spectrum.png")
+                "m_spectrum.png",
+                # runs without a mean field (analysis.paperplots.paper_figures)
+                "training_loss.png", "loss_n.png", "signed_pos_n.png", "signed_neg_n.png",
+                "slice.png", "great_circles.png")
 #: keys of the resolved config that do not change any number: not part of the identity
 IDENTITY_IGNORED = (("problem", "description"),)
 #: temporary names of :func:`analysis.io.atomic_path` (``.NAME.XXXXXXXX.tmp``) for the files

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["State", "Dynamics", "Integrator", "INTEGRATORS", "step"]
+__all__ = ["State", "Dynamics", "Integrator", "INTEGRATORS", "step", "scaled_batch"]
 
 
 class State(NamedTuple):
@@ -57,13 +57,24 @@ INTEGRATORS = {"euler": Integrator("euler", 1), "rk4": Integrator("rk4", 4)}
 
 def _schedule(value, t):
     """Value of a piecewise-constant schedule [[t0, v0], [t1, v1], ...] at time t."""
-    if np.isscalar(value) or value is None:
+    if np.isscalar(value) or value is None or isinstance(value, dict):
         return value
     current = value[0][1]
     for start, v in value:
         if t + 1e-12 >= start:
             current = v
     return current
+
+
+def scaled_batch(spec, n) -> int:
+    r"""The batch :math:`P = \lceil P_0 n^{2\alpha}\rceil` (``round = "floor"``:
+    :math:`\lfloor P_0 n^{2\alpha}\rfloor`) of a scaling table ``{"P0", "alpha"[,
+    "round"]}``, at least 1. A relative 1e-12 slack keeps exact products (``0.2 * 1000``)
+    from rounding the wrong way."""
+    P = spec["P0"] * float(n) ** (2 * spec["alpha"])
+    if spec.get("round", "ceil") == "floor":
+        return max(1, math.floor(P * (1 + 1e-12)))
+    return max(1, math.ceil(P * (1 - 1e-12)))
 
 
 @dataclass(frozen=True)
@@ -79,10 +90,15 @@ class Dynamics:
         Largest time step; steps are shortened uniformly to land on save times.
     form : {"data", "kernel"}
         Residual form through the data (O(n·Q), default) or the (F, K) form (O(n²)).
-    batch : int, list of [time, P], or dict {"P0": P0, "alpha": alpha}
-        SGD batch size P, a schedule (quench), or the scaling of Sec. 3:
-        :math:`P = \lceil P_0 n^{2\alpha}\rceil` (noise temperature
-        :math:`\theta = \Delta t/P \propto n^{-2\alpha}`, (3.23)).
+    batch : int, dict {"P0": P0, "alpha": alpha[, "round": "ceil"|"floor"]}, or a list
+        of [time, P or dict]
+        SGD batch size P, the scaling of Sec. 3 :math:`P = \lceil P_0 n^{2\alpha}\rceil`
+        (or :math:`\lfloor\cdot\rfloor` with ``round = "floor"``; noise temperature
+        :math:`\theta = \Delta t/P \propto n^{-2\alpha}`, (3.23)), or a schedule of
+        either (the quench of Sec. 4.2: ``[[0, {P0 = 0.2, alpha = 0.5, round = "floor"}],
+        [T_q, {P0 = 0.04, alpha = 1, round = "floor"}]]`` gives
+        :math:`P = \lfloor n/5\rfloor`, then :math:`\lfloor (n/5)^2\rfloor` from
+        :math:`T_q`; :func:`scaled_batch`).
     temperature : float or list of [time, tau]
         Langevin temperature :math:`\tau`, or a schedule.
     """
@@ -125,11 +141,12 @@ class Dynamics:
 
     def batch_at(self, t, n=None) -> int:
         """Batch size at time ``t`` for ``n`` particles."""
-        if isinstance(self.batch, dict):
+        value = _schedule(self.batch, t)
+        if isinstance(value, dict):
             if n is None:
                 raise ValueError("a batch scaled with n needs n")
-            return max(1, math.ceil(self.batch["P0"] * n ** (2 * self.batch["alpha"]) - 1e-9))
-        return int(_schedule(self.batch, t))
+            return scaled_batch(value, n)
+        return int(value)
 
     def temperature_at(self, t) -> float:
         return float(_schedule(self.temperature, t))

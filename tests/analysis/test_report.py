@@ -134,7 +134,10 @@ def test_missing_inputs_are_reported_not_fatal(run_dir, tmp_path):
         assert np.all(np.isnan(a["lln_slope"].values))
         assert list(a["source"].values) == ["particles"]
     assert res["verdicts"]["n.a."] >= 1
-    assert {p.name for p in res["figures"]} == {"loss.png", "functions.png", "m_spectrum.png"}
+    # without a mean field the scaling figures of the paper's Sec. 4 are drawn (issue 12)
+    assert {p.name for p in res["figures"]} == {"loss.png", "functions.png", "m_spectrum.png",
+                                                "training_loss.png", "loss_n.png",
+                                                "signed_pos_n.png", "signed_neg_n.png"}
 
 
 def test_cli_report(reported, tmp_path, capsys):
