@@ -192,7 +192,8 @@ class CircleKernel(Kernel):
         (:math:`\epsilon_0 = 1`, else 2), truncated where the tail is below 1e-17
         (:meth:`_modes`); :math:`\cos ky_j, \sin ky_j` come from the Chebyshev
         recurrence :math:`u_k = 2\cos y\,u_{k-1} - u_{k-2}` (O(n·K), no transcendental),
-        in blocks of particles (``_BLOCK`` elements: memory O(_BLOCK), not O(n·K)),
+        in blocks of particles (``_KEEP`` elements, the kept buffer's budget, which
+        this path does not otherwise use: memory bounded, not O(n·K)),
         summed in block order. With ``r`` known first, a single pass over tiles of ``E``
         (build, ``exp``, contract with the (Q, 3) matrix; threads over tiles, each
         writing its own rows) finishes the step.
@@ -201,7 +202,7 @@ class CircleKernel(Kernel):
         Q = xx.shape[-1]
         K = self._modes()
         AB = np.zeros((B, 2 * (K + 1)))
-        chunk = max(1, self._BLOCK // (2 * (K + 1)))
+        chunk = max(1, self._KEEP // (2 * (K + 1)), self._BLOCK // (2 * (K + 1)))
         CS = np.empty((B, 2, K + 1, min(n, chunk)))  # cos k y, sin k y on one block
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
