@@ -7,7 +7,8 @@ mean field at negligible time error). SGD and Langevin are stepped by Euler–Ma
 
 * SGD (3.1): every step draws a fresh batch :math:`X_1..X_P \sim \mu` per member and
   replaces :math:`\langle\cdot\rangle_\mu` by the batch mean (noise temperature
-  :math:`\theta = \Delta t/P`, (3.13)).
+  :math:`\theta = \Delta t/P`, (3.13)). :class:`Batches` draws the batches of several
+  steps at once, the same points as step by step.
 * Langevin (Sec. 4.1): :math:`dZ = v(Z)\,dt + \sqrt{2\tau}\,dW` on every coordinate.
 
 Batch sizes and temperatures may follow piecewise-constant schedules in time (the
@@ -207,14 +208,15 @@ class Batches:
     def _fill(self, carry, size):
         """Draw ``size`` fresh points per member after ``carry`` (B, L, d) or None."""
         self.start = [r.bit_generator.state for r in self.rngs]
-        fresh = [np.asarray(self.measure.sample(r, size), float) for r in self.rngs]
-        d = fresh[0].shape[-1]
         left = 0 if carry is None else carry.shape[1]
-        buf = np.empty((len(self.rngs), left + size, d))
+        buf = None
+        for b, r in enumerate(self.rngs):  # once per buffer; one member's points at a time
+            pts = np.asarray(self.measure.sample(r, size), float)
+            if buf is None:
+                buf = np.empty((len(self.rngs), left + size, pts.shape[-1]))
+            buf[b, left:] = pts
         if left:
             buf[:, :left] = carry
-        for b, pts in enumerate(fresh):
-            buf[b, left:] = pts
         self.carry = buf[:, :left].copy()
         self.buf, self.used, self.size = buf, 0, size
 

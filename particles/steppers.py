@@ -5,7 +5,10 @@ advanced by :func:`particles.dynamics.step` (GD (2.1), SGD (3.1), Langevin Sec. 
 unit weights ``a = 1/n`` it is the finite-n network of :func:`particles.simulate.simulate`;
 with quadrature weights ``w_j`` it is the characteristics of the mean field
 (:mod:`meanfield.characteristics`). Member b draws its batches and noise only from its
-own generator ``rngs[b]``, which travels in the state.
+own generator ``rngs[b]``, which travels in the state; SGD batches come through a
+:class:`particles.dynamics.Batches` stream over those generators (drawn several steps
+ahead, the same points), which :meth:`ParticleStepper.capture` saves as the generators'
+states at the buffer's start, the points taken and any carried points.
 
 Divergence that stays finite (``docs/engine.md``, "Divergence"): :meth:`ParticleStepper.check`
 watches every member's loss (1.2) against its running minimum and the charges against
