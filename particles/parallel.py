@@ -32,6 +32,9 @@ MIN_WORK = 2**20
 #: blocks are grouped so that the hand-over cost stays near 5% of the work.
 TASK_WORK = 2**18
 
+#: Name prefix of the pool's threads (a block run from one of them stays on it: a
+#: task that waited for the pool it runs on could wait for ever).
+_PREFIX = "mfpc-block"
 _setting = {"threads": None}
 _pool = {"size": 0, "executor": None}
 _lock = threading.Lock()
@@ -89,13 +92,15 @@ def threads(k):
 
 
 def _executor(k):
+    """The pool of ``k`` threads, made anew after a change of ``k`` or a fork (a forked
+    child has none of its parent's threads)."""
     with _lock:
-        if _pool["size"] != k:
-            if _pool["executor"] is not None:
+        if _pool["size"] != k or _pool.get("pid") != os.getpid():
+            if _pool["executor"] is not None and _pool.get("pid") == os.getpid():
                 _pool["executor"].shutdown(wait=True)
             _pool["executor"] = ThreadPoolExecutor(max_workers=k,
-                                                   thread_name_prefix="mfpc-block")
-            _pool["size"] = k
+                                                   thread_name_prefix=_PREFIX)
+            _pool["size"], _pool["pid"] = k, os.getpid()
         return _pool["executor"]
 
 
@@ -123,7 +128,8 @@ def map_blocks(fn, blocks, work):
         ``fn(*block)``, in the order of ``blocks``.
     """
     k = get_threads()
-    if k == 1 or work < MIN_WORK or len(blocks) < 2:
+    if (k == 1 or work < MIN_WORK or len(blocks) < 2
+            or threading.current_thread().name.startswith(_PREFIX)):
         for blk in blocks:
             yield fn(*blk)
         return

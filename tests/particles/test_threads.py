@@ -144,3 +144,31 @@ def test_thread_settings(monkeypatch):
     monkeypatch.setenv("MFPC_THREADS", "many")
     with pytest.raises(ValueError, match="MFPC_THREADS='many'"):
         parallel.get_threads()
+
+
+def _child(args, expected, queue):
+    with parallel.threads(2):
+        got = KERNELS["gaussian"]().pullback(*args)
+    queue.put(all(np.array_equal(g, e) for g, e in zip(got, expected)))
+
+
+def test_a_forked_child_gets_its_own_pool(small_blocks):
+    """A child forked after the pool started (it has none of the pool's threads) makes
+    its own pool instead of waiting for ever on the parent's."""
+    import multiprocessing
+
+    kernel = KERNELS["gaussian"]()
+    args = _case(kernel, np.random.default_rng(4), 1, 37, 29, False)
+    with parallel.threads(2):
+        expected = kernel.pullback(*args)  # the parent's pool now runs
+    assert len(small_blocks) > 0
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(args, expected, queue))
+    child.start()
+    child.join(60)
+    if child.is_alive():  # pragma: no cover - the failure this test guards against
+        child.terminate()
+        pytest.fail("the forked child hung on its parent's thread pool")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5)
