@@ -7,7 +7,8 @@ mean field at negligible time error). SGD and Langevin are stepped by Euler–Ma
 
 * SGD (3.1): every step draws a fresh batch :math:`X_1..X_P \sim \mu` per member and
   replaces :math:`\langle\cdot\rangle_\mu` by the batch mean (noise temperature
-  :math:`\theta = \Delta t/P`, (3.13)).
+  :math:`\theta = \Delta t/P`, (3.13)). :class:`Batches` draws the batches of several
+  steps at once, the same points as step by step.
 * Langevin (Sec. 4.1): :math:`dZ = v(Z)\,dt + \sqrt{2\tau}\,dW` on every coordinate.
 
 Batch sizes and temperatures may follow piecewise-constant schedules in time (the
@@ -21,7 +22,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["State", "Dynamics", "Integrator", "INTEGRATORS", "step", "scaled_batch"]
+__all__ = ["State", "Dynamics", "Integrator", "INTEGRATORS", "Batches", "step", "DRAW_BUDGET",
+           "DRAW_AHEAD", "scaled_batch"]
+
+#: Elements (points times coordinates, all members) of the batches drawn ahead (32 MiB).
+DRAW_BUDGET = 2**22
+#: Most steps whose batches are drawn in one call per member.
+DRAW_AHEAD = 64
 
 
 class State(NamedTuple):
@@ -162,6 +169,102 @@ class Dynamics:
         }
 
 
+class Batches:
+    r"""Per-member streams of SGD data points, drawn several steps ahead.
+
+    Member b's points come from its own generator ``rngs[b]`` only, in the order in
+    which ``measure.sample`` draws them: when the measure declares ``"stream"`` (one call
+    ``sample(rng, P + P')`` draws the points of ``sample(rng, P)`` then
+    ``sample(rng, P')``, bitwise), the batches of the next K steps are drawn in one call
+    per member into a (B, K·P, d) buffer (K as large as :data:`DRAW_BUDGET` allows, at
+    most :data:`DRAW_AHEAD`), and every step takes the next P points: the numbers are
+    those of drawing P points per member every step, so the loop over members runs once
+    per K steps. A batch size that changes mid-buffer (a schedule) takes what is left
+    and draws the rest ahead again. A measure without ``"stream"`` is drawn step by
+    step. The stream is consumed, like a generator: :meth:`capture` and
+    :meth:`resume` save and rebuild it bitwise.
+
+    Parameters
+    ----------
+    measure : object with ``sample(rng, P) -> (P, d)``
+    rngs : sequence of numpy.random.Generator, one per member
+    budget : int, optional
+        Elements of the buffer (default :data:`DRAW_BUDGET`).
+    """
+
+    def __init__(self, measure, rngs, *, budget=None):
+        self.measure = measure
+        self.rngs = tuple(rngs)
+        self.budget = DRAW_BUDGET if budget is None else int(budget)
+        self.ahead = "stream" in getattr(measure, "capabilities", ())
+        self.buf = None  # (B, points, d): carry then fresh points
+        self.used = 0  # points of buf already taken
+        self.start = None  # the generators' states before the fresh points were drawn
+        self.carry = None  # (B, L, d): the points left from the previous buffer
+        self.size = 0  # fresh points drawn per member
+
+    def take(self, P) -> np.ndarray:
+        """The next ``P`` points of every member, shape (B, P, d) (not to be written)."""
+        if self.buf is None or self.used + P > self.buf.shape[1]:
+            self._refill(P)
+        x = self.buf[:, self.used : self.used + P]
+        self.used += P
+        return x
+
+    def _refill(self, P):
+        B = len(self.rngs)
+        carry = None if self.buf is None else self.buf[:, self.used :]
+        left = 0 if carry is None else carry.shape[1]
+        if self.ahead:
+            d = self.buf.shape[2] if self.buf is not None else getattr(self.measure, "d", 1)
+            k = min(DRAW_AHEAD, max(1, self.budget // max(1, B * P * d)))
+        else:
+            k = 1
+        self._fill(carry, k * P - left)
+
+    def _fill(self, carry, size):
+        """Draw ``size`` fresh points per member after ``carry`` (B, L, d) or None."""
+        self.start = [r.bit_generator.state for r in self.rngs]
+        left = 0 if carry is None else carry.shape[1]
+        buf = None
+        for b, r in enumerate(self.rngs):  # once per buffer; one member's points at a time
+            pts = np.asarray(self.measure.sample(r, size), float)
+            if buf is None:
+                buf = np.empty((len(self.rngs), left + size, pts.shape[-1]))
+            buf[b, left:] = pts
+        if left:
+            buf[:, :left] = carry
+        self.carry = buf[:, :left].copy()
+        self.buf, self.used, self.size = buf, 0, size
+
+    def capture(self) -> dict:
+        """What :meth:`resume` needs: the generators' states before the buffer's fresh
+        points (``"rng"``), their number, the points taken and the carried points."""
+        if self.buf is None:
+            return {"rng": [r.bit_generator.state for r in self.rngs]}
+        return {"rng": self.start, "draw_size": self.size, "draw_used": self.used,
+                "draw_carry": self.carry}
+
+    @classmethod
+    def resume(cls, measure, rngs, snap, *, budget=None):
+        """The stream of :meth:`capture`: ``rngs`` are generators in the states of
+        ``snap["rng"]``; the fresh points are drawn again, so the generators end where
+        the captured ones were."""
+        new = cls(measure, rngs, budget=budget)
+        if "draw_size" in snap:
+            carry = np.asarray(snap["draw_carry"], float)
+            new._fill(carry if carry.shape[1] else None, int(snap["draw_size"]))
+            new.used = int(snap["draw_used"])
+        return new
+
+
+def _batch(measure, rngs, P):
+    """(B, P, d) points, member b's from ``rngs[b]`` (a :class:`Batches` or generators)."""
+    if isinstance(rngs, Batches):
+        return rngs.take(P)
+    return np.stack([measure.sample(r, P) for r in rngs])
+
+
 def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None, *,
          record=None) -> State:
     """Advance ``state`` by one step of size ``h``.
@@ -174,9 +277,11 @@ def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None, *,
     h : float
     a : float or ndarray, shape (B, n)
         Unit weights (``1/n`` for particles).
-    rngs : list of numpy.random.Generator, one per member
+    rngs : list of numpy.random.Generator, one per member, or Batches
         Needed by ``sgd`` (batches) and ``langevin`` (noise); member b draws only from
-        ``rngs[b]``, so a member rerun alone draws the same numbers.
+        ``rngs[b]``, so a member rerun alone draws the same numbers. For ``sgd``, a
+        :class:`Batches` stream over the same generators gives the same batches with
+        the draws amortised over several steps.
     record : dict, optional
         Receives ``record["f"]``, the network on the problem's nodes at the step's start,
         when the step computes it (GD and Langevin in the data form;
@@ -190,7 +295,7 @@ def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None, *,
         y1, c1 = INTEGRATORS[dyn.integrator](v, y, c, h)
     elif dyn.scheme == "sgd":
         P = dyn.batch_at(state.t, y.shape[1])
-        xb = np.stack([problem.measure.sample(r, P) for r in rngs])  # (B, P, d)
+        xb = _batch(problem.measure, rngs, P)  # (B, P, d)
         wb = np.full(xb.shape[:2], 1.0 / P)
         vy, vc = problem.velocity(y, c, a, x=xb, w=wb)
         y1, c1 = y + h * vy, c + h * vc

@@ -9,7 +9,11 @@ weights (a Monte Carlo rule), stated in ``kind``.
 Every measure declares ``name`` (its config kind, ``[problem.measure] kind``),
 ``domain`` (``"circle"``, ``"euclidean"``, ``"sphere"``) and ``capabilities``:
 ``"sample"`` when ``sample(rng, P)`` draws from it (SGD needs it; the Lebesgue measure
-and a file measure cannot be sampled).
+and a file measure cannot be sampled) and ``"stream"`` when its draws are a stream of
+points: ``sample(rng, P + P')`` gives the points of ``sample(rng, P)`` followed by those
+of ``sample(rng, P')``, bitwise (each point uses the generator's next numbers in order),
+so SGD may draw the batches of several steps in one call
+(:class:`particles.dynamics.Batches`; ``tests/particles/test_sgd_draw.py``).
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ class CircleUniform:
 
     name = "circle"
     domain = "circle"
-    capabilities = frozenset({"sample"})
+    capabilities = frozenset({"sample", "stream"})
     kind = "quadrature"
 
     def __init__(self, Q: int):
@@ -55,7 +59,7 @@ class GaussianMeasure:
 
     name = "gaussian"
     domain = "euclidean"
-    capabilities = frozenset({"sample"})
+    capabilities = frozenset({"sample", "stream"})
 
     def __init__(self, d: int, Q: int, rng=None, scale: float = 1.0):
         self.d, self.Q, self.scale = int(d), int(Q), float(scale)
@@ -84,7 +88,7 @@ class UniformBox:
 
     name = "uniform_box"
     domain = "euclidean"
-    capabilities = frozenset({"sample"})
+    capabilities = frozenset({"sample", "stream"})
 
     def __init__(self, d: int, Q: int, low: float, high: float, rng=None):
         self.d, self.Q, self.low, self.high = int(d), int(Q), float(low), float(high)
@@ -114,7 +118,7 @@ class SphereUniform:
 
     name = "sphere"
     domain = "sphere"
-    capabilities = frozenset({"sample"})
+    capabilities = frozenset({"sample", "stream"})
     kind = "samples"
 
     def __init__(self, d: int, Q: int, rng):

@@ -5,7 +5,10 @@ advanced by :func:`particles.dynamics.step` (GD (2.1), SGD (3.1), Langevin Sec. 
 unit weights ``a = 1/n`` it is the finite-n network of :func:`particles.simulate.simulate`;
 with quadrature weights ``w_j`` it is the characteristics of the mean field
 (:mod:`meanfield.characteristics`). Member b draws its batches and noise only from its
-own generator ``rngs[b]``, which travels in the state.
+own generator ``rngs[b]``, which travels in the state; SGD batches come through a
+:class:`particles.dynamics.Batches` stream over those generators (drawn several steps
+ahead, the same points), which :meth:`ParticleStepper.capture` saves as the generators'
+states at the buffer's start, the points taken and any carried points.
 
 Divergence that stays finite (``docs/engine.md``, "Divergence"): :meth:`ParticleStepper.check`
 watches every member's loss (1.2) against its running minimum and the charges against
@@ -33,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .dynamics import Dynamics, State, step
+from .dynamics import Batches, Dynamics, State, step
 from .loop import Divergence
 
 __all__ = ["ParticleState", "ParticleStepper", "substeps", "Watch", "GD_RTOL", "ATOL",
@@ -73,13 +76,15 @@ class Watch(NamedTuple):
 
 class ParticleState(NamedTuple):
     """Time, positions y (B, n, N), charges c (B, n), one generator per member (or None),
-    and the divergence watch (or None before the first step)."""
+    the divergence watch (or None before the first step) and, for SGD, the members'
+    batch streams over those generators (:class:`particles.dynamics.Batches`, or None)."""
 
     t: float
     y: np.ndarray
     c: np.ndarray
     rngs: tuple | None = None
     watch: Watch | None = None
+    draws: Batches | None = None
 
 
 def substeps(t0, t1, dt):
@@ -121,7 +126,10 @@ class ParticleStepper:
 
     def init(self, y, c, rngs=None, t=0.0) -> ParticleState:
         """The state at time ``t`` from y (B, n, N), c (B, n) and the members' generators."""
-        return ParticleState(float(t), y, c, None if rngs is None else tuple(rngs))
+        rngs = None if rngs is None else tuple(rngs)
+        draws = (Batches(self.problem.measure, rngs)
+                 if rngs is not None and self.dynamics.scheme == "sgd" else None)
+        return ParticleState(float(t), y, c, rngs, None, draws)
 
     def propose(self, state, t_start, t_end):
         self._t_end = t_end  # the save time the step heads for (checked on landing)
@@ -144,7 +152,7 @@ class ParticleStepper:
         watch = state.watch
         record = {} if self._records else None
         new = step(self.problem, self.dynamics, State(state.t, state.y, state.c), h, self.a,
-                   state.rngs, record=record)
+                   state.rngs if state.draws is None else state.draws, record=record)
         seen = []  # losses in time order: at the step's start (recorded), at its end
         if record:
             seen.append(self.problem.loss(record["f"]))
@@ -162,7 +170,8 @@ class ParticleStepper:
             if self._broken(watch) is not None:
                 break  # keep the loss that broke the rule for check to report
             watch = watch._replace(lmin=np.fmin(watch.lmin, watch.last), last=loss)
-        return ParticleState(new.t, new.y, new.c, state.rngs, watch._replace(steps=steps))
+        return ParticleState(new.t, new.y, new.c, state.rngs, watch._replace(steps=steps),
+                             state.draws)
 
     def _broken(self, w):
         """Indices of the members whose last loss breaks the rule (module doc), or None."""
@@ -210,7 +219,9 @@ class ParticleStepper:
 
     def capture(self, state) -> dict:
         snap = {"t": float(state.t), "y": np.array(state.y), "c": np.array(state.c)}
-        if state.rngs is not None:
+        if state.draws is not None:  # the generators' states at the buffer's start, ...
+            snap.update(state.draws.capture())
+        elif state.rngs is not None:
             snap["rng"] = [r.bit_generator.state for r in state.rngs]
         if state.watch is not None:
             snap.update({f"watch_{k}": np.array(v) for k, v in state.watch._asdict().items()})
@@ -226,6 +237,9 @@ class ParticleStepper:
                 rngs.append(np.random.Generator(bg))
         state = self.init(np.array(snap["y"], float), np.array(snap["c"], float), rngs,
                           t=float(snap["t"]))
+        if state.draws is not None:  # the buffer drawn again: the generators end as saved
+            state = state._replace(draws=Batches.resume(self.problem.measure, state.rngs,
+                                                        snap))
         if "watch_lmin" in snap:
             w = Watch(*(np.array(snap[f"watch_{k}"], float) for k in Watch._fields[:4]),
                       int(snap["watch_steps"]))

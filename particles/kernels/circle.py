@@ -7,6 +7,8 @@ import threading
 import numpy as np
 from scipy import special
 
+from ..parallel import map_blocks
+from . import expblocks
 from .base import Kernel, pullback_arrays
 
 __all__ = ["CircleKernel"]
@@ -94,23 +96,25 @@ class CircleKernel(Kernel):
         r"""Exact :math:`\hat g_k = e^{-\kappa}I_k(\kappa)`, k = 0..kmax (Jacobi–Anger)."""
         return special.ive(np.arange(int(kmax) + 1), self.kappa)
 
-    #: Elements of one block of E processed while it stays in cache
+    #: Elements of one tile of E processed while it stays in cache
     #: (2**17 float64 = 1 MiB, inside a per-core L2).
     _BLOCK = 2**17
-    #: Elements of E kept from pass 1 to pass 2 (2**20 float64 = 8 MiB): all of E
-    #: while n·Q is at most this, else the last particles (the rest is rebuilt).
+    #: Elements of E kept from pass 1 to pass 2 (2**20 float64 = 8 MiB): a block of
+    #: nodes as wide as this allows for all n particles (see
+    #: :func:`.expblocks.blocked_pullback`).
     _KEEP = 2**20
-    #: Per-thread work buffer of :meth:`pullback` (one per thread, so concurrent calls
-    #: never share it; a class attribute, so it is not pickled with the kernel).
+    #: Per-thread kept buffer of :meth:`pullback` (one per calling thread, so concurrent
+    #: calls never share it; a class attribute, so it is not pickled with the kernel).
     _scratch = threading.local()
 
     @classmethod
-    def _work(cls, rows, Q):
-        """A (rows, Q) view of this thread's reused work buffer, grown when too small."""
+    def _work(cls, size):
+        """This thread's reused kept buffer (flat, ``size`` elements), grown when too
+        small."""
         buf = getattr(cls._scratch, "buf", None)
-        if buf is None or buf.size < rows * Q:
-            buf = cls._scratch.buf = np.empty(rows * Q)
-        return buf[: rows * Q].reshape(rows, Q)
+        if buf is None or buf.size < size:
+            buf = cls._scratch.buf = np.empty(size)
+        return buf[:size]
 
     def pullback(self, y, a, x, w, f_x):
         r"""Fused pass with one transcendental per (particle, node) pair and pass.
@@ -120,17 +124,17 @@ class CircleKernel(Kernel):
         (one small matrix product, then one ``exp``), and
         :math:`\sin(x-y) = \sin x\cos y - \cos x\sin y`, so
         :math:`g^y = \kappa(\cos y\, E(w r \sin x) - \sin y\, E(w r\cos x))`:
-        both contractions are one product of ``E`` with a (Q, 3) matrix.
+        both contractions are one product of ``E`` with the (Q, 3) matrix
+        :math:`[w r, w r\sin x, w r\cos x]`, which is :func:`.expblocks.exp_pullback`
+        with the node coordinates :math:`(\sin x, \cos x)`: blocks of nodes, cache-sized
+        tiles of particles, ``E`` kept between the passes in a reused per-thread buffer
+        of ``_KEEP`` elements (tiles built again beyond it), threads over tiles.
 
-        ``E`` is built in cache-sized blocks of particles (``_BLOCK`` elements) in a
-        reused per-thread buffer. Pass 1 builds each block, takes its ``exp`` and adds
-        its share of ``f``; pass 2 (``r`` needs the whole ``f``) contracts the blocks
-        kept in the buffer (the last ``_KEEP`` elements' worth of particles, all of
-        ``E`` when n·Q ≤ ``_KEEP``: one ``exp`` in all) and rebuilds the others (a
-        second ``exp`` on a cache-resident block costs about what writing ``E`` to
-        memory and reading it back costs, without the O(n·Q) memory). Memory is
-        O((n + Q)·B) plus the buffer; every BLAS call is small (no BLAS threads are
-        woken). Nothing returned is a view of the buffer.
+        When ``E`` does not fit the kept buffer and the kernel has few Fourier modes
+        (:math:`2K + 1 < Q`), the forward pass is the Jacobi–Anger series instead
+        (:meth:`_pullback_series`: one ``exp`` in all). Memory is O((n + Q)·B) plus the
+        buffer whatever n and Q; every BLAS call is small (no BLAS threads are woken).
+        Nothing returned is a view of a buffer.
         """
         y, a, x, w, f_x = pullback_arrays(y, a, x, w, f_x)
         kappa = self.kappa
@@ -146,56 +150,25 @@ class CircleKernel(Kernel):
         np.cos(y[..., 0], out=Y[..., 0])
         np.sin(y[..., 0], out=Y[..., 1])
         Y[..., 2] = 1.0
+        w = np.broadcast_to(w, np.broadcast_shapes(w.shape, xx.shape[-1:]))
+        if X.ndim == 3 and X.shape[0] != B:  # x (1, Q, 1) for every member
+            X, xx, w = X[0], xx[0], w if w.ndim == 1 else w[0]
+        if f_x.ndim == 2 and f_x.shape[0] != B:
+            f_x = f_x[0]
         if 2 * self._modes() + 1 < Q and n * Q > self._KEEP:
             # E does not fit the kept buffer: the series forward pass saves the second exp
-            rows = max(1, min(n, self._BLOCK // max(Q, 1)))
-            return self._pullback_series(a, xx, w, f_x, X, Y, rows)
-        # per member: shared nodes as they are, batched ones broadcast to B
-        X, w, f_x, cx, sx = (
-            [v] * B if v.ndim < k else np.broadcast_to(v, (B,) + v.shape[1:])
-            for v, k in ((X, 3), (w, 2), (f_x, 2), (cx, 2), (sx, 2))
-        )
+            return self._pullback_series(a, xx, w, f_x, X, Y)
+        xc = np.stack([np.sin(xx), np.cos(xx)], axis=-1)  # R = [w r, w r sin x, w r cos x]
+        f, G = expblocks.exp_pullback(Y, X, xc, a, w, f_x, block=self._BLOCK,
+                                      keep=self._KEEP)
+        return f, G[..., 0], self._g_y(Y, G)
 
-        rows = max(1, min(n, self._BLOCK // max(Q, 1)))
-        kept = min(n, max(rows, self._KEEP // max(Q, 1)))  # particles head..n stay in E
-        head = n - kept
-        rebuilt = [(s, min(s + rows, head)) for s in range(0, head, rows)]
-        stored = [(s, min(s + rows, n)) for s in range(head, n, rows)]
-        blocks = rebuilt + stored
-        E = self._work(kept, Q)  # rows 0.. also serve as scratch for the rebuilt blocks
-        f = np.zeros((B, Q))  # stays 0 for n = 0
-        parts = np.empty((len(blocks), Q)) if len(blocks) > 1 else f[:, None, :]
-        G = np.empty((B, n, 3))
-        R = np.empty((Q, 3))  # [w r, w r sin x, w r cos x]
-        matmul, exp = np.matmul, np.exp
-        for b in range(B):
-            Xb, Yb, ab, Gb, fb = X[b], Y[b], a[b], G[b], f[b]
-            Pb = parts if len(blocks) > 1 else parts[b]  # per-block shares of f
-            for j, (s, e) in enumerate(blocks):
-                o = max(s - head, 0)
-                Eb = E[o : o + e - s]
-                matmul(Yb[s:e], Xb, out=Eb)
-                exp(Eb, out=Eb)
-                matmul(ab[s:e], Eb, out=Pb[j])
-            if len(blocks) > 1:
-                np.sum(parts, axis=0, out=fb)
-            r = R[:, 0]
-            np.subtract(fb, f_x[b], out=r)
-            r *= w[b]
-            np.multiply(r, sx[b], out=R[:, 1])
-            np.multiply(r, cx[b], out=R[:, 2])
-            for s, e in stored:
-                matmul(E[s - head : e - head], R, out=Gb[s:e])
-            for s, e in rebuilt:
-                Eb = E[: e - s]
-                matmul(Yb[s:e], Xb, out=Eb)
-                exp(Eb, out=Eb)
-                matmul(Eb, R, out=Gb[s:e])
-        g_c = G[..., 0]
+    def _g_y(self, Y, G):
+        """g_y = κ (cos y G[2nd] − sin y G[3rd]), shape (B, n, 1)."""
         g_y = Y[..., 0] * G[..., 1]
         g_y -= Y[..., 1] * G[..., 2]
-        g_y *= kappa
-        return f, g_c, g_y[..., None]
+        g_y *= self.kappa
+        return g_y[..., None]
 
     def _modes(self) -> int:
         r"""Number K of Fourier modes after which :math:`e^{-\kappa}I_k(\kappa)` is below
@@ -205,7 +178,7 @@ class CircleKernel(Kernel):
             K = self._K = circle_modes(self.kappa, 1e-17)
         return K
 
-    def _pullback_series(self, a, xx, w, f_x, X, Y, rows):
+    def _pullback_series(self, a, xx, w, f_x, X, Y):
         r"""One-``exp`` variant of :meth:`pullback` for :math:`2K+1 < Q`.
 
         The forward pass uses the Jacobi–Anger expansion
@@ -218,46 +191,55 @@ class CircleKernel(Kernel):
 
         (:math:`\epsilon_0 = 1`, else 2), truncated where the tail is below 1e-17
         (:meth:`_modes`); :math:`\cos ky_j, \sin ky_j` come from the Chebyshev
-        recurrence :math:`u_k = 2\cos y\,u_{k-1} - u_{k-2}` (O(n·K), no transcendental).
-        With ``r`` known first, a single pass over blocks of ``E`` (build, ``exp``,
-        contract with the (Q, 3) matrix) finishes the step.
+        recurrence :math:`u_k = 2\cos y\,u_{k-1} - u_{k-2}` (O(n·K), no transcendental),
+        in blocks of particles (``_KEEP`` elements, the kept buffer's budget, which
+        this path does not otherwise use: memory bounded, not O(n·K)),
+        summed in block order. With ``r`` known first, a single pass over tiles of ``E``
+        (build, ``exp``, contract with the (Q, 3) matrix; threads over tiles, each
+        writing its own rows) finishes the step.
         """
         B, n = Y.shape[:2]
         Q = xx.shape[-1]
         K = self._modes()
-        CS = np.empty((B, 2, K + 1, n))  # cos k y, sin k y
-        c1 = Y[..., 0]
-        CS[:, 0, 0], CS[:, 1, 0] = 1.0, 0.0
-        CS[:, 0, 1], CS[:, 1, 1] = c1, Y[..., 1]
-        two_c1 = 2.0 * c1
-        for k in range(2, K + 1):
-            np.multiply(CS[:, :, k - 1], two_c1[:, None], out=CS[:, :, k])
-            CS[:, :, k] -= CS[:, :, k - 2]
-        # einsum, not a BLAS gemv: a large gemv wakes BLAS threads, which stall for
-        # milliseconds on a busy machine (measured: 8 ms against 0.4 ms at n = 16384)
-        AB = np.einsum("bkn,bn->bk", CS.reshape(B, 2 * (K + 1), n), a)[..., None]
+        AB = np.zeros((B, 2 * (K + 1)))
+        chunk = max(1, self._KEEP // (2 * (K + 1)), self._BLOCK // (2 * (K + 1)))
+        CS = np.empty((B, 2, K + 1, min(n, chunk)))  # cos k y, sin k y on one block
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            C = CS[..., : e - s]
+            c1 = Y[:, s:e, 0]
+            C[:, 0, 0], C[:, 1, 0] = 1.0, 0.0
+            C[:, 0, 1], C[:, 1, 1] = c1, Y[:, s:e, 1]
+            two_c1 = 2.0 * c1
+            for k in range(2, K + 1):
+                np.multiply(C[:, :, k - 1], two_c1[:, None], out=C[:, :, k])
+                C[:, :, k] -= C[:, :, k - 2]
+            # einsum, not a BLAS gemv: a large gemv wakes BLAS threads, which stall for
+            # milliseconds on a busy machine (measured: 8 ms against 0.4 ms at n = 16384)
+            AB += np.einsum("bkn,bn->bk", C.reshape(B, 2 * (K + 1), e - s), a[:, s:e])
         k = np.arange(K + 1)
         coef = special.ive(k, self.kappa) * np.where(k > 0, 2.0, 1.0)
         kx = xx[..., :, None] * k  # (..., Q, K + 1)
         Fx = np.concatenate([np.cos(kx) * coef, np.sin(kx) * coef], axis=-1)
-        f = np.matmul(Fx, AB)[..., 0]  # (B, Q)
+        f = np.matmul(Fx, AB[..., None])[..., 0]  # (B, Q)
         cx, sx = np.cos(xx), np.sin(xx)
         R = np.empty((B, Q, 3))  # [w r, w r sin x, w r cos x]
         np.multiply(w, f - f_x, out=R[..., 0])
         np.multiply(R[..., 0], sx, out=R[..., 1])
         np.multiply(R[..., 0], cx, out=R[..., 2])
-        E = self._work(rows, Q)
+        rows = max(1, min(n, self._BLOCK // max(Q, 1)))
+        tiles = [(s, min(s + rows, n)) for s in range(0, n, rows)]
         G = np.empty((B, n, 3))
         matmul, exp = np.matmul, np.exp
         for b in range(B):
             Xb = X[b] if X.ndim == 3 else X
-            for s in range(0, n, rows):
-                e = min(s + rows, n)
-                Eb = E[: e - s]
-                matmul(Y[b, s:e], Xb, out=Eb)
-                exp(Eb, out=Eb)
-                matmul(Eb, R[b], out=G[b, s:e])
-        g_y = Y[..., 0] * G[..., 1]
-        g_y -= Y[..., 1] * G[..., 2]
-        g_y *= self.kappa
-        return f, G[..., 0], g_y[..., None]
+
+            def tile(s, e, b=b, Xb=Xb):
+                E = expblocks.tile_scratch((e - s) * Q).reshape(e - s, Q)
+                matmul(Y[b, s:e], Xb, out=E)
+                exp(E, out=E)
+                matmul(E, R[b], out=G[b, s:e])
+
+            for _ in map_blocks(tile, tiles, n * Q):
+                pass
+        return f, G[..., 0], self._g_y(Y, G)

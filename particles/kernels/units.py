@@ -6,6 +6,7 @@ import threading
 import numpy as np
 from scipy import special
 
+from . import expblocks
 from .base import Kernel, pullback_arrays
 
 __all__ = ["SigmoidUnit", "ACTIVATIONS"]
@@ -130,32 +131,33 @@ class SigmoidUnit(Kernel):
                              np.ones(s.shape + (1,))], axis=-1)
         return h, dh[..., None] * xe, d2h[..., None, None] * xe[..., :, None] * xe[..., None, :]
 
-    #: Elements of one block of the (units, nodes) arrays processed while it stays in
-    #: cache (2**15 float64 = 256 KiB: a block of h and its h' fit a per-core L2).
+    #: Elements of one tile of the (units, nodes) arrays processed while it stays in
+    #: cache (2**15 float64 = 256 KiB: a tile of h and its h' fit a per-core L2; capped
+    #: by :data:`.expblocks.SINGLE` so that no BLAS thread is woken).
     _BLOCK = 2**15
     #: Elements of h kept from the forward pass to the backward pass (2**22 float64 =
-    #: 32 MiB): all of h while n·Q is at most this, else the last units' (the others'
-    #: pre-activations and activation are computed again in the backward pass).
+    #: 32 MiB): a block of nodes is as wide as this allows for all n units (at least
+    #: :data:`.expblocks.QMIN` nodes; beyond, the first units' tiles are built again).
     _KEEP = 2**22
-    #: Per-thread work buffers of :meth:`pullback` (one per thread, so concurrent calls
-    #: never share them; a class attribute, so they are not pickled with the kernel).
+    #: Per-thread kept buffers of :meth:`pullback` (one per calling thread, so concurrent
+    #: calls never share them; a class attribute, so they are not pickled with the kernel).
     _scratch = threading.local()
 
     @classmethod
-    def _work(cls, rows, block):
-        """This thread's reused buffers: h (rows elements) and a block for h', grown when
-        too small (flat; the caller reshapes)."""
+    def _work(cls, size):
+        """This thread's reused kept buffer (flat, ``size`` elements), grown when too
+        small."""
         buf = getattr(cls._scratch, "buf", None)
-        if buf is None or buf.size < rows + block:
-            buf = cls._scratch.buf = np.empty(rows + block)
-        return buf[:rows], buf[rows : rows + block]
+        if buf is None or buf.size < size:
+            buf = cls._scratch.buf = np.empty(size)
+        return buf[:size]
 
     def pullback(self, y, a, x, w, f_x):
-        r"""Fused pass: one pre-activation product and one activation pass per block.
+        r"""Fused pass: one pre-activation product and one activation pass per tile.
 
         With :math:`y_i = (a_i, b_i)` and :math:`\tilde x_q = (x_q, 1)`,
-        :math:`s_{iq} = y_i\cdot\tilde x_q` is one matrix product per block of units,
-        then one activation pass gives :math:`H = h(s)` (the only transcendental;
+        :math:`s_{iq} = y_i\cdot\tilde x_q` is one matrix product per tile of units and
+        nodes, then one activation pass gives :math:`H = h(s)` (the only transcendental;
         :math:`h'` follows from :math:`h`: :math:`h(1-h)`, :math:`1-h^2`,
         :math:`[h > 0]`), and
 
@@ -166,16 +168,13 @@ class SigmoidUnit(Kernel):
         (:math:`\tilde X` the (Q, N) matrix of the :math:`\tilde x_q`) are matrix
         products: :math:`g^y_i = (\sum_q h'_{iq} w_q r_q x_q, \sum_q h'_{iq} w_q r_q)`.
 
-        Units are taken in cache-sized blocks (``_BLOCK`` elements of the (n, Q) array).
-        The forward pass builds each block's ``h`` and adds its share of ``f``; the
-        backward pass (``r`` needs the whole ``f``) takes ``h'`` of each block while it
-        is in cache and contracts. ``h`` is kept between the passes in a reused
-        per-thread buffer for the last ``_KEEP`` elements' worth of units (all of them
-        when n·Q ≤ ``_KEEP``: one activation pass in all); the other blocks are built
-        again. Memory is O((n + Q)·N) per member plus the buffer, whatever n and Q;
-        members (shared nodes (Q, d) or per-member batches (B, Q, d)) are looped, units
-        never. Nothing returned is a view of the buffer. Held against
-        :func:`particles.kernels.pullback_reference` in ``tests/particles/test_fused.py``.
+        Blocked by :func:`.expblocks.blocked_pullback` (blocks of nodes, cache-sized
+        tiles of units, ``h`` kept between the passes in a reused per-thread buffer of
+        ``_KEEP`` elements, threads over tiles): memory is O((n + Q)·N) per member plus
+        the buffer, whatever n and Q; members (shared nodes (Q, d) or per-member batches
+        (B, Q, d)) are looped, units never. Nothing returned is a view of a buffer. Held
+        against :func:`particles.kernels.pullback_reference` in
+        ``tests/particles/test_fused.py``.
         """
         y, a, x, w, f_x = pullback_arrays(y, a, x, w, f_x)
         B, n, N = y.shape
@@ -184,47 +183,24 @@ class SigmoidUnit(Kernel):
         X1 = np.empty(x.shape[:-1] + (N,))
         X1[..., :-1] = x
         X1[..., -1] = 1.0
-        X1T = np.swapaxes(X1, -1, -2)
-        shared = X1.ndim == 2
-        w = np.broadcast_to(w, (B, Q)) if w.ndim == 2 else [w] * B
-        f_x = np.broadcast_to(f_x, (B, Q)) if f_x.ndim == 2 else [f_x] * B
+        X1T = np.ascontiguousarray(np.swapaxes(X1, -1, -2))
+        act, slope, matmul = self._fused, self._slope, np.matmul
 
-        rows = max(1, min(n, self._BLOCK // max(Q, 1)))
-        kept = min(n, max(rows, self._KEEP // max(Q, 1)))  # units head..n stay in H
-        head = n - kept
-        rebuilt = [(s, min(s + rows, head)) for s in range(0, head, rows)]
-        stored = [(s, min(s + rows, n)) for s in range(head, n, rows)]
-        blocks = rebuilt + stored
-        H, D = self._work(kept * Q, rows * Q)  # H rows 0.. also serve rebuilt blocks
-        H, D = H.reshape(kept, Q), D.reshape(rows, Q)
-        f = np.zeros((B, Q))  # stays 0 for n = 0
-        share = np.empty(Q)  # one block's share of f
-        g_c = np.empty((B, n))
-        g_y = np.empty((B, n, N))
-        matmul, act, slope = np.matmul, self._fused, self._slope
-        for b in range(B):
-            XT, Xb = (X1T, X1) if shared else (X1T[b], X1[b])
-            yb, ab = y[b], a[b]
-            fb = f[b]
-            for s, e in blocks:
-                o = max(s - head, 0)
-                Hb = H[o : o + e - s]
-                matmul(yb[s:e], XT, out=Hb)
-                act(Hb)
-                matmul(ab[s:e], Hb, out=share)
-                fb += share
-            wr = f[b] - f_x[b]
-            wr *= w[b]
-            for s, e in stored + rebuilt:
-                if s >= head:
-                    Hb = H[s - head : e - head]
-                else:
-                    Hb = H[: e - s]
-                    matmul(yb[s:e], XT, out=Hb)
-                    act(Hb)
-                Db = D[: e - s]
-                slope(Hb, Db)
-                Db *= wr
-                matmul(Hb, wr, out=g_c[b, s:e])
-                matmul(Db, Xb, out=g_y[b, s:e])
-        return f, g_c, g_y
+        def prepare(b, q0, q1, wr):
+            return wr, (X1 if X1.ndim == 2 else X1[b])[q0:q1]
+
+        def contract(H, ctx):
+            wr, Xq = ctx
+            rows, m = H.shape
+            out = np.empty((rows, N + 1))
+            out[:, 0] = matmul(H, wr)
+            D = expblocks.tile_scratch(rows * m, 1).reshape(rows, m)
+            slope(H, D)
+            D *= wr
+            out[:, 1:] = matmul(D, Xq)
+            return out
+
+        f, G = expblocks.blocked_pullback(y, X1T, a, w, f_x, act, prepare, contract, N + 1,
+                                          block=self._BLOCK, keep=self._KEEP,
+                                          work=self._work)
+        return f, G[..., 0], G[..., 1:]

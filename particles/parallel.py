@@ -1,0 +1,154 @@
+r"""Threads over the blocks of a large step (numpy releases the GIL in its loops and BLAS).
+
+The fused pull-backs (:mod:`particles.kernels.expblocks`, the circle's series path) cut a
+step into blocks whose partition depends only on the problem's sizes and the kernels'
+block constants, never on the number of threads. :func:`map_blocks` runs a function over
+those blocks, on one thread or on a pool, and hands the results back **in block order**
+on the calling thread, so that every sum over blocks is taken in the same order whatever
+the number of threads: the results are bitwise identical for 1, 2 or more threads
+(``tests/particles/test_threads.py``).
+
+The number of threads a step may use is ``get_threads()``: from :func:`set_threads` or the
+context manager :func:`threads`, else the environment variable ``MFPC_THREADS``, else
+``min(2, number of cores this process may run on)``. A step smaller than
+:data:`MIN_WORK` elements stays on the calling thread (the pool's hand-over costs tens
+of microseconds per task).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["get_threads", "set_threads", "threads", "map_blocks", "MIN_WORK", "TASK_WORK"]
+
+#: Fewest elements of work (pairs of units and nodes) for which a step uses threads.
+MIN_WORK = 2**20
+#: Elements of work gathered in one task handed to the pool (about 1 ms): consecutive
+#: blocks are grouped so that the hand-over cost stays near 5% of the work.
+TASK_WORK = 2**18
+
+#: Name prefix of the pool's threads (a block run from one of them stays on it: a
+#: task that waited for the pool it runs on could wait for ever).
+_PREFIX = "mfpc-block"
+_setting = {"threads": None}
+_pool = {"size": 0, "executor": None}
+_lock = threading.Lock()
+
+
+def _default_threads() -> int:
+    env = os.environ.get("MFPC_THREADS")
+    if env is not None:
+        try:
+            k = int(env)
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise ValueError(f"MFPC_THREADS={env!r} must be an integer >= 1 (the number of "
+                             "threads a step may use); unset it for the default")
+        return k
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(2, cores))
+
+
+def get_threads() -> int:
+    """The number of threads a step may use (module docstring)."""
+    k = _setting["threads"]
+    return _default_threads() if k is None else k
+
+
+def set_threads(k):
+    """Set the number of threads a step may use; ``None`` returns to the default.
+
+    Parameters
+    ----------
+    k : int or None
+        At least 1.
+    """
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"threads={k!r} must be an integer >= 1 (or None for the "
+                             "default)")
+        k = int(k)
+    _setting["threads"] = k
+
+
+@contextlib.contextmanager
+def threads(k):
+    """Context manager: steps inside use ``k`` threads; the previous setting returns."""
+    old = _setting["threads"]
+    set_threads(k)
+    try:
+        yield
+    finally:
+        _setting["threads"] = old
+
+
+def _executor(k):
+    """The pool of ``k`` threads, made anew after a change of ``k`` or a fork (a forked
+    child has none of its parent's threads)."""
+    with _lock:
+        if _pool["size"] != k or _pool.get("pid") != os.getpid():
+            if _pool["executor"] is not None and _pool.get("pid") == os.getpid():
+                _pool["executor"].shutdown(wait=True)
+            _pool["executor"] = ThreadPoolExecutor(max_workers=k,
+                                                   thread_name_prefix=_PREFIX)
+            _pool["size"], _pool["pid"] = k, os.getpid()
+        return _pool["executor"]
+
+
+def _task(fn, chunk, err):
+    with np.errstate(**err):  # the caller's floating-point error handling
+        return [fn(*blk) for blk in chunk]
+
+
+def map_blocks(fn, blocks, work):
+    """``fn(*block)`` for every block, yielded in block order on the calling thread.
+
+    Parameters
+    ----------
+    fn : callable
+        Must write only to its own block's outputs or to its thread's scratch, and
+        return fresh arrays (never a view of a thread's scratch).
+    blocks : sequence of tuples
+        The block partition, fixed independently of the number of threads.
+    work : int
+        Elements of work in all (threads only when at least :data:`MIN_WORK`).
+
+    Yields
+    ------
+    object
+        ``fn(*block)``, in the order of ``blocks``.
+    """
+    k = get_threads()
+    if (k == 1 or work < MIN_WORK or len(blocks) < 2
+            or threading.current_thread().name.startswith(_PREFIX)):
+        for blk in blocks:
+            yield fn(*blk)
+        return
+    per = max(1, min(-(-len(blocks) // (2 * k)),
+                     int(TASK_WORK * len(blocks) // max(work, 1))))
+    chunks = [blocks[i : i + per] for i in range(0, len(blocks), per)]
+    pool, err = _executor(k), np.geterr()
+    pending = deque()
+    window = 2 * k  # tasks in flight: memory stays bounded by a few tasks' results
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(_task, fn, chunk, err))
+            if len(pending) >= window:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+    finally:
+        for fut in pending:  # an error or an abandoned generator: finish what runs
+            fut.cancel()
+        for fut in pending:
+            if not fut.cancelled():
+                fut.exception()
