@@ -34,6 +34,7 @@ members. Held against the reference in ``tests/particles/test_fused_kform.py``.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -46,6 +47,10 @@ __all__ = ["exp_contract", "circle_contract", "circle_velocity", "gaussian_line_
 BLOCK = 2**15
 #: OpenBLAS runs a gemm on one thread while m·n·k < 2**18; a tile's products stay below.
 SINGLE = 2**18
+#: Threads over row blocks (numpy releases the GIL in ``exp`` and the products): used
+#: when a member block has at least ``PARALLEL`` pairs, so small steps pay no start-up.
+THREADS = min(2, os.cpu_count() or 1)
+PARALLEL = 2**18
 
 _scratch = threading.local()
 
@@ -56,6 +61,39 @@ def _work(size):
     if buf is None or buf.size < size:
         buf = _scratch.buf = np.empty(size)
     return buf[:size]
+
+
+def _in_threads(work, rblocks, threads):
+    """``work(rblocks_part)`` on ``threads`` contiguous parts of the row blocks, each part
+    in its own thread (the first in the caller's); the parts write disjoint rows."""
+    cuts = [k * len(rblocks) // threads for k in range(threads + 1)]
+    parts = [rblocks[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    if len(parts) < 2:
+        work(rblocks)
+        return
+    errors = []
+
+    def guarded(part):
+        try:
+            work(part)
+        except BaseException as e:  # pragma: no cover - re-raised below
+            errors.append(e)
+
+    others = [threading.Thread(target=guarded, args=(p,)) for p in parts[1:]]
+    for t in others:
+        t.start()
+    guarded(parts[0])
+    for t in others:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _threads(threads, pairs):
+    """The threads asked for, or by default ``THREADS`` for ``PARALLEL`` pairs or more."""
+    if threads is not None:
+        return max(1, int(threads))
+    return THREADS if pairs >= PARALLEL else 1
 
 
 def _tiles(B, n, m, elements):
@@ -69,7 +107,7 @@ def _tiles(B, n, m, elements):
             [(j, min(j + cols, m)) for j in range(0, m, cols)])
 
 
-def exp_contract(U, V, R, *, block=None):
+def exp_contract(U, V, R, *, block=None, threads=None):
     r"""Blocked :math:`S_{bi} = \sum_m \exp(U_{bi}\cdot V_{b\,\cdot m})\,R_{bm}`.
 
     Parameters
@@ -80,6 +118,9 @@ def exp_contract(U, V, R, *, block=None):
     block : int, optional
         Pair values per tile (default ``BLOCK``, capped so the products stay on one BLAS
         thread); tests force ragged tiles with tiny values.
+    threads : int, optional
+        Threads over the row blocks (default: ``THREADS`` when a member has at least
+        ``PARALLEL`` pairs, else 1).
 
     Returns
     -------
@@ -92,23 +133,28 @@ def exp_contract(U, V, R, *, block=None):
         return S
     elements = min(BLOCK if block is None else int(block), SINGLE // max(k, r, 1))
     mblocks, rblocks, cblocks = _tiles(B, n, m, elements)
-    buf = _work(max(1, elements))
-    St = np.empty((B, min(n, max(1, elements)), r))
     matmul, exp = np.matmul, np.exp
-    for b0, b1 in mblocks:
-        for j0, j1 in cblocks:
-            Vj, Rj = V[b0:b1, :, j0:j1], R[b0:b1, j0:j1]
-            for i0, i1 in rblocks:
-                T = buf[: (b1 - b0) * (i1 - i0) * (j1 - j0)].reshape(b1 - b0, i1 - i0, j1 - j0)
-                matmul(U[b0:b1, i0:i1], Vj, out=T)
-                exp(T, out=T)
-                out = St[: b1 - b0, : i1 - i0]
-                matmul(T, Rj, out=out)
-                S[b0:b1, i0:i1] += out
+
+    def work(rows):
+        buf = _work(max(1, elements))
+        St = np.empty((B, min(n, max(1, elements)), r))
+        for b0, b1 in mblocks:
+            for j0, j1 in cblocks:
+                Vj, Rj = V[b0:b1, :, j0:j1], R[b0:b1, j0:j1]
+                for i0, i1 in rows:
+                    T = buf[: (b1 - b0) * (i1 - i0) * (j1 - j0)].reshape(
+                        b1 - b0, i1 - i0, j1 - j0)
+                    matmul(U[b0:b1, i0:i1], Vj, out=T)
+                    exp(T, out=T)
+                    out = St[: b1 - b0, : i1 - i0]
+                    matmul(T, Rj, out=out)
+                    S[b0:b1, i0:i1] += out
+
+    _in_threads(work, rblocks, _threads(threads, n * m))
     return S
 
 
-def circle_contract(y, y2, w, kappa, *, block=None):
+def circle_contract(y, y2, w, kappa, *, block=None, threads=None):
     r"""Blocked sums of the circle's closed form (:func:`particles.closed_forms.circle_K`):
 
     .. math::
@@ -127,8 +173,8 @@ def circle_contract(y, y2, w, kappa, *, block=None):
     y2 : ndarray, shape (B, m)
     w : ndarray, shape (B, m)
     kappa : float
-    block : int, optional
-        Pair values per tile (default ``BLOCK``).
+    block, threads : int, optional
+        As in :func:`exp_contract`.
 
     Returns
     -------
@@ -142,10 +188,19 @@ def circle_contract(y, y2, w, kappa, *, block=None):
         return k, g
     U = np.stack([np.cos(y / 2), np.sin(y / 2)], axis=-1)  # (B, n, 2)
     c2, s2 = np.cos(y2 / 2), np.sin(y2 / 2)
-    elements = max(1, min(BLOCK if block is None else int(block), SINGLE // 2))
+    # five work arrays per tile: a quarter of BLOCK pairs keeps them in cache together
+    elements = max(1, min(BLOCK // 4 if block is None else int(block), SINGLE // 2))
     mblocks, rblocks, cblocks = _tiles(B, n, m, elements)
-    buf = _work(6 * elements)
     wk = w[..., None]
+    _in_threads(lambda rows: _circle_tiles(U, c2, s2, wk, kappa, k, g, mblocks, rows,
+                                           cblocks, elements),
+                rblocks, _threads(threads, n * m))
+    return k, g
+
+
+def _circle_tiles(U, c2, s2, wk, kappa, k, g, mblocks, rblocks, cblocks, elements):
+    """The tiles of :func:`circle_contract` over the given row blocks (one thread)."""
+    buf = _work(5 * elements)
     for b0, b1 in mblocks:
         for j0, j1 in cblocks:
             mj = j1 - j0
@@ -174,7 +229,6 @@ def circle_contract(y, y2, w, kappa, *, block=None):
                 t *= e
                 t *= sz
                 g[b0:b1, i0:i1] -= kappa * np.matmul(t, wj)[..., 0]
-    return k, g
 
 
 def _empty(y):
@@ -185,14 +239,14 @@ def circle_velocity(kappa, F, grad_F):
     r"""The fused (F, K) velocity of the circle × circle × fourier closed form (THEORY §7).
 
     ``F``, ``grad_F``: the closed-form callables of y (B, n, 1) (O(n·k)). Returns
-    ``velocity(y (B, n, 1), ac (B, n), *, block=None) -> (vc (B, n), gy (B, n, 1))``.
+    ``velocity(y (B, n, 1), ac (B, n), *, block=None, threads=None) -> (vc (B, n), gy (B, n, 1))``.
     """
 
-    def velocity(y, ac, *, block=None):
+    def velocity(y, ac, *, block=None, threads=None):
         y, ac = np.asarray(y, float), np.asarray(ac, float)
         if y.shape[1] == 0:
             return _empty(y)
-        k, g = circle_contract(y[..., 0], y[..., 0], ac, kappa, block=block)
+        k, g = circle_contract(y[..., 0], y[..., 0], ac, kappa, block=block, threads=threads)
         return F(y) - k, grad_F(y) - g[..., None]
 
     return velocity
@@ -229,11 +283,11 @@ def gaussian_line_velocity(sigma, A, F, grad_F):
     cancellation in |y|² + |y'|² − 2y·y' stays at round-off of the distance. The exponent
     is :math:`[y, \log A' - |y|^2/(4\sigma^2), 1]\cdot[y'/(2\sigma^2), 1,
     -|y'|^2/(4\sigma^2)]` (A' the prefactor); F, ∇F are the widened mixture (O(n·K)).
-    Returns ``velocity(y (B, n, d), ac (B, n), *, block=None) -> (vc, gy)``.
+    Returns ``velocity(y (B, n, d), ac (B, n), *, block=None, threads=None) -> (vc, gy)``.
     """
     s2 = float(sigma) ** 2
 
-    def velocity(y, ac, *, block=None):
+    def velocity(y, ac, *, block=None, threads=None):
         y, ac = np.asarray(y, float), np.asarray(ac, float)
         B, n, d = y.shape
         if n == 0:
@@ -249,7 +303,7 @@ def gaussian_line_velocity(sigma, A, F, grad_F):
         np.multiply(np.swapaxes(yc, 1, 2), 1 / (2 * s2), out=V[:, :d])
         V[:, d] = 1.0
         V[:, d + 1] = -q
-        S = exp_contract(U, V, _R(yc, ac), block=block)
+        S = exp_contract(U, V, _R(yc, ac), block=block, threads=threads)
         vc = F(y) - S[..., 0]
         gy = grad_F(y) + (yc * S[..., :1] - S[..., 1:]) / (2 * s2)
         return vc, gy
@@ -271,14 +325,14 @@ def gaussian_teacher_velocity(sigma, scale, pref, teacher_y, teacher_c):
     and F is the same sum over the teacher's units (charges :math:`c^*_j/m`): one
     contraction of :math:`e^{u\cdot v}` against [w, w y'] over the teacher's and the
     network's units together gives :math:`K ac - F` and its gradient.
-    Returns ``velocity(y (B, n, d), ac (B, n), *, block=None) -> (vc, gy)``.
+    Returns ``velocity(y (B, n, d), ac (B, n), *, block=None, threads=None) -> (vc, gy)``.
     """
     s2, sig2 = float(scale) ** 2, float(sigma) ** 2
     b = sig2 + 2.0 * s2
     p, q = 0.25 * (1 / sig2 + 1 / b), 0.5 * (1 / sig2 - 1 / b)
     ys, cs = np.asarray(teacher_y, float), np.asarray(teacher_c, float)
 
-    def velocity(y, ac, *, block=None):
+    def velocity(y, ac, *, block=None, threads=None):
         y, ac = np.asarray(y, float), np.asarray(ac, float)
         B, n, d = y.shape
         if n == 0:
@@ -292,7 +346,7 @@ def gaussian_teacher_velocity(sigma, scale, pref, teacher_y, teacher_c):
         np.multiply(np.swapaxes(y2, 1, 2), q, out=V[:, :d])
         V[:, d] = 1.0
         V[:, d + 1] = -p * np.sum(y2 * y2, axis=-1)
-        S = exp_contract(U, V, _R(y2, w), block=block)  # sums of K ac − F
+        S = exp_contract(U, V, _R(y2, w), block=block, threads=threads)  # sums of K ac − F
         return -S[..., 0], 2 * p * y * S[..., :1] - q * S[..., 1:]
 
     return velocity
@@ -311,13 +365,13 @@ def sphere_velocity(alpha, F=None, grad_F=None, teacher_y=None, teacher_c=None):
     sphere kernel (F = f, THEORY §6) joins the sum through its units (``teacher_y``,
     ``teacher_c``); otherwise ``F``, ``grad_F`` (the 3-spin model (4.1), (4.6)) are added.
     The caller projects :math:`c\,g^y` on the tangent space, as before.
-    Returns ``velocity(y (B, n, d), ac (B, n), *, block=None) -> (vc, gy)``.
+    Returns ``velocity(y (B, n, d), ac (B, n), *, block=None, threads=None) -> (vc, gy)``.
     """
     alpha = float(alpha)
     ys = None if teacher_y is None else np.asarray(teacher_y, float)
     cs = None if teacher_c is None else np.asarray(teacher_c, float)
 
-    def velocity(y, ac, *, block=None):
+    def velocity(y, ac, *, block=None, threads=None):
         y, ac = np.asarray(y, float), np.asarray(ac, float)
         B, n, d = y.shape
         if n == 0:
@@ -329,7 +383,7 @@ def sphere_velocity(alpha, F=None, grad_F=None, teacher_y=None, teacher_c=None):
         V = np.empty((B, d + 1, y2.shape[1]))
         np.multiply(np.swapaxes(y2, 1, 2), alpha, out=V[:, :d])
         V[:, d] = -alpha * d
-        S = exp_contract(U, V, _R(y2, w), block=block)
+        S = exp_contract(U, V, _R(y2, w), block=block, threads=threads)
         vc, gy = -S[..., 0], -alpha * S[..., 1:]
         if F is not None:
             vc += F(y)

@@ -192,3 +192,16 @@ def test_problem_velocity_uses_fused_form_and_step_agrees():
     dyn = Dynamics(scheme="gd", integrator="euler", dt=0.01, form="kernel")
     s1 = step(good, dyn, State(0.0, y, c), 0.01, 1 / 30)
     _assert_close((s1.c, s1.y), (c + 0.01 * vc, kernel.retract(y + 0.01 * vy)))
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("key,d", [(k, ds[-1]) for k, (_, ds) in CASES.items()],
+                         ids=[k[0] + "-" + k[2] for k in CASES])
+def test_threads_over_row_blocks_match_reference(key, d, threads):
+    """Threads over row blocks (each its own tile buffer, disjoint rows of the result):
+    ragged parts (block = 40 at n = 37: 2 rows per tile, 19 row blocks)."""
+    kernel, form = _form(key, d)
+    y, ac = _units(kernel, 2, 37, np.random.default_rng([threads, d]))
+    ref = form.velocity_reference(y, ac)
+    _assert_close(form.fused(y, ac, block=40, threads=threads), ref)
+    _assert_close(form.fused(y, ac, threads=threads), ref)
