@@ -15,13 +15,19 @@ r"""Closed forms of F and K of (2.1), where the parts admit them.
   energy (4.5), :func:`interpolation_form` (not a closed form of the data loss: F := f,
   K := φ, THEORY §6).
 
-Each is tested against quadrature in ``tests/particles/test_closed_forms.py``.
+Each is tested against quadrature in ``tests/particles/test_closed_forms.py``. These
+callables are the slow reference; each form also carries the fused velocity of
+:mod:`particles.kernelforms` (``KernelForm.fused``, O(n²) work without (n, n, N) arrays),
+held against them in ``tests/particles/test_fused_kform.py``.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from scipy import special
 
+from . import kernelforms
 from .problem import KernelForm
 from .targets import GaussianMixture
 
@@ -70,7 +76,8 @@ def circle_K(kernel):
 def _circle(kernel, measure, target):
     F, grad_F = circle_fourier_F(kernel, target)
     K, grad_K = circle_K(kernel)
-    return KernelForm(F, grad_F, K, grad_K, "closed forms, uniform mu (THEORY §7)")
+    return KernelForm(F, grad_F, K, grad_K, "closed forms, uniform mu (THEORY §7)",
+                      kernelforms.circle_velocity(kernel.kappa, F, grad_F))
 
 
 # -- gaussian × lebesgue × gaussian_mixture ------------------------------------------------
@@ -112,8 +119,10 @@ def gaussian_line_forms(kernel, target):
 
 
 def _gaussian_line(kernel, measure, target):
-    return KernelForm(*gaussian_line_forms(kernel, target),
-                      "closed forms over mu = dx on R^d (the nodes only evaluate the loss)")
+    F, grad_F, K, grad_K = gaussian_line_forms(kernel, target)
+    return KernelForm(F, grad_F, K, grad_K,
+                      "closed forms over mu = dx on R^d (the nodes only evaluate the loss)",
+                      kernelforms.gaussian_line_velocity(kernel.sigma, kernel.A, F, grad_F))
 
 
 # -- gaussian × gaussian × teacher -----------------------------------------------------------
@@ -166,9 +175,15 @@ def teacher_F(teacher, K, grad_K):
 def _gaussian_teacher(kernel, measure, target):
     K, grad_K = rbf_gaussian_K(kernel, measure.scale)
     F, grad_F = teacher_F(target, K, grad_K)
+    s2, sig2 = float(measure.scale) ** 2, kernel.sigma**2
+    pref = (1.0 + 2.0 * s2 / sig2) ** (-0.5 * kernel.d)  # as in rbf_gaussian_K
+    if getattr(kernel, "normalised", False):
+        pref = pref * kernel.A**2
+    fused = kernelforms.gaussian_teacher_velocity(kernel.sigma, measure.scale, pref,
+                                                  target.y, target.c)
     return KernelForm(F, grad_F, K, grad_K,
                       "closed forms for mu = N(0, scale^2 I): exact, where the data form uses "
-                      "the nodes")
+                      "the nodes", fused)
 
 
 # -- sphere: the interpolation energy (4.5) ---------------------------------------------------
@@ -197,7 +212,16 @@ def interpolation_form(kernel, target):
 
 
 def _interpolation(kernel, measure, target):
-    return interpolation_form(kernel, target)
+    form = interpolation_form(kernel, target)
+    tk = getattr(target, "kernel", None)
+    if (target.name == "teacher" and getattr(tk, "name", None) == "sphere"
+            and tk.alpha == kernel.alpha and tk.d == kernel.d):
+        # F = f is a sum over the teacher's units of the same K: one contraction
+        fused = kernelforms.sphere_velocity(kernel.alpha, teacher_y=target.y,
+                                            teacher_c=target.c)
+    else:
+        fused = kernelforms.sphere_velocity(kernel.alpha, form.F, form.grad_F)
+    return dataclasses.replace(form, fused=fused)
 
 
 #: (kernel name, measure name, target name, energy) -> builder(kernel, measure, target).

@@ -20,7 +20,9 @@ class KernelForm:
     r"""The (F, K) form of (2.1): callables of ``y`` (B, n, N).
 
     ``F(y) -> (B, n)``, ``grad_F(y) -> (B, n, N)``, ``K(y, y2) -> (B, n, m)``,
-    ``grad_K(y, y2) -> (B, n, m, N)`` (gradient in the first argument).
+    ``grad_K(y, y2) -> (B, n, m, N)`` (gradient in the first argument). ``fused``, when
+    given, is ``fused(y, ac) -> (vc, gy)``: the same sums as :meth:`velocity_reference`
+    without the (B, n, n, N) array (:mod:`particles.kernelforms`).
     """
 
     F: Any
@@ -28,6 +30,21 @@ class KernelForm:
     K: Any
     grad_K: Any
     description: str = ""
+    fused: Any = None
+
+    def velocity(self, y, ac):
+        r""":math:`v^c = F(y) - K(y, y)\,ac` and :math:`g^y = \nabla F(y) -
+        \sum_m\nabla_1K(y, y_m)\,ac_m`: y (B, n, N), ac (B, n) -> (B, n), (B, n, N).
+        Through ``fused`` when the form has it, else :meth:`velocity_reference`."""
+        if self.fused is not None:
+            return self.fused(y, ac)
+        return self.velocity_reference(y, ac)
+
+    def velocity_reference(self, y, ac):
+        """The slow, obviously-correct :meth:`velocity` through ``K`` and ``grad_K``."""
+        vc = self.F(y) - np.einsum("bnm,bm->bn", self.K(y, y), ac)
+        gy = self.grad_F(y) - np.einsum("bnmk,bm->bnk", self.grad_K(y, y), ac)
+        return vc, gy
 
 
 class Problem:
@@ -227,9 +244,7 @@ class Problem:
             kf = self.kernel_form
             if kf is None:
                 self.require("kernel_form", "dynamics.form = 'kernel'")
-            ac = a * c
-            vc = kf.F(y) - np.einsum("bnm,bm->bn", kf.K(y, y), ac)
-            gy = kf.grad_F(y) - np.einsum("bnmk,bm->bnk", kf.grad_K(y, y), ac)
+            vc, gy = kf.velocity(y, a * c)
             vy = c[..., None] * gy
         else:
             own_nodes = x is None
