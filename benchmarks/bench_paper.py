@@ -16,8 +16,8 @@ spread, all quantities of a row alike hit by drift on the shared machine):
 
 * ``mfpc``: one explicit Euler step through the public ``particles.dynamics.step``, as
   a user runs it (one member); for the kernel-form rows also with one thread
-  (``particles.pairsums.THREADS = 1``; by default the fused (F, K) sums run on
-  ``THREADS`` = 2 threads over row blocks once a step has 2**18 pairs);
+  (``particles.parallel.threads(1)``; by default the fused (F, K) sums run on
+  ``get_threads()`` = 2 threads over row blocks once a step has 2**18 pairs);
 * ``floor``: one ``numpy.exp`` / ``scipy.special.expit`` pass with ``out=`` over the
   largest array the step must evaluate ((n, P), (n, Q) or (n, n)), both preallocated;
 * ``numpy``: the plain-numpy step a user would write (matrix products, unblocked);
@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_particles import (load_line, machine_info, measure, quick_args, spread,
                              timing_args)  # noqa: E402
-from particles import pairsums  # noqa: E402
+from particles.parallel import threads  # noqa: E402
 from particles.dynamics import Dynamics, State, step  # noqa: E402
 from particles.problems import rbf_problem, sigmoid_problem, sphere_problem  # noqa: E402
 
@@ -268,11 +268,8 @@ def run_row(key, args, rng):
     fns = {**floor_fn(kind, s, rng, jax_one is not None), "mfpc": mfpc, "numpy": plain}
     if kind == "sphere":
         def mfpc1():
-            default, pairsums.THREADS = pairsums.THREADS, 1
-            try:
+            with threads(1):
                 mfpc()
-            finally:
-                pairsums.THREADS = default
 
         fns["mfpc1"] = mfpc1
     if jax_one is not None:

@@ -12,13 +12,14 @@ and their products kept below OpenBLAS's threading threshold (as in
 from __future__ import annotations
 
 import math
-import os
 import threading
 
 import numpy as np
 from scipy import special
 
-__all__ = ["exp_contract", "exp_contract_sym", "circle_contract", "BLOCK", "THREADS"]
+from .parallel import get_threads
+
+__all__ = ["exp_contract", "exp_contract_sym", "circle_contract", "BLOCK", "PARTS"]
 
 
 #: Elements of one tile of pair values (256 KiB: in L2 with its factors).
@@ -26,9 +27,13 @@ BLOCK = 2**15
 #: OpenBLAS runs a gemm on one thread while m·n·k < 2**18; a tile's products stay below.
 SINGLE = 2**18
 #: Threads over row blocks (numpy releases the GIL in ``exp`` and the products): used
-#: when a member block has at least ``PARALLEL`` pairs, so small steps pay no start-up.
-THREADS = min(2, os.cpu_count() or 1)
+#: when a member block has at least ``PARALLEL`` pairs, so small steps pay no start-up;
+#: how many is :func:`particles.parallel.get_threads` (``MFPC_THREADS``, ``threads(k)``).
 PARALLEL = 2**18
+#: Accumulators of a large symmetric sum (:func:`exp_contract_sym`): a fixed number, run
+#: on as many threads as allowed, summed in order, so that the result is bitwise the same
+#: whatever the number of threads.
+PARTS = 2
 
 _scratch = threading.local()
 
@@ -68,10 +73,11 @@ def _in_threads(work, rblocks, threads):
 
 
 def _threads(threads, pairs):
-    """The threads asked for, or by default ``THREADS`` for ``PARALLEL`` pairs or more."""
+    """The threads asked for, or by default :func:`~particles.parallel.get_threads` for
+    ``PARALLEL`` pairs or more (else 1)."""
     if threads is not None:
         return max(1, int(threads))
-    return THREADS if pairs >= PARALLEL else 1
+    return get_threads() if pairs >= PARALLEL else 1
 
 
 def _tiles(B, n, m, elements):
@@ -97,7 +103,7 @@ def exp_contract(U, V, R, *, block=None, threads=None):
         Pair values per tile (default ``BLOCK``, capped so the products stay on one BLAS
         thread); tests force ragged tiles with tiny values.
     threads : int, optional
-        Threads over the row blocks (default: ``THREADS`` when a member has at least
+        Threads over the row blocks (default: ``get_threads()`` when a member has at least
         ``PARALLEL`` pairs, else 1).
 
     Returns
@@ -214,8 +220,10 @@ def exp_contract_sym(U, V, R, *, block=None, threads=None):
     U_j\cdot V_{\cdot i}` (the units' own sums, m = n): each tile of pairs (I, J) with
     I < J is exponentiated once and serves both :math:`S_I \mathrel{+}= T R_J` and
     :math:`S_J \mathrel{+}= T^\top R_I`, so a step takes n(n + t)/2 ``exp`` (t the tile
-    side) instead of n². Square tiles of at most ``block`` pairs; threads take
-    contiguous parts of the tile pairs, each with its own accumulator (summed at the end).
+    side) instead of n². Square tiles of at most ``block`` pairs; from ``PARALLEL`` pairs
+    the tile pairs are cut into :data:`PARTS` contiguous parts (whatever the number of
+    threads), each with its own accumulator, summed in order at the end: the threads only
+    choose who runs a part, so the result is bitwise the same for any number of threads.
 
     Parameters and result as :func:`exp_contract`, with V of shape (B, k, n) and R of
     shape (B, n, r).
@@ -232,14 +240,13 @@ def exp_contract_sym(U, V, R, *, block=None, threads=None):
     edges = [(i, min(i + t, n)) for i in range(0, n, t)]
     pairs = [(I, J) for a, I in enumerate(edges) for J in edges[a:]]
     matmul, exp = np.matmul, np.exp
-    caller = threading.get_ident()
-    sums = []  # the other threads' accumulators (list.append is atomic)
+    nparts = min(PARTS, len(pairs)) if n * n // 2 >= PARALLEL else 1
+    cuts = [p * len(pairs) // nparts for p in range(nparts + 1)]
+    parts = [pairs[a:b] for a, b in zip(cuts, cuts[1:])]
+    accs = [S] + [np.zeros((B, n, r)) for _ in parts[1:]]
 
-    def work(part):
-        # the caller's thread adds into S, every other thread into its own array
-        Sl = S if threading.get_ident() == caller else np.zeros((B, n, r))
-        if Sl is not S:
-            sums.append(Sl)
+    def work(p):
+        part, Sl = parts[p], accs[p]
         buf = _work(elements)
         St = np.empty((mem, t, r))
         for b0, b1 in mblocks:
@@ -256,7 +263,8 @@ def exp_contract_sym(U, V, R, *, block=None, threads=None):
                     matmul(np.swapaxes(T, 1, 2), R[b0:b1, i0:i1], out=out)
                     Sl[b0:b1, j0:j1] += out
 
-    _in_threads(work, pairs, _threads(threads, n * n // 2))
-    for Sl in sums:
+    _in_threads(lambda ps: [work(p) for p in ps], list(range(nparts)),
+                min(nparts, _threads(threads, n * n // 2)))
+    for Sl in accs[1:]:
         S += Sl
     return S

@@ -205,3 +205,25 @@ def test_threads_over_row_blocks_match_reference(key, d, threads):
     ref = form.velocity_reference(y, ac)
     _assert_close(form.fused(y, ac, block=40, threads=threads), ref)
     _assert_close(form.fused(y, ac, threads=threads), ref)
+
+
+def test_symmetric_sums_are_bitwise_whatever_the_threads():
+    """The symmetric pair sums cut their tile pairs into a fixed number of parts, so 1, 2
+    and 3 threads (and the MFPC_THREADS default) give the same bits: a sweep's worker on
+    one thread reproduces a serial run on two (issue 11)."""
+    from particles import pairsums
+    from particles.parallel import threads
+
+    rng = np.random.default_rng(7)
+    n, k, r = 800, 6, 4  # n^2/2 = 320000 pairs >= PARALLEL: the parted path
+    assert n * n // 2 >= pairsums.PARALLEL
+    U = rng.normal(size=(1, n, k)) * 0.3
+    V = np.swapaxes(U, 1, 2).copy()
+    R = rng.normal(size=(1, n, r))
+    got = []
+    for th in (1, 2, 3):
+        with threads(th):
+            got.append(pairsums.exp_contract_sym(U, V, R))
+        got.append(pairsums.exp_contract_sym(U, V, R, threads=th))
+    for g in got[1:]:
+        assert np.array_equal(g, got[0])
