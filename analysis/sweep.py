@@ -166,10 +166,10 @@ def _run_tasks(ex, todo, submit_args, retries, bar):
             bar.update()
             if res["status"] != "done" and (stop is None or _later(stop, t)):
                 stop = t
-                for f2, t2 in list(pending.items()):
-                    if _later(t2, t) and f2.cancel():
-                        pending.pop(f2)
-                break  # as_completed again over what is left
+                for f2, t2 in pending.items():
+                    if _later(t2, t):
+                        f2.cancel()  # a running one finishes (and is merged)
+                break  # as_completed again over what is left (cancelled ones come back)
     return results, errors, stop
 
 
