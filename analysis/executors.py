@@ -16,6 +16,7 @@ the options of ``mfpc run`` (``--workers``, ``--dask-local``, ``--scheduler``) i
 from __future__ import annotations
 
 import concurrent.futures as cf
+import importlib
 import multiprocessing
 import os
 from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
@@ -110,10 +111,18 @@ class SerialExecutor(_Closing):
         pass
 
 
-def _worker_init(env):
-    """Initializer of every worker process (the environment is already in place: set
-    before the process started, so numpy read it at import; kept here for clarity)."""
+def _worker_init(env, preload):
+    """Initializer of every worker process: the environment (already in place: set before
+    the process started, so numpy read it at import) and the modules to import at start,
+    so that no task pays for importing them."""
     os.environ.update(env)
+    for name in preload:
+        importlib.import_module(name)
+
+
+#: what a worker imports at start: the task function's module and the netCDF/xarray
+#: machinery its first task would otherwise import (names, not imports: no cycle)
+PRELOAD = ("analysis.experiment", "xarray.backends.h5netcdf_", "h5netcdf")
 
 
 def _ready():
@@ -132,9 +141,11 @@ class ProcessExecutor(_Closing):
     ----------
     n : int
         Number of worker processes (>= 1).
+    preload : sequence of str
+        Modules every worker imports when it starts (default: :data:`PRELOAD`).
     """
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, preload=None):
         n = int(n)
         if n < 1:
             raise ConfigError(f"--workers {n}: give at least 1 worker process")
@@ -144,7 +155,8 @@ class ProcessExecutor(_Closing):
         try:
             self._pool = cf.ProcessPoolExecutor(
                 max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init, initargs=(dict(ONE_THREAD),))
+                initializer=_worker_init,
+                initargs=(dict(ONE_THREAD), tuple(PRELOAD if preload is None else preload)))
             # start every worker now, while the environment holds ONE_THREAD
             for f in [self._pool.submit(_ready) for _ in range(n)]:
                 f.result()

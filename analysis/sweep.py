@@ -7,7 +7,7 @@ executor with retries, merge them into the run files.
 1. :func:`check_tasks` -- ``DIR/tasks/`` of another config is refused (the message lists
    the keys that differ) unless ``--force``, which removes it; before any work;
 2. the tasks of the sections to compute (:func:`analysis.tasks.plan_tasks`); those whose
-   result ``DIR/tasks/<id>.nc`` exists are finished and are not run again (a run killed at
+   result ``DIR/tasks/<id>.npz`` exists are finished and are not run again (a run killed at
    any moment, ``kill -9`` included, resumes there: a result appears under its name only
    when whole, by a rename);
 3. the others are submitted to the executor (:mod:`analysis.executors`); one progress bar
@@ -44,9 +44,9 @@ from particles import NumericalFailure
 from particles.config import ConfigError
 
 from .executors import SerialExecutor
-from .io import atomic_path, read_dataset, write_dataset
+from .io import atomic_path, write_dataset
 from .runfolder import TASKS_DIR, RunFolderError, differing_keys, run_id
-from .tasks import (SECTION_ORDER, _ranges, done_path, failed_path, plan_tasks,
+from .tasks import (SECTION_ORDER, _ranges, done_path, failed_path, load_result, plan_tasks,
                     task_label)
 
 __all__ = ["run_sweep", "check_tasks", "merge_particles", "missing_members",
@@ -233,7 +233,7 @@ def _section_dataset(section, tasks, tasks_dir, config):
     for t in tasks:
         for path in (done_path(tasks_dir, t["id"]), failed_path(tasks_dir, t["id"])):
             if path.exists():
-                parts.append((t, read_dataset(path)))
+                parts.append((t, load_result(path)))
                 break
     if not parts:
         return None

@@ -14,9 +14,11 @@ A task is plain data (a dict: ``id``, ``section``, ``i_n``, ``n``, ``seeds``). I
 is stable: 16 hex digits of the SHA-256 of the canonical JSON of the config's identity
 (:func:`analysis.runfolder.identity`: the keys that change no number left out) and of the
 task's indices (:func:`task_id`). A finished task's Dataset is written atomically to
-``DIR/tasks/<id>.nc`` (temporary name, then rename: :func:`analysis.io.write_dataset`);
-the partial Dataset of a task stopped by a :class:`~particles.NumericalFailure` goes to
-``DIR/tasks/<id>.failed.nc``.
+``DIR/tasks/<id>.npz`` (temporary name, then rename: :func:`save_result`); the partial
+Dataset of a task stopped by a :class:`~particles.NumericalFailure` goes to
+``DIR/tasks/<id>.failed.npz``. These files are numpy ``.npz`` archives (the arrays, and
+the dims and attrs as JSON; read without pickle), not netCDF: a netCDF file costs ~0.1 s
+to write and as much to read through h5netcdf, more than the budget of a small task.
 """
 from __future__ import annotations
 
@@ -29,15 +31,17 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from particles import NumericalFailure
 
-from .io import write_dataset
+from .io import atomic_path
 from .runfolder import identity
 
 __all__ = ["plan_tasks", "task_id", "task_label", "default_seeds_per_task",
-           "sub_experiment", "execute", "done_path", "failed_path", "SECTION_ORDER"]
+           "sub_experiment", "execute", "done_path", "failed_path", "save_result",
+           "load_result", "SECTION_ORDER"]
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +141,60 @@ def sub_experiment(exp, task: dict):
 
 
 def done_path(tasks_dir, tid: str) -> Path:
-    """``DIR/tasks/<id>.nc``: the result of a finished task."""
-    return Path(tasks_dir) / f"{tid}.nc"
+    """``DIR/tasks/<id>.npz``: the result of a finished task."""
+    return Path(tasks_dir) / f"{tid}.npz"
 
 
 def failed_path(tasks_dir, tid: str) -> Path:
-    """``DIR/tasks/<id>.failed.nc``: the partial result of a numerically failed task."""
-    return Path(tasks_dir) / f"{tid}.failed.nc"
+    """``DIR/tasks/<id>.failed.npz``: the partial result of a numerically failed task."""
+    return Path(tasks_dir) / f"{tid}.failed.npz"
+
+
+def _to_json(v):
+    """An attribute value as JSON, numpy scalars and arrays with their dtype."""
+    if isinstance(v, np.generic):
+        return {"__numpy__": v.dtype.str, "value": v.item()}
+    if isinstance(v, np.ndarray):
+        return {"__numpy__": v.dtype.str, "value": v.tolist(), "array": True}
+    if isinstance(v, (list, tuple)):
+        return [_to_json(x) for x in v]
+    return v
+
+
+def _from_json(v):
+    if isinstance(v, dict) and "__numpy__" in v:
+        a = np.asarray(v["value"], dtype=np.dtype(v["__numpy__"]))
+        return a if v.get("array") else a[()]
+    if isinstance(v, list):
+        return [_from_json(x) for x in v]
+    return v
+
+
+def save_result(ds: xr.Dataset, path) -> Path:
+    """Write ``ds`` atomically to ``path`` (``.npz``: every variable's values, and its dims,
+    attrs and whether it is a coordinate in a JSON entry ``__meta__``)."""
+    meta = {"attrs": {k: _to_json(v) for k, v in ds.attrs.items()}, "vars": {}}
+    arrays = {}
+    for i, (name, var) in enumerate(ds.variables.items()):
+        meta["vars"][f"v{i}"] = {"name": name, "dims": list(var.dims), "coord": name in ds.coords,
+                                 "attrs": {k: _to_json(v) for k, v in var.attrs.items()}}
+        arrays[f"v{i}"] = var.values
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, __meta__=np.asarray(json.dumps(meta)), **arrays)
+    return Path(path)
+
+
+def load_result(path) -> xr.Dataset:
+    """Read what :func:`save_result` wrote (no pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["__meta__"]))
+        data, coords = {}, {}
+        for key, v in meta["vars"].items():
+            attrs = {k: _from_json(x) for k, x in v["attrs"].items()}
+            (coords if v["coord"] else data)[v["name"]] = (tuple(v["dims"]), z[key], attrs)
+    return xr.Dataset(data, coords=coords,
+                      attrs={k: _from_json(x) for k, x in meta["attrs"].items()})
 
 
 def _checkpoint(tasks_dir, tid, every):
@@ -197,11 +248,11 @@ def execute(exp, task: dict, runner, tasks_dir, *, progress=False,
     except NumericalFailure as e:
         partial = getattr(e, "partial", None)
         if isinstance(partial, xr.Dataset):
-            write_dataset(partial, failed_path(tasks_dir, tid), overwrite=True)
+            save_result(partial, failed_path(tasks_dir, tid))
         out.update(status="failure", message=str(e), partial=isinstance(partial, xr.Dataset))
     except ValueError as e:  # a bound found during the run (e.g. a later CFL bound)
         out.update(status="bound", message=str(e))
     else:
-        write_dataset(ds, done_path(tasks_dir, tid), overwrite=True)
+        save_result(ds, done_path(tasks_dir, tid))
     out["seconds"] = time.perf_counter() - t0
     return out

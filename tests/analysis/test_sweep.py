@@ -107,6 +107,24 @@ def test_differing_keys_lists_only_keys_that_change_numbers():
     assert differing_keys(a, json.dumps(a)) == []
 
 
+def test_task_results_round_trip_exactly(tmp_path):
+    """What a task writes (npz, no pickle) reads back identical: values, dtypes, dims,
+    coordinates, attrs of the Dataset and of each variable (numpy scalars and arrays)."""
+    rng = np.random.default_rng(0)
+    ds = xr.Dataset(
+        {"f": (("n", "x"), rng.standard_normal((2, 5)), {"long_name": "f", "units": "1"}),
+         "k": ("x", np.arange(5, dtype=np.int32)), "flag": ((), np.bool_(True))},
+        coords={"n": ("n", np.array([8, 16], np.int32)), "x": np.linspace(0, 1, 5)},
+        attrs={"complete": 1, "cfl": np.float64(0.4), "shape": np.array([3, 4], np.int32),
+               "note": "é", "list": [1.5, 2.5]})
+    got = tasks.load_result(tasks.save_result(ds, tmp_path / "r.npz"))
+    xr.testing.assert_identical(got, ds)
+    for name in ds.variables:
+        assert got[name].dtype == ds[name].dtype, name
+    assert got.attrs["shape"].dtype == np.int32 and type(got.attrs["cfl"]) is np.float64
+    assert [p.name for p in tmp_path.iterdir()] == ["r.npz"]  # atomic: no temporary left
+
+
 # ---------------------------------------------------------------- equal to a serial run
 def test_sweep_equals_one_ensemble_run(tmp_path, serial):
     """The blocks merged are the one vectorised ensemble of before issue 11, value for
@@ -172,7 +190,7 @@ def test_a_failing_task_is_retried_then_reported_while_the_rest_merge(tmp_path, 
         kept = ds[v].where(~((ds.n == 16) & (ds.seed == 2)))
         np.testing.assert_array_equal(kept.values,
                                       ref[v].where(~((ref.n == 16) & (ref.seed == 2))).values)
-    assert (out / TASKS_DIR / f"{bad}.nc").exists() is False
+    assert not tasks.done_path(out / TASKS_DIR, bad).exists()
     # the same command again runs only the missing task, and the run is complete
     monkeypatch.undo()
     calls2 = counting(monkeypatch)

@@ -19,7 +19,7 @@ from analysis.runfolder import TASKS_DIR
 from .test_cli import small_config, write_toml
 
 ROOT = Path(__file__).resolve().parents[2]
-DONE = re.compile(r"^[0-9a-f]{16}\.nc$")  # a finished task's result (analysis.tasks)
+DONE = re.compile(r"^[0-9a-f]{16}\.npz$")  # a finished task's result (analysis.tasks)
 
 
 def kill_config():
@@ -72,7 +72,7 @@ def test_killed_sweep_resumes_without_redoing_finished_tasks(tmp_path, monkeypat
 
     def task(spec, t, tasks_dir, options, attempt=0):
         assert {n: v for n, v in finished(out).items() if n in before} == before
-        ran.append(f"{t['id']}.nc")
+        ran.append(f"{t['id']}.npz")
         return real(spec, t, tasks_dir, options, attempt)
 
     monkeypatch.setattr(experiment, "run_task", task)
