@@ -392,7 +392,7 @@ def run_task(spec, task, tasks_dir, options, attempt=0) -> dict:
     "base"}`` (resolved once a process) or the Experiment; ``attempt`` makes a retry a new
     call. Returns :func:`analysis.tasks.execute`'s."""
     exp = spec if isinstance(spec, Experiment) else _resolved(
-        json.dumps(spec["config"], sort_keys=True), str(spec["base"]))
+        json.dumps(spec["config"], sort_keys=True, default=str), str(spec["base"]))
     return tasks.execute(exp, task, RUNNERS[task["section"]], tasks_dir, **options)
 
 
