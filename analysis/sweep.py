@@ -138,12 +138,17 @@ def _later(a, b) -> bool:
 def _run_tasks(ex, todo, submit_args, retries, bar):
     """Run ``todo`` on ``ex``: ``{id: result dict}``, ``{id: error}`` and the first task
     stopped by a numerical failure or bound (the tasks after it cancelled)."""
-    attempts, results, errors, stop = Counter(), {}, {}, None
+    attempts, results, errors, stop, pending = Counter(), {}, {}, None, {}
 
     def submit(t):
-        return ex.submit(*submit_args(t, attempts[t["id"]]))
+        try:
+            pending[ex.submit(*submit_args(t, attempts[t["id"]]))] = t
+        except Exception as e:  # noqa: BLE001 - the executor is broken (a worker died)
+            errors[t["id"]] = f"cannot be submitted ({type(e).__name__}: {e})"
+            bar.update()
 
-    pending = {submit(t): t for t in todo}
+    for t in todo:
+        submit(t)
     while pending:
         for fut in ex.as_completed(list(pending)):
             t = pending.pop(fut, None)
@@ -157,7 +162,7 @@ def _run_tasks(ex, todo, submit_args, retries, bar):
                 if attempts[t["id"]] <= retries:
                     log.warning("task %s (%s) failed (%s); retry %d of %d", t["id"],
                                 task_label(t), err, attempts[t["id"]], retries)
-                    pending[submit(t)] = t
+                    submit(t)
                 else:
                     errors[t["id"]] = err
                     bar.update()
