@@ -190,7 +190,7 @@ def check_options(workers=None, dask_local=None, scheduler=None, retries=2,
     ------
     ConfigError
         More than one executor option, a count below 1, negative retries, or a
-        checkpoint interval that is not positive.
+        checkpoint interval below 0.
     """
     given = [name for name, v in (("--workers", workers), ("--dask-local", dask_local),
                                   ("--scheduler", scheduler)) if v is not None]
@@ -205,8 +205,9 @@ def check_options(workers=None, dask_local=None, scheduler=None, retries=2,
                           "--scheduler tcp://host:8786")
     if int(retries) < 0:
         raise ConfigError(f"--retries {retries}: give 0 or more")
-    if checkpoint_every is not None and not float(checkpoint_every) > 0:
-        raise ConfigError(f"--checkpoint-every {checkpoint_every}: give a number of seconds > 0")
+    if checkpoint_every is not None and not float(checkpoint_every) >= 0:
+        raise ConfigError(f"--checkpoint-every {checkpoint_every}: give a number of seconds "
+                          ">= 0 (0: after every step)")
     return given
 
 

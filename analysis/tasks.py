@@ -209,7 +209,7 @@ def _checkpoint(tasks_dir, tid, every):
         return {}
     # TODO(merge): the lead wires ckpt's `checkpoint=` keyword of run_particles,
     # run_meanfield and run_fluctuations here
-    return {"checkpoint": Checkpoint(Path(tasks_dir) / f"{tid}.ckpt", every)}
+    return {"checkpoint": Checkpoint(Path(tasks_dir) / f"{tid}.ckpt.npz", every, key=tid)}
 
 
 def execute(exp, task: dict, runner, tasks_dir, *, progress=False,
@@ -229,7 +229,8 @@ def execute(exp, task: dict, runner, tasks_dir, *, progress=False,
     progress : bool or None
         The runner's own progress bar (off in worker processes).
     checkpoint_every : float, optional
-        Seconds between checkpoints of the task (``--checkpoint-every``).
+        Seconds between checkpoints of the task (``--checkpoint-every``; 0: every step),
+        written to ``DIR/tasks/<id>.ckpt.npz``.
 
     Returns
     -------

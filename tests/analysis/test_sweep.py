@@ -259,7 +259,7 @@ def test_tasks_of_another_config_are_refused_unless_force(tmp_path, capsys, monk
     (["--dask-local", "2", "--scheduler", "tcp://h:8786"], "--dask-local and --scheduler"),
     (["--workers", "0"], "--workers 0: give at least 1 worker"),
     (["--retries", "-1"], "--retries -1: give 0 or more"),
-    (["--checkpoint-every", "0"], "--checkpoint-every 0.0: give a number of seconds > 0"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every -1.0: give a number of seconds >= 0"),
 ])
 def test_bad_executor_options_are_refused_before_work(tmp_path, capsys, extra, message):
     out = tmp_path / "out"
