@@ -1,12 +1,15 @@
 """The command line ``mfpc``: a thin layer over :mod:`analysis.experiment`.
 
-``mfpc run CONFIG.toml --out DIR [--force]`` runs every section of the config.
+``mfpc run CONFIG.toml --out DIR [--force]`` runs every section of the config as a sweep of
+tasks (:mod:`analysis.sweep`: a killed run resumes), serially or on ``--workers N`` local
+processes, ``--dask-local N`` or ``--scheduler ADDRESS`` (Dask), with ``--retries K``.
 ``mfpc report DIR`` checks the paper's predictions on the outputs in DIR and writes
 ``analysis.nc``, ``report.md`` and ``figures/`` there (:func:`analysis.report.make_report`).
 Exit codes: 0 done (or nothing to do), 2 bad input (refused before any work: nothing is
 written; also an output folder that cannot be used: not writable, in use by another run,
 holding files of another run, a failed run without ``--force``), 3 numerical failure in any section (what was computed is kept in
-``DIR/<section>.nc`` marked ``complete = 0``; the sections before it are complete).
+``DIR/<section>.nc`` marked ``complete = 0``; the sections before it are complete), or
+tasks that failed after their retries (the others merged; ``missing_members``).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import sys
 
 from particles import NumericalFailure
 
-from .experiment import ConfigError, run_config
+from .experiment import ConfigError, TasksFailed, run_config
 from .power import VERDICTS
 
 __all__ = ["main"]
@@ -36,6 +39,16 @@ def _parser():
     r.add_argument("--force", action="store_true",
                    help="recompute every section: remove the run files in DIR first")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="run the tasks on N local processes (default: serially)")
+    r.add_argument("--dask-local", type=int, metavar="N",
+                   help="run the tasks on a Dask LocalCluster of N workers (extra: dask)")
+    r.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the tasks on a running Dask scheduler (extra: dask)")
+    r.add_argument("--retries", type=int, default=2, metavar="K",
+                   help="submit a task that raised again up to K times (default 2)")
+    r.add_argument("--checkpoint-every", type=float, metavar="S",
+                   help="checkpoint long tasks every S seconds under DIR/tasks")
     rp = sub.add_parser("report", help="check the predictions on the outputs of `mfpc run`")
     rp.add_argument("dir", help="output folder of `mfpc run` (holds particles.nc)")
     rp.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -71,10 +84,17 @@ def main(argv=None) -> int:
         try:
             status = run_config(args.config, args.out, force=args.force,
                                 progress=False if args.no_progress else None,
-                                command=command)
+                                command=command, workers=args.workers,
+                                dask_local=args.dask_local, scheduler=args.scheduler,
+                                retries=args.retries, checkpoint_every=args.checkpoint_every)
         except ConfigError as e:
             print(f"mfpc: error: {e}", file=sys.stderr)
             return 2
+        except TasksFailed as e:
+            print(f"mfpc: {e}", file=sys.stderr)
+            for path, state in e.status.values():
+                print(f"{path}: {state}")
+            return 3
         except NumericalFailure as e:  # a SectionFailure: any section
             return _failure(e)
         for section, (path, state) in status.items():

@@ -2,20 +2,20 @@
 
 ``run_config(path, out)`` is what ``mfpc run`` calls: :func:`resolve` checks every section
 present in the config, then :mod:`analysis.preflight` refuses what a solver cannot do for
-this problem, all before any work starts; :func:`run_experiment` then runs each section
-into ``DIR/<section>.nc`` (CF-1.8 through :func:`particles.results.finish`) with the
-resolved config (JSON), its identity ``run_id``, package versions and root seed in
-``attrs``; the folder is checked, locked and cleaned first (:mod:`analysis.runfolder`). A
-:class:`~particles.NumericalFailure` in any section writes that section's partial Dataset
-(if its solver kept one) marked ``complete = 0`` and is raised again as a
+this problem, all before any work starts; :func:`run_experiment` then runs the sections as
+a sweep of tasks (:mod:`analysis.sweep`) into ``DIR/<section>.nc`` (CF-1.8 through
+:func:`particles.results.finish`) with the resolved config (JSON), its identity ``run_id``,
+package versions and root seed in ``attrs``; the folder is checked, locked and cleaned
+first (:mod:`analysis.runfolder`). A :class:`~particles.NumericalFailure` writes its
+section's partial Dataset (if kept) marked ``complete = 0`` and is raised again as a
 :class:`SectionFailure` (``mfpc run`` exits 3). A ready :class:`~particles.problem.Problem`
 (a user's own kernel) runs through ``resolve(cfg, problem=...)`` and :func:`run_experiment`.
 Defaults of ``[meanfield]`` and ``[fluctuations]`` come from :mod:`meanfield.defaults`.
 """
 from __future__ import annotations
 
+import functools
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,17 +29,17 @@ from particles.results import finish
 from particles.loop import check_save_times
 from meanfield import defaults as D
 
-from . import budget, preflight
+from . import budget, preflight, tasks
+from .executors import check_options, make_executor
 from .inputs import load_config, read_init_file
-from .io import write_dataset
 from .runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
                         run_id)
+from .sweep import SectionFailure, TasksFailed, check_tasks, run_sweep
 from .variables import cf_meta
 
-__all__ = ["load_config", "resolve", "run_config", "run_experiment", "Experiment",
-           "ConfigError", "SectionFailure", "TITLES"]
+__all__ = ["load_config", "resolve", "run_config", "run_experiment", "run_task", "Experiment",
+           "ConfigError", "SectionFailure", "TasksFailed", "TITLES"]
 
-log = logging.getLogger(__name__)
 ConfigError = C.ConfigError
 
 DYNAMICS_SCHEMA = {
@@ -92,6 +92,7 @@ PARTICLES_SCHEMA = {
     "seeds": C.integer(lo=1),
     "root_seed": C.integer(lo=0),
     "save_state": C.boolean(),
+    "seeds_per_task": C.integer(lo=1),  # the sweep's block of seeds (analysis.tasks)
 }
 #: the sections a config may have (each runnable one writes DIR/<section>.nc)
 SECTIONS = ("problem", "init", "dynamics", "particles", "meanfield", "fluctuations")
@@ -309,6 +310,7 @@ def run_particles(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
         exp.dynamics,
         exp.save_times,
         root_seed=p["root_seed"],
+        n_index=p.get("n_index"),  # a sweep's task: its n's index in particles.n
         init=exp.init,
         save_state=p["save_state"],
         progress=progress,
@@ -388,17 +390,18 @@ TITLES = {
 }
 
 
-class SectionFailure(NumericalFailure):
-    """A :class:`~particles.NumericalFailure` in one section of :func:`run_experiment`.
+@functools.lru_cache(maxsize=4)
+def _resolved(config_json, base):  # once a worker process
+    return resolve(json.loads(config_json), base=base)
 
-    ``section`` names it, ``path`` is the file holding its partial Dataset (marked
-    ``complete = 0``) or None when the solver kept nothing, ``status`` is what was
-    written so far (as :func:`run_experiment` returns it).
-    """
 
-    def __init__(self, message, partial, section, path, status):
-        super().__init__(message, partial)
-        self.section, self.path, self.status = section, path, status
+def run_task(spec, task, tasks_dir, options, attempt=0) -> dict:
+    """One task of a sweep, of plain data (any executor ships it): ``spec`` is ``{"config",
+    "base"}`` (resolved once a process) or the Experiment; ``attempt`` makes a retry a new
+    call. Returns :func:`analysis.tasks.execute`'s."""
+    exp = spec if isinstance(spec, Experiment) else _resolved(
+        json.dumps(spec["config"], sort_keys=True, default=str), str(spec["base"]))
+    return tasks.execute(exp, task, RUNNERS[task["section"]], tasks_dir, **options)
 
 
 def _finish(exp, section, ds, command, failure=None):
@@ -412,8 +415,8 @@ def _finish(exp, section, ds, command, failure=None):
     return finish(ds, title=TITLES[section], meta=cf_meta(ds), command=command)
 
 
-def run_experiment(exp: Experiment, out, *, force=False, progress=None,
-                   command=None) -> dict:
+def run_experiment(exp: Experiment, out, *, force=False, progress=None, command=None,
+                   executor=None, retries=2, checkpoint_every=None, source=None) -> dict:
     """Run every runnable section of a resolved experiment into the folder ``out``.
 
     Each section writes ``out/<section>.nc`` through :func:`particles.results.finish`
@@ -426,6 +429,7 @@ def run_experiment(exp: Experiment, out, *, force=False, progress=None,
     or damaged file, or one of a failed run (``complete = 0``) is an error. ``force``
     recomputes every section, removes the files of sections the config no longer has, and
     with any new file the old ``analysis.nc``, ``report.md`` and figures are removed.
+    Sections run as a sweep of tasks (:mod:`analysis.sweep`): a killed run resumes.
 
     Parameters
     ----------
@@ -434,11 +438,14 @@ def run_experiment(exp: Experiment, out, *, force=False, progress=None,
     out : path
         Output folder (created if missing).
     force : bool
-        Overwrite existing outputs.
+        Overwrite existing outputs (and finished tasks).
     progress : bool or None
         Progress bars; ``None`` shows them only on a terminal.
     command : str, optional
         The command line for ``history`` (default ``python`` and this process's argv).
+    executor, retries, checkpoint_every, source
+        As :func:`analysis.sweep.run_sweep` (``source`` is its ``spec``); ``executor`` may
+        be a callable returning one: called only when there is work, closed after.
 
     Returns
     -------
@@ -455,6 +462,8 @@ def run_experiment(exp: Experiment, out, *, force=False, progress=None,
         A :class:`~particles.NumericalFailure` in any section: its partial Dataset, if
         the solver kept one, is written marked ``complete = 0`` (status "incomplete");
         later sections do not run.
+    TasksFailed
+        Tasks that raised after their retries (the others merged).
     """
     created = check_writable(out)
     out = Path(out)
@@ -462,36 +471,38 @@ def run_experiment(exp: Experiment, out, *, force=False, progress=None,
         with holding(out, "mfpc run"):
             todo, status, stale = plan_run(out, exp.config_json(),
                                            [s for s in RUNNERS if s in exp.config], force=force)
+            if todo:
+                check_tasks(out, exp.config_json(), force=force)
             remove_stale(out, stale)
-            for section in todo:
-                path = out / f"{section}.nc"
-                log.info("running [%s] -> %s", section, path)
+            if todo:  # an executor is made only when there is work
+                own = executor is not None and not hasattr(executor, "submit")
+                ex = executor() if own else executor
                 try:
-                    ds = RUNNERS[section](exp, progress=progress)
-                except ValueError as e:  # a bound found during the run (e.g. a later CFL bound)
-                    raise ConfigError(f"[{section}]: {e}") from None
-                except NumericalFailure as e:
-                    partial, kept = getattr(e, "partial", None), None
-                    if isinstance(partial, xr.Dataset):
-                        write_dataset(_finish(exp, section, partial, command, failure=e), path,
-                                      overwrite=True)
-                        status[section] = kept = (path, "incomplete")
-                    raise SectionFailure(f"[{section}]: {e}", partial, section,
-                                         kept and kept[0], status) from e
-                write_dataset(_finish(exp, section, ds, command), path, overwrite=True)
-                status[section] = (path, "written")
+                    status.update(run_sweep(
+                        exp, out, todo, task_fn=run_task, spec=source, executor=ex,
+                        finish=lambda s, ds, why: _finish(exp, s, ds, command, failure=why),
+                        retries=retries, progress=progress, checkpoint_every=checkpoint_every))
+                finally:
+                    if own:
+                        ex.close()
     finally:
         if created and not any(out.iterdir()):  # refused or failed before any file
             remove_empty_folders(created)
     return status
 
 
-def run_config(config_path, out, *, force=False, progress=None, command=None) -> dict:
-    """``mfpc run CONFIG --out DIR``: :func:`resolve` the config, then
-    :func:`run_experiment`. Returns ``{section: (path, status)}``; the command in
-    ``history`` defaults to ``mfpc run CONFIG --out DIR``."""
+def run_config(config_path, out, *, force=False, progress=None, command=None, workers=None,
+               dask_local=None, scheduler=None, retries=2, checkpoint_every=None) -> dict:
+    """``mfpc run CONFIG --out DIR``: :func:`resolve`, then :func:`run_experiment` on the
+    executor of :func:`analysis.executors.make_executor`. Returns ``{section: (path,
+    status)}``; ``history`` says ``mfpc run CONFIG --out DIR`` unless ``command``."""
     config_path = Path(config_path)
-    exp = resolve(load_config(config_path), base=config_path.parent)
+    check_options(workers, dask_local, scheduler, retries, checkpoint_every)
+    cfg = load_config(config_path)
     if command is None:
         command = f"mfpc run {config_path} --out {out}" + (" --force" if force else "")
-    return run_experiment(exp, out, force=force, progress=progress, command=command)
+    return run_experiment(
+        resolve(cfg, base=config_path.parent), out, force=force, progress=progress,
+        command=command, retries=retries, checkpoint_every=checkpoint_every,
+        executor=functools.partial(make_executor, workers, dask_local, scheduler),
+        source={"config": cfg, "base": str(config_path.parent.resolve())})

@@ -39,7 +39,8 @@ from .runlock import FolderBusy, FolderLock
 
 __all__ = ["run_id", "RunFolderError", "IDENTITY_IGNORED", "RUN_FILES", "DERIVED",
            "FIGURE_NAMES", "TMP_PATTERN", "check_writable", "holding", "remove_leftovers",
-           "plan_run", "remove_stale", "remove_empty_folders", "read_run", "file_identity"]
+           "plan_run", "remove_stale", "remove_empty_folders", "read_run", "file_identity",
+           "identity", "differing_keys", "TASKS_DIR"]
 
 #: the file of each runnable section, in run order
 RUN_FILES = {"particles": "particles.nc", "meanfield": "meanfield.nc",
@@ -52,7 +53,11 @@ FIGURE_NAMES = ("loss.png", "functions.png", "density.png", "lln.png", "clt_qq.p
                 "training_loss.png", "loss_n.png", "signed_pos_n.png", "signed_neg_n.png",
                 "slice.png", "great_circles.png")
 #: keys of the resolved config that do not change any number: not part of the identity
-IDENTITY_IGNORED = (("problem", "description"),)
+#: (``particles.seeds_per_task`` only cuts the ensemble into tasks: every member draws
+#: from its own generator, so the numbers do not depend on it)
+IDENTITY_IGNORED = (("problem", "description"), ("particles", "seeds_per_task"))
+#: the folder of a sweep's finished tasks inside DIR (:mod:`analysis.sweep`)
+TASKS_DIR = "tasks"
 #: temporary names of :func:`analysis.io.atomic_path` (``.NAME.XXXXXXXX.tmp``) for the files
 #: mfpc writes, and of the writability probe
 TMP_PATTERN = re.compile(
@@ -76,8 +81,9 @@ def _canonical(v):
     return v
 
 
-def run_id(config) -> str:
-    """The identity of a run: 16 hex digits of the SHA-256 of its canonical config JSON.
+def identity(config) -> dict:
+    """The part of a resolved config that changes numbers, canonical (:func:`_canonical`):
+    a copy without the keys of :data:`IDENTITY_IGNORED`.
 
     Parameters
     ----------
@@ -88,8 +94,44 @@ def run_id(config) -> str:
     for section, key in IDENTITY_IGNORED:
         if isinstance(cfg.get(section), dict):
             cfg[section].pop(key, None)
-    text = json.dumps(_canonical(cfg), sort_keys=True, separators=(",", ":"))
+    return _canonical(cfg)
+
+
+def run_id(config) -> str:
+    """The identity of a run: 16 hex digits of the SHA-256 of its canonical config JSON.
+
+    Parameters
+    ----------
+    config : dict or str
+        The resolved config, or its JSON (``attrs["config"]`` of a run file).
+    """
+    text = json.dumps(identity(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differing_keys(old, new) -> list:
+    """The dotted keys (``dynamics.dt``, ``particles.n``) whose values differ between two
+    resolved configs (dicts or JSON), keys that change no number left out; a key present
+    in one config only counts as differing."""
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                yield from walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")
+        elif a != b:
+            yield prefix[:-1]
+    return list(walk(identity(old), identity(new), ""))
+
+
+_ABSENT = object()
+
+
+def _differ(old, new) -> str:
+    """``"; keys that differ: a.b, c"`` for a refusal message (empty if none found)."""
+    try:
+        keys = differing_keys(old, new)
+    except (TypeError, ValueError):
+        return ""
+    return f"; keys that differ: {', '.join(keys)}" if keys else ""
 
 
 # ----------------------------------------------------------------------------- writability
@@ -247,8 +289,11 @@ def plan_run(out, config_json, sections, *, force=False):
     Raises
     ------
     RunFolderError
-        Without ``force``: a run file of another config, a foreign or damaged one, or a
-        file of this config from a failed run (``complete = 0``).
+        Without ``force``: a run file of another config (the message lists the keys that
+        differ, :func:`differing_keys`), a foreign or damaged one, or a file of this config
+        from a numerically failed run (``complete = 0``). A file of this config whose
+        sweep lost tasks (``complete = 0`` with ``missing_members``) is computed again:
+        the sweep reruns only the tasks missing from ``DIR/tasks/``.
     """
     out, rid = Path(out), run_id(config_json)
     todo, status, remove = [], {}, []
@@ -266,14 +311,19 @@ def plan_run(out, config_json, sections, *, force=False):
         attrs = file_identity(path, section)
         if section not in sections:
             raise RunFolderError(
-                f"{path} is from another run (run_id {attrs['run_id']}) and this config has no "
+                f"{path} is from another run (run_id {attrs['run_id']}"
+                f"{_differ(attrs['config'], config_json)}) and this config has no "
                 f"[{section}]; a folder holds one run: pass --force to remove it, or choose "
                 "another --out")
         if attrs["run_id"] != rid:
             raise RunFolderError(
                 f"{path} exists and was written from a different config (run_id "
-                f"{attrs['run_id']}, this config {rid}); pass --force to overwrite it or "
-                "choose another --out")
+                f"{attrs['run_id']}, this config {rid}{_differ(attrs['config'], config_json)})"
+                "; pass --force to overwrite it or choose another --out")
+        if not int(attrs.get("complete", 1)) and "missing_members" in attrs:
+            # tasks failed (not the numbers): run the missing ones (analysis.sweep)
+            todo.append(section)
+            continue
         if not int(attrs.get("complete", 1)):
             raise RunFolderError(
                 f"{path} is from a failed run of this config (complete = 0: "
