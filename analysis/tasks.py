@@ -35,6 +35,7 @@ import numpy as np
 import xarray as xr
 
 from particles import NumericalFailure
+from particles.checkpoint import Checkpoint
 
 from .io import atomic_path
 from .runfolder import identity
@@ -198,17 +199,10 @@ def load_result(path) -> xr.Dataset:
 
 
 def _checkpoint(tasks_dir, tid, every):
-    """Keyword arguments that make a runner checkpoint every ``every`` seconds."""
-    if not every:
+    """Keyword arguments that make a runner checkpoint every ``every`` seconds
+    (``DIR/tasks/<id>.ckpt.npz``, keyed by the task id: :mod:`particles.checkpoint`)."""
+    if every is None:
         return {}
-    try:
-        from particles.checkpoint import Checkpoint  # TODO(merge): from the ckpt branch
-    except ImportError:
-        log.warning("--checkpoint-every %s: this build has no particles.checkpoint; the "
-                    "task %s runs without checkpoints", every, tid)
-        return {}
-    # TODO(merge): the lead wires ckpt's `checkpoint=` keyword of run_particles,
-    # run_meanfield and run_fluctuations here
     return {"checkpoint": Checkpoint(Path(tasks_dir) / f"{tid}.ckpt.npz", every, key=tid)}
 
 

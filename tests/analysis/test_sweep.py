@@ -269,15 +269,14 @@ def test_bad_executor_options_are_refused_before_work(tmp_path, capsys, extra, m
     assert not out.exists()
 
 
-def test_dask_options_without_the_dask_executor(tmp_path, capsys):
-    try:
-        import analysis.daskexec  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("analysis.daskexec is present: tests/analysis/test_sweep_dask.py runs it")
+def test_dask_options_without_dask_name_the_extra(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # Dask not installed
     assert run(tmp_path, sweep_config(sections=()), tmp_path / "out", "--dask-local", "2") == 2
-    assert "--dask-local needs analysis.daskexec" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'pip install -e ".[dask]"' in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_make_executor_defaults_to_serial():

@@ -87,3 +87,55 @@ def test_killed_sweep_resumes_without_redoing_finished_tasks(tmp_path, monkeypat
     assert main(["run", str(cfgp), "--out", str(ref), "--no-progress"]) == 0
     for name in ("particles.nc", "meanfield.nc"):
         xr.testing.assert_identical(load(out / name), load(ref / name))
+
+
+def test_killed_task_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """--checkpoint-every 0: a task killed mid-run leaves DIR/tasks/<id>.ckpt.npz; the rerun
+    restores it (the checkpoint is loaded, not ignored) and the merged file equals an
+    uninterrupted run's bitwise."""
+    from particles.checkpoint import Checkpoint
+
+    cfg = kill_config()
+    cfg.pop("meanfield")
+    cfg["particles"] = {"n": [16], "seeds": 2, "root_seed": 3, "seeds_per_task": 2}
+    cfg["dynamics"].update(t_end=8.0, save_times=[0.0, 4.0, 8.0], dt=0.01)  # 800 RK4 steps
+    cfgp = write_toml(tmp_path / "c.toml", cfg)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "analysis.cli", "run", str(cfgp), "--out",
+                          str(out), "--no-progress", "--checkpoint-every", "0"], cwd=ROOT,
+                         env=env, start_new_session=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    t0 = time.time()
+
+    def ckpts():
+        d = out / TASKS_DIR
+        return sorted(d.glob("*.ckpt.npz")) if d.is_dir() else []
+
+    try:
+        while not ckpts():
+            assert p.poll() is None, p.communicate()
+            assert time.time() - t0 < 120, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        time.sleep(0.3)  # some steps past the first checkpoint
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGKILL and ckpts() and not finished(out)
+
+    loaded, real = [], Checkpoint.load
+
+    def load_spy(self):
+        held = real(self)
+        loaded.append(held is not None)
+        return held
+
+    monkeypatch.setattr(Checkpoint, "load", load_spy)
+    assert main(["run", str(cfgp), "--out", str(out), "--no-progress",
+                 "--checkpoint-every", "0"]) == 0
+    monkeypatch.undo()
+    assert loaded and loaded[0], "the rerun did not restore the killed task's checkpoint"
+    assert not (out / TASKS_DIR).exists()
+    ref = tmp_path / "ref"
+    assert main(["run", str(cfgp), "--out", str(ref), "--no-progress"]) == 0
+    xr.testing.assert_identical(load(out / "particles.nc"), load(ref / "particles.nc"))
