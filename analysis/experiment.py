@@ -14,6 +14,7 @@ Defaults of ``[meanfield]`` and ``[fluctuations]`` come from :mod:`meanfield.def
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from meanfield import defaults as D
 from . import budget, preflight, tasks
 from .executors import check_options, make_executor
 from .inputs import load_config, read_init_file
+from .realisations import check_realisations, realisation_problem, stack_realisations
 from .schema import (DYNAMICS_SCHEMA, FLUCTUATIONS_SCHEMA, MEANFIELD_SCHEMA,  # noqa: F401
                      PARTICLES_SCHEMA)
 from .runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
@@ -176,6 +178,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
             raise ConfigError(f"missing section [{s}]")
     if problem is None:  # the sizes of [problem] before anything is built
         _refuse(budget.problem_need(cfg["problem"]).check())
+    check_realisations(cfg, problem is not None)
     problem = _problem(cfg, problem)
     dyn = C.check_section(cfg["dynamics"], DYNAMICS_SCHEMA, "dynamics",
                           required=("scheme", "dt", "t_end", "save_times"))
@@ -253,6 +256,13 @@ def run_particles(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
     """The [particles] section: an ensemble over n and seeds (``checkpoint``: a
     :class:`particles.checkpoint.Checkpoint` passed to :func:`particles.simulate`)."""
     p = exp.particles
+    if int(p.get("realisations", 1)) > 1 and p.get("realisation") is None:
+        # the whole ensemble in this process (a sweep runs one realisation a task)
+        return stack_realisations([
+            run_particles(dataclasses.replace(exp, problem=realisation_problem(exp, r),
+                                              particles={**p, "realisation": r}),
+                          progress=progress)
+            for r in range(int(p["realisations"]))])
     return simulate(
         exp.problem,
         p["n"],
@@ -265,6 +275,7 @@ def run_particles(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
         save_state=p["save_state"],
         progress=progress,
         checkpoint=checkpoint,
+        realisation=int(p.get("realisation") or 0),
     )
 
 

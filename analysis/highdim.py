@@ -94,7 +94,9 @@ def highdim_checks(particles, problem, cfg, *, n_boot=1000, level=0.95, rng, not
     per realisation and for their mean)."""
     parts = [ensemble_lln(particles, n_boot=n_boot, level=level, rng=rng),
              final_scaling(particles, n_boot=n_boot, level=0.95, rng=rng)]
-    g = _gram(problem, particles, notes)
+    first = (particles.isel(realisation=0, drop=True) if "realisation" in particles.dims
+             else particles)  # the units of realisation 0 (``problem`` is its problem)
+    g = _gram(problem, first, notes)
     if g is not None:
         parts.append(g)
     tq = quench_time(cfg.get("dynamics", {}).get("batch"))

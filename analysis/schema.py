@@ -61,4 +61,6 @@ PARTICLES_SCHEMA = {
     "root_seed": C.integer(lo=0),
     "save_state": C.boolean(),
     "seeds_per_task": C.integer(lo=1),  # the sweep's block of seeds (analysis.tasks)
+    # target realisations learnt side by side (issue 12; analysis.tasks.realisation_config)
+    "realisations": C.integer(lo=1),
 }

@@ -45,6 +45,7 @@ from particles.config import ConfigError
 
 from .executors import SerialExecutor
 from .io import atomic_path, write_dataset
+from .realisations import stack_realisations
 from .runfolder import TASKS_DIR, RunFolderError, differing_keys, run_id
 from .tasks import (SECTION_ORDER, _ranges, done_path, failed_path, load_result, plan_tasks,
                     task_label)
@@ -182,11 +183,33 @@ def missing_members(tasks) -> str:
     """``"n=8 seeds 0-1, 4; n=16 seeds 2"``: the members of the particle ``tasks``."""
     by_n = {}
     for t in tasks:
-        by_n.setdefault(t["n"], []).extend(t["seeds"])
-    return "; ".join(f"n={n} seeds {_ranges(s)}" for n, s in by_n.items())
+        r = t.get("realisation")
+        key = f"{'' if r is None else f'realisation {r} '}n={t['n']}"
+        by_n.setdefault(key, []).extend(t["seeds"])
+    return "; ".join(f"{k} seeds {_ranges(s)}" for k, s in by_n.items())
 
 
 def merge_particles(parts, config) -> xr.Dataset:
+    """The ``(n, seed)`` ensemble of its particle tasks, stacked over target realisations
+    when there are several (:func:`analysis.realisations.stack_realisations`; a
+    realisation none of whose tasks finished is NaN)."""
+    R = int(config["particles"].get("realisations", 1))
+    if R == 1:
+        return _merge_members(parts, config)
+    merged = []
+    for r in range(R):
+        mine = [(t, ds) for t, ds in parts if t.get("realisation") == r]
+        ds = _merge_members(mine or parts[:1], config)
+        if not mine:  # every task of it failed: its members are missing
+            ds = ds.copy()
+            for name, var in ds.data_vars.items():
+                if "n" in var.dims or name == "f_target":
+                    ds[name] = var * np.nan
+        merged.append(ds)
+    return stack_realisations(merged)
+
+
+def _merge_members(parts, config) -> xr.Dataset:
     """The ``(n, seed)`` ensemble from the Datasets of its particle tasks.
 
     Parameters

@@ -38,6 +38,7 @@ from particles import NumericalFailure
 from particles.checkpoint import Checkpoint
 
 from .io import atomic_path
+from .realisations import realisation_problem
 from .runfolder import identity
 
 __all__ = ["plan_tasks", "task_id", "task_label", "default_seeds_per_task",
@@ -79,6 +80,8 @@ def task_id(config, task: dict) -> str:
     """
     key = {"config": identity(config),
            "task": {k: task.get(k) for k in ("section", "i_n", "n", "seeds")}}
+    if task.get("realisation") is not None:  # only with realisations: the ids stay
+        key["task"]["realisation"] = int(task["realisation"])
     text = json.dumps(key, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -98,7 +101,9 @@ def task_label(task: dict) -> str:
     """What a task computes, for messages: ``"particles n=256 seeds 8-15"``."""
     if task["section"] != "particles":
         return f"[{task['section']}]"
-    return f"particles n={task['n']} seeds {_ranges(task['seeds'])}"
+    r = task.get("realisation")
+    return (f"particles {'' if r is None else f'realisation {r} '}n={task['n']} "
+            f"seeds {_ranges(task['seeds'])}")
 
 
 def plan_tasks(config: dict, sections) -> list:
@@ -107,7 +112,9 @@ def plan_tasks(config: dict, sections) -> list:
     Returns
     -------
     list of dict
-        Each with ``id`` (:func:`task_id`), ``section``, ``i_n``, ``n``, ``seeds``.
+        Each with ``id`` (:func:`task_id`), ``section``, ``i_n``, ``n``, ``seeds`` (and
+        ``realisation`` when ``particles.realisations > 1``: one task per realisation ×
+        n × block of seeds).
     """
     tasks = []
     for section in SECTION_ORDER:
@@ -119,10 +126,15 @@ def plan_tasks(config: dict, sections) -> list:
         p = config["particles"]
         seeds = int(p["seeds"])
         block = int(p.get("seeds_per_task") or default_seeds_per_task(seeds))
-        for i_n, n in enumerate(p["n"]):
-            for s0 in range(0, seeds, block):
-                tasks.append({"section": section, "i_n": i_n, "n": int(n),
-                              "seeds": list(range(s0, min(s0 + block, seeds)))})
+        R = int(p.get("realisations", 1))
+        for r in range(R):
+            for i_n, n in enumerate(p["n"]):
+                for s0 in range(0, seeds, block):
+                    t = {"section": section, "i_n": i_n, "n": int(n),
+                         "seeds": list(range(s0, min(s0 + block, seeds)))}
+                    if R > 1:
+                        t["realisation"] = r
+                    tasks.append(t)
     for t in tasks:
         t["id"] = task_id(config, t)
     return tasks
@@ -138,6 +150,10 @@ def sub_experiment(exp, task: dict):
     init = exp.init
     if init is not None:
         init = tuple(a[list(task["seeds"])] for a in init)
+    if task.get("realisation") is not None:  # its target (analysis.realisations)
+        r = int(task["realisation"])
+        return dataclasses.replace(exp, particles={**parts, "realisation": r}, init=init,
+                                   problem=realisation_problem(exp, r))
     return dataclasses.replace(exp, particles=parts, init=init)
 
 

@@ -45,10 +45,11 @@ __all__ = ["PRESETS", "preset_problem", "circle_problem", "rbf_problem", "sphere
            "sigmoid_problem", "problem_rngs", "gaussian_measure", "draw_target", "y_law_normal",
            "SEED_RULE"]
 
-TARGET_SCHEMA = {"kind": C.choice("teacher", "3spin"), "units": C.integer(lo=1)}
+TARGET_SCHEMA = {"kind": C.choice("teacher", "3spin"), "units": C.integer(lo=1),
+                 "seed": C.integer(lo=0)}
 FOURIER_SCHEMA = {"cos": C.number_list(), "sin": C.number_list()}
 SEED_RULE = (
-    "target from Generator(PCG64(SeedSequence(seed))); node sample from "
+    "target from Generator(PCG64(SeedSequence(target.seed or seed))); node sample from "
     "Generator(PCG64(SeedSequence(seed, spawn_key=(0,))))"
 )
 
@@ -154,10 +155,21 @@ def circle_problem(kappa=2.0, quadrature=64, cos=(), sin=(), c_law=None, y_law=N
                      "target.sin": list(target.sin)})
 
 
-def rbf_problem(d, sigma, nodes, units, *, scale=1.0, seed=0, c_law=None, y_law=None):
-    """Gaussian RBF in R^d, data N(0, scale² I), a teacher target of ``units`` units."""
-    kernel = GaussianRBF(d, sigma)
+def _rngs(seed, target_seed):
+    """(target_rng, nodes_rng): the target from ``target_seed`` when given (a target
+    realisation), the nodes always from ``seed``."""
     t_rng, x_rng = problem_rngs(seed)
+    if target_seed is not None:
+        t_rng = problem_rngs(target_seed)[0]
+    return t_rng, x_rng
+
+
+def rbf_problem(d, sigma, nodes, units, *, scale=1.0, seed=0, c_law=None, y_law=None,
+                target_seed=None):
+    """Gaussian RBF in R^d, data N(0, scale² I), a teacher target of ``units`` units
+    (drawn from ``target_seed`` when given, else from ``seed``)."""
+    kernel = GaussianRBF(d, sigma)
+    t_rng, x_rng = _rngs(seed, target_seed)
     t = check_target({"kind": "teacher", "units": units}, "rbf", ("teacher",))
     target, tinfo = draw_target(t, kernel, d, t_rng)
     measure = gaussian_measure(d, nodes, scale, x_rng)
@@ -169,14 +181,15 @@ def rbf_problem(d, sigma, nodes, units, *, scale=1.0, seed=0, c_law=None, y_law=
 
 
 def sphere_problem(d, alpha, nodes, energy, target="3spin", units=None, *, seed=0,
-                   c_law=None):
-    """Sphere RBF (4.2)–(4.5), uniform data on |x| = √d, 3-spin or teacher target."""
+                   c_law=None, target_seed=None):
+    """Sphere RBF (4.2)–(4.5), uniform data on |x| = √d, 3-spin or teacher target
+    (drawn from ``target_seed`` when given, else from ``seed``)."""
     if energy not in ("interpolation", "data"):
         raise C.ConfigError(
             f"problem.energy={energy!r} is not allowed; use 'interpolation' or 'data'"
         )
     kernel = SphereRBF(d, alpha)
-    t_rng, x_rng = problem_rngs(seed)
+    t_rng, x_rng = _rngs(seed, target_seed)
     f, tinfo = draw_target(check_target({"kind": target, "units": units}, "sphere"),
                            kernel, d, t_rng)
     measure = SphereUniform(d, nodes, x_rng)
@@ -195,10 +208,12 @@ def sphere_problem(d, alpha, nodes, energy, target="3spin", units=None, *, seed=
 
 
 def sigmoid_problem(d, nodes, target="3spin", units=None, *, activation="sigmoid",
-                    measure="sphere", scale=1.0, seed=0, c_law=None, y_law=None):
-    """Single-layer network (4.9)–(4.10), y = (a, b) in R^{d+1}, 3-spin or teacher target."""
+                    measure="sphere", scale=1.0, seed=0, c_law=None, y_law=None,
+                    target_seed=None):
+    """Single-layer network (4.9)–(4.10), y = (a, b) in R^{d+1}, 3-spin or teacher target
+    (drawn from ``target_seed`` when given, else from ``seed``)."""
     kernel = SigmoidUnit(d, activation)
-    t_rng, x_rng = problem_rngs(seed)
+    t_rng, x_rng = _rngs(seed, target_seed)
     f, tinfo = draw_target(check_target({"kind": target, "units": units}, "sigmoid"),
                            kernel, d, t_rng)
     if measure == "sphere":
@@ -264,7 +279,8 @@ def _rbf(cfg, c_law, y_cfg):
     d = cfg["d"]
     t = check_target(cfg["target"], "rbf", ("teacher",))
     return rbf_problem(d, cfg["sigma"], cfg["nodes"], t["units"], scale=cfg.get("scale", 1.0),
-                       seed=cfg.get("seed", 0), c_law=c_law, y_law=y_law_normal(d, y_cfg))
+                       seed=cfg.get("seed", 0), c_law=c_law, y_law=y_law_normal(d, y_cfg),
+                       target_seed=t.get("seed"))
 
 
 def _sphere(cfg, c_law, y_cfg):
@@ -289,7 +305,8 @@ def _sphere(cfg, c_law, y_cfg):
         )
     t = check_target(cfg["target"], "sphere")
     return sphere_problem(cfg["d"], cfg["alpha"], cfg["nodes"], cfg["energy"], t["kind"],
-                          t.get("units"), seed=cfg.get("seed", 0), c_law=c_law)
+                          t.get("units"), seed=cfg.get("seed", 0), c_law=c_law,
+                          target_seed=t.get("seed"))
 
 
 def _sigmoid(cfg, c_law, y_cfg):
@@ -319,7 +336,7 @@ def _sigmoid(cfg, c_law, y_cfg):
     return sigmoid_problem(d, cfg["nodes"], t["kind"], t.get("units"),
                            activation=cfg.get("activation", "sigmoid"), measure=measure,
                            scale=cfg.get("scale", 1.0), seed=cfg.get("seed", 0), c_law=c_law,
-                           y_law=y_law_normal(d + 1, y_cfg))
+                           y_law=y_law_normal(d + 1, y_cfg), target_seed=t.get("seed"))
 
 
 #: kind -> preset(problem_cfg, c_law, y_cfg) -> Problem (a static table).

@@ -25,9 +25,13 @@ from .steppers import ParticleStepper
 __all__ = ["simulate", "member_rng", "NumericalFailure"]
 
 
-def member_rng(root_seed: int, i_n: int, i_seed: int) -> np.random.Generator:
-    """The generator of ensemble member (i_n, i_seed)."""
-    ss = np.random.SeedSequence(int(root_seed), spawn_key=(int(i_n), int(i_seed)))
+def member_rng(root_seed: int, i_n: int, i_seed: int, realisation: int = 0
+               ) -> np.random.Generator:
+    """The generator of ensemble member (i_n, i_seed) of target realisation
+    ``realisation`` (spawn key ``(i_n, i_seed)`` for realisation 0, the run without
+    realisations; ``(i_n, i_seed, r)`` for r > 0)."""
+    key = (int(i_n), int(i_seed)) + ((int(realisation),) if realisation else ())
+    ss = np.random.SeedSequence(int(root_seed), spawn_key=key)
     return np.random.Generator(np.random.PCG64(ss))
 
 
@@ -44,6 +48,7 @@ def simulate(
     save_state: bool = True,
     progress: bool | None = None,
     checkpoint=None,
+    realisation: int = 0,
 ) -> xr.Dataset:
     r"""Run an ensemble of finite-n networks and return what was observed.
 
@@ -59,6 +64,9 @@ def simulate(
         Increasing times in [0, t_end] at which to observe; the run stops at the last.
     root_seed : int
         Root of every member's ``SeedSequence``.
+    realisation : int
+        The target realisation this ensemble learns (its members' generators:
+        :func:`member_rng`).
     n_index : sequence of int, optional
         The ``i_n`` of each n in the spawn key (default ``range(len(n))``).
     init : tuple (y, c), optional
@@ -136,7 +144,8 @@ def simulate(
         attrs = {
             "root_seed": int(root_seed),
             "n_index": json.dumps(n_index),
-            "seed_spawn_key": "SeedSequence(root_seed, spawn_key=(n_index[i_n], seed))",
+            "seed_spawn_key": ("SeedSequence(root_seed, spawn_key=(n_index[i_n], seed"
+                               + (f", {int(realisation)}))" if realisation else "))")),
             "problem": json.dumps(problem.params()),
             "dynamics": json.dumps(dynamics.params()),
             "time_step_rule": "equal steps <= dt between consecutive save times",
@@ -155,7 +164,7 @@ def simulate(
             continue  # finished before the checkpoint was written: its outputs come back
         if checkpoint is not None:
             checkpoint.stage = stages[k]
-        rngs = [member_rng(root_seed, n_index[k], s) for s in seed_ids]
+        rngs = [member_rng(root_seed, n_index[k], s, realisation) for s in seed_ids]
         if init is None:
             draws = [problem.sample_init(r, nk) for r in rngs]
             y = np.stack([d[0] for d in draws])
