@@ -73,6 +73,7 @@ FLUCTUATIONS_SCHEMA = {
     "y": C.integer(lo=1),
     "c": C.integer(lo=1),
     "dt": C.number(lo=0, lo_open=True),
+    "sgd": C.boolean(),
 }
 
 
@@ -168,7 +169,7 @@ def _fluctuations_section(cfg, dynamics):
     """``[fluctuations]`` checked, with the defaults of :mod:`meanfield.defaults`."""
     fl = C.check_section(cfg["fluctuations"], FLUCTUATIONS_SCHEMA, "fluctuations")
     return {"method": "influence", "members": D.ENSEMBLE["members"], "y": D.INFLUENCE["ny"],
-            "c": D.INFLUENCE["nc"], "dt": dynamics.dt, **fl}
+            "c": D.INFLUENCE["nc"], "dt": dynamics.dt, "sgd": dynamics.scheme == "sgd", **fl}
 
 
 #: dynamics keys that apply to one scheme only: key -> (scheme, what it is)
@@ -353,9 +354,18 @@ def _merge_meanfield(parts):
 
 
 def run_fluctuations(exp: Experiment, progress=None) -> xr.Dataset:
-    """The [fluctuations] section: the predicted CLT covariance of sqrt(n)(f_n - f_0)."""
+    """The [fluctuations] section: the predicted CLT covariance of sqrt(n)(f_n - f_0) and,
+    with ``sgd`` (default for SGD dynamics), the SGD covariance per unit theta_ref
+    (``sgd_cov``, ``sgd_var``: :mod:`meanfield.sgdnoise`, :mod:`meanfield.sgdensemble`)."""
     fl = exp.config["fluctuations"]
+    sgd = fl.get("sgd", False)
     if fl["method"] == "influence":
+        if sgd:
+            from meanfield.sgdnoise import sgd_covariance_influence
+
+            return sgd_covariance_influence(exp.problem, exp.save_times, exp.dynamics,
+                                            ny=fl["y"], nc=fl["c"], dt=fl["dt"],
+                                            progress=progress)
         from meanfield.influence import clt_covariance_influence
 
         return clt_covariance_influence(exp.problem, exp.save_times, ny=fl["y"], nc=fl["c"],
@@ -363,11 +373,24 @@ def run_fluctuations(exp: Experiment, progress=None) -> xr.Dataset:
     from meanfield.linearised import clt_covariance_ensemble
 
     g = exp.config["meanfield"]["grid"]
-    return clt_covariance_ensemble(
-        exp.problem, exp.save_times, members=fl["members"], ny=g["y"], nc=g["c"],
-        c_min=g["c_min"], c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"],
-        potential=g["potential"], allow_truncation=g["allow_truncation"], root_seed=(exp.particles or {}).get("root_seed", 0),
-        progress=progress)
+    grid = dict(ny=g["y"], nc=g["c"], c_min=g["c_min"], c_max=g["c_max"],
+                y_range=preflight.y_range(g), cfl=g["cfl"], potential=g["potential"],
+                allow_truncation=g["allow_truncation"],
+                root_seed=(exp.particles or {}).get("root_seed", 0), progress=progress)
+    ds = clt_covariance_ensemble(exp.problem, exp.save_times, members=fl["members"], **grid)
+    if not sgd:
+        return ds
+    from meanfield.sgdensemble import sgd_covariance_ensemble
+
+    try:
+        s = sgd_covariance_ensemble(exp.problem, exp.save_times, exp.dynamics,
+                                    members=fl["members"], **grid)
+    except NumericalFailure as e:
+        raise NumericalFailure(str(e), ds) from e
+    ds.attrs.update({k: v for k, v in s.attrs.items() if k.startswith("sgd_")})
+    ds.attrs["sgd_resolution"] = s.attrs["resolution"]
+    return ds.assign(sgd_cov=s["sgd_cov"], sgd_var=s["sgd_var"],
+                     sgd_cov_stderr=s["sgd_cov_stderr"])
 
 
 RUNNERS = {"particles": run_particles, "meanfield": run_meanfield,

@@ -39,6 +39,7 @@ from .io import atomic_path, write_dataset
 from .mkernel import mkernel_checks
 from .power import VERDICTS, bootstrap_min_seeds, judge, slope_alternatives
 from .runfolder import check_writable, holding, read_run
+from .sgdchecks import sgd_checks, sgd_rows
 from .variables import cf_meta
 
 __all__ = ["make_report", "Row", "rows", "render", "REPORT_SPAWN_KEY"]
@@ -175,6 +176,8 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
                                 level=level, rng=rng))
         if fluct is not None:
             parts.append(checks.clt(particles, meanfield, fluct, f0=f0))
+            if "sgd_cov" in fluct and cfg["dynamics"]["scheme"] == "sgd":
+                parts.append(sgd_checks(particles, fluct, cfg, f0=f0))
     else:
         notes.append("LLN and CLT need f_0 from meanfield.nc: n.a.")
     if problem.x.shape[0] <= M_MAX_Q:
@@ -369,6 +372,10 @@ def rows(a, inputs):
                        f"slope {_g(s)} [{_g(lo)}, {_g(hi)}]",
                        _with(f"−2α = {_g(e)}", note) if np.isfinite(e) else
                        "n.a.: dynamics.batch does not scale P ∝ n^{2α}", v))
+        if "sgd_var_ratio" in a:
+            z_sgd = per_time_level(len(ts) * a.sizes["n"])[2]
+            out += sgd_rows(a, Row=Row, seeds=S, z_max=z_sgd, k_95=k_95,
+                            alpha=_batch_alpha(cfg))
     return out
 
 

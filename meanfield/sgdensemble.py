@@ -38,7 +38,7 @@ from particles.results import run_status, x_coord
 from .defaults import ENSEMBLE, GRID
 from .grid import GridSolver, prepare
 from .linearised import _default_chunk, covariance_stderr, f_half
-from .sgdnoise import theta_ratio
+from .sgdnoise import theta_attrs, theta_ratio
 from .tangent import Linearisation, TangentStepper
 
 __all__ = ["SGD_KEY", "noise_potentials", "noise_forcing", "ForcedState", "ForcedStepper",
@@ -201,6 +201,7 @@ def sgd_covariance_ensemble(problem, save_times, dynamics=None, *,
                  "sgd_method_description": "sample covariance over tangent-linear grid runs "
                                            "forced by sampled single-sample velocity noise "
                                            "(THEORY §4b)",
+                 "sgd_theta": theta_attrs(dynamics),
                  "members": members, "root_seed": int(root_seed), "sgd_key": SGD_KEY,
                  "resolution": json.dumps(res), "truncated_mass": float(truncated),
                  **run_status(failure)}

@@ -53,7 +53,7 @@ from particles.results import run_status, x_coord
 from .defaults import INFLUENCE
 from .influence import adjoint_sweep, c_domain, forward_run, influence_info
 
-__all__ = ["theta_ref", "theta_ratio", "noise_response", "noise_covariance",
+__all__ = ["theta_ref", "theta_ratio", "theta_attrs", "noise_response", "noise_covariance",
            "sgd_covariance_influence"]
 
 
@@ -193,7 +193,7 @@ def sgd_covariance_influence(problem, save_times, dynamics=None, *, ny=INFLUENCE
     return _dataset(problem, ts, fw.f0, sym(clt), sym(sgd), info, dynamics)
 
 
-def _theta_attrs(dynamics):
+def theta_attrs(dynamics):
     """What ``sgd_cov`` is per unit of, as JSON (``sgd_theta``)."""
     batch = None if dynamics is None else dynamics.batch
     return json.dumps({
@@ -216,7 +216,7 @@ def _dataset(problem, ts, f0, clt, sgd, info, dynamics, failure=None):
                                   "nodes carried by the exact discrete adjoint, "
                                   "Cov over the quadrature of mu, trapezoid in s "
                                   "(THEORY §4b; (3.29), (3.31)-(3.32))",
-        "sgd_theta": _theta_attrs(dynamics),
+        "sgd_theta": theta_attrs(dynamics),
         "resolution": json.dumps(info),
         "c_domain": json.dumps(c_domain(problem)),
         "c_nodes_range": json.dumps(info.get("c_nodes_range")),
