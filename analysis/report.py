@@ -39,7 +39,7 @@ from .io import atomic_path, write_dataset
 from .mkernel import mkernel_checks
 from .power import VERDICTS, bootstrap_min_seeds, judge, slope_alternatives
 from .runfolder import check_writable, holding, read_run
-from .sgdchecks import sgd_checks, sgd_rows
+from .sgdchecks import gd_rows_na, sgd_checks, sgd_rows
 from .variables import cf_meta
 
 __all__ = ["make_report", "Row", "rows", "render", "REPORT_SPAWN_KEY"]
@@ -374,8 +374,8 @@ def rows(a, inputs):
                        "n.a.: dynamics.batch does not scale P ∝ n^{2α}", v))
         if "sgd_var_ratio" in a:
             z_sgd = per_time_level(len(ts) * a.sizes["n"])[2]
-            out += sgd_rows(a, Row=Row, seeds=S, z_max=z_sgd, k_95=k_95,
-                            alpha=_batch_alpha(cfg))
+            out = gd_rows_na(out, Row) + sgd_rows(a, Row=Row, seeds=S, z_max=z_sgd,
+                                                  k_95=k_95, alpha=_batch_alpha(cfg))
     return out
 
 

@@ -35,12 +35,33 @@ from .checks import clt_relative_stderr
 from .estimators import align_to
 from .power import judge, slope_alternatives
 
-__all__ = ["QUENCH_FACTOR", "QUENCH_LOSS", "run_dynamics", "sgd_checks", "sgd_rows"]
+__all__ = ["QUENCH_FACTOR", "QUENCH_LOSS", "GD_ROWS", "run_dynamics", "sgd_checks",
+           "sgd_rows", "gd_rows_na"]
 
 #: allowed growth of the sensitivity |M[rho_0]|^2 between the first and the last interval
 QUENCH_FACTOR = 10.0
 #: the self-quench row needs l_0(t_{K-1}) / l_0(0) below this (else n.a.: run longer)
 QUENCH_LOSS = 0.1
+
+
+#: the rows (by the start of their prediction) whose expected value is the GD one: on an SGD
+#: run with the SGD prediction they are n.a., the SGD rows test the same data against
+#: Σ_t + nθΣ^SGD_t (the old exponent row, −2α only asymptotically, by the predicted one)
+GD_ROWS = ("LLN ", "CLT ", "leading eigenvalues of M[ρ_n]",
+           "SGD: variance of f_n − f_0 vs n")
+
+
+def gd_rows_na(rows, Row):
+    """``rows`` with the verdict of every :data:`GD_ROWS` row set to n.a. and the reason
+    added to its expected column (an SGD run with ``sgd_cov``)."""
+    out = []
+    for r in rows:
+        if r.prediction.startswith(GD_ROWS) and r.verdict != "n.a.":
+            r = Row(r.prediction, r.reference, r.measured,
+                    f"{r.expected}; n.a. for SGD: the GD value, see the SGD rows "
+                    "(Σ_t + nθΣ^SGD_t)", "n.a.")
+        out.append(r)
+    return out
 
 
 def run_dynamics(cfg) -> Dynamics:

@@ -64,6 +64,8 @@ def test_sgd_run_and_report(tmp_path, method):
     assert all(line.rstrip(" |").split("|")[-1].strip() in VERDICTS for line in rows)
     assert "| SGD: exponent of Var f_n vs n" in text
     assert "| SGD self-quench" in text
+    gd = [line for line in text.splitlines() if line.startswith(("| LLN", "| CLT"))]
+    assert gd and all(line.rstrip(" |").endswith("n.a.") for line in gd), gd
 
 
 def test_sgd_key_defaults_and_refusals():
