@@ -354,43 +354,29 @@ def _merge_meanfield(parts):
 
 
 def run_fluctuations(exp: Experiment, progress=None) -> xr.Dataset:
-    """The [fluctuations] section: the predicted CLT covariance of sqrt(n)(f_n - f_0) and,
-    with ``sgd`` (default for SGD dynamics), the SGD covariance per unit theta_ref
-    (``sgd_cov``, ``sgd_var``: :mod:`meanfield.sgdnoise`, :mod:`meanfield.sgdensemble`)."""
+    """The [fluctuations] section: the predicted CLT covariance of sqrt(n)(f_n - f_0), and
+    with ``sgd`` the SGD one per unit theta_ref (:mod:`meanfield.sgdnoise`)."""
     fl = exp.config["fluctuations"]
-    sgd = fl.get("sgd", False)
     if fl["method"] == "influence":
-        if sgd:
-            from meanfield.sgdnoise import sgd_covariance_influence
-
-            return sgd_covariance_influence(exp.problem, exp.save_times, exp.dynamics,
-                                            ny=fl["y"], nc=fl["c"], dt=fl["dt"],
-                                            progress=progress)
         from meanfield.influence import clt_covariance_influence
+        from meanfield.sgdnoise import sgd_covariance_influence
 
+        if fl.get("sgd"):
+            return sgd_covariance_influence(exp.problem, exp.save_times, exp.dynamics,
+                                            ny=fl["y"], nc=fl["c"], dt=fl["dt"])
         return clt_covariance_influence(exp.problem, exp.save_times, ny=fl["y"], nc=fl["c"],
                                         dt=fl["dt"])
     from meanfield.linearised import clt_covariance_ensemble
+    from meanfield.sgdensemble import with_sgd_ensemble
 
     g = exp.config["meanfield"]["grid"]
-    grid = dict(ny=g["y"], nc=g["c"], c_min=g["c_min"], c_max=g["c_max"],
-                y_range=preflight.y_range(g), cfl=g["cfl"], potential=g["potential"],
-                allow_truncation=g["allow_truncation"],
+    grid = dict(members=fl["members"], ny=g["y"], nc=g["c"], c_min=g["c_min"],
+                c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"],
+                potential=g["potential"], allow_truncation=g["allow_truncation"],
                 root_seed=(exp.particles or {}).get("root_seed", 0), progress=progress)
-    ds = clt_covariance_ensemble(exp.problem, exp.save_times, members=fl["members"], **grid)
-    if not sgd:
-        return ds
-    from meanfield.sgdensemble import sgd_covariance_ensemble
-
-    try:
-        s = sgd_covariance_ensemble(exp.problem, exp.save_times, exp.dynamics,
-                                    members=fl["members"], **grid)
-    except NumericalFailure as e:
-        raise NumericalFailure(str(e), ds) from e
-    ds.attrs.update({k: v for k, v in s.attrs.items() if k.startswith("sgd_")})
-    ds.attrs["sgd_resolution"] = s.attrs["resolution"]
-    return ds.assign(sgd_cov=s["sgd_cov"], sgd_var=s["sgd_var"],
-                     sgd_cov_stderr=s["sgd_cov_stderr"])
+    ds = clt_covariance_ensemble(exp.problem, exp.save_times, **grid)
+    return with_sgd_ensemble(ds, exp.problem, exp.save_times, exp.dynamics, **grid) \
+        if fl.get("sgd") else ds
 
 
 RUNNERS = {"particles": run_particles, "meanfield": run_meanfield,

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from particles.loop import check_save_times, run
+from particles.loop import NumericalFailure, check_save_times, run
 from particles.results import dataset as cf_dataset
 from particles.results import run_status, x_coord
 
@@ -42,7 +42,7 @@ from .sgdnoise import theta_attrs, theta_ratio
 from .tangent import Linearisation, TangentStepper
 
 __all__ = ["SGD_KEY", "noise_potentials", "noise_forcing", "ForcedState", "ForcedStepper",
-           "sgd_covariance_ensemble"]
+           "sgd_covariance_ensemble", "with_sgd_ensemble"]
 
 #: ``spawn_key`` of the forced ensemble's generator (a 1-tuple, unlike members' 2-tuples;
 #: not the CLT ensemble's ``2**32 - 1``)
@@ -218,3 +218,19 @@ def sgd_covariance_ensemble(problem, save_times, dynamics=None, *,
         after_step=lambda old, new: hs.append(new.t - old.t), progress=progress,
         desc="SGD ensemble", partial=dataset)
     return dataset()
+
+
+def with_sgd_ensemble(ds, problem, save_times, dynamics, **kwargs) -> xr.Dataset:
+    """The CLT ensemble's Dataset ``ds`` with ``sgd_cov``, ``sgd_var``, ``sgd_cov_stderr``
+    of :func:`sgd_covariance_ensemble` (same keyword arguments) and its ``sgd_*`` attrs
+    (``sgd_resolution``: its resolution). A failure of the forced ensemble keeps ``ds`` as
+    the partial result."""
+    try:
+        s = sgd_covariance_ensemble(problem, save_times, dynamics, **kwargs)
+    except NumericalFailure as e:
+        raise NumericalFailure(str(e), ds) from e
+    ds = ds.assign(sgd_cov=s["sgd_cov"], sgd_var=s["sgd_var"],
+                   sgd_cov_stderr=s["sgd_cov_stderr"])
+    ds.attrs.update({k: v for k, v in s.attrs.items() if k.startswith("sgd_")})
+    ds.attrs["sgd_resolution"] = s.attrs["resolution"]
+    return ds

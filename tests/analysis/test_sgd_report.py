@@ -127,3 +127,24 @@ def test_variance_rows_can_pass_and_fail(with_sgd_term, expected):
     assert last[0].verdict == expected, last
     if with_sgd_term:
         assert all(r.verdict in ("PASS", "INCONCLUSIVE") for r in var_rows), var_rows
+
+
+@pytest.mark.parametrize("last, loss_end, expected", [
+    (1e-4, 1e-3, "PASS"),   # growth fell with the loss (bound 10 * 1e-3 * 1 = 1e-2)
+    (0.5, 1e-3, "FAIL"),    # still growing although l_0 fell 1000-fold
+    (1e-4, 0.5, "n.a."),    # l_0 has not fallen below QUENCH_LOSS: not a long time yet
+])
+def test_self_quench_row(last, loss_end, expected):
+    ts = np.array([0.0, 1.0, 10.0, 20.0])
+    a = xr.Dataset({"sgd_trace": ("t", [0.0, 1.0, 2.0, 2.0 + 10 * last]),
+                    "sgd_growth": ("t", [np.nan, 1.0, 0.1, last]),
+                    "sgd_loss_0": ("t", [1.0, 0.5, loss_end, loss_end / 2]),
+                    "sgd_expected_slope": ("t", np.full(4, np.nan)),
+                    "sgd_var_ratio": (("n", "t"), np.ones((1, 4))),
+                    "sgd_var_ratio_stderr": (("n", "t"), np.full((1, 4), 0.1)),
+                    "sgd_ratio_gd": (("n", "t"), np.full((1, 4), 0.2)),
+                    "sgd_term_ratio": (("n", "t"), np.full((1, 4), 4.0)),
+                    "sgd_theta": ("n", [0.01])}, coords={"n": [256], "t": ts})
+    rows = sgd_rows(a, Row=report.Row, seeds=100, z_max=3.0, k_95=4)
+    quench = [r for r in rows if r.prediction.startswith("SGD self-quench")]
+    assert len(quench) == 1 and quench[0].verdict == expected, quench

@@ -45,12 +45,12 @@ def test_theta_of_a_schedule():
 
 def test_adjoint_matches_forced_ensemble():
     # Route 1 (adjoint along characteristics) against route 2 (tangent-linear grid
-    # ensemble forced by sampled batch noise), M = 512 members: the relative se of the
-    # ensemble's tr_mu Sigma^SGD is ~4.5 % (module doc); 3 se plus 2 %, the measured
+    # ensemble forced by sampled batch noise), M = 512 members, t = 0.5, 1: the relative
+    # se of the ensemble's tr_mu Sigma^SGD is ~4.5 % (module doc); 3 se plus 2 %, the measured
     # discretisation error of the grid's tangent-linear against the influence method for
     # Sigma_t (docs/methods_fluctuations.md, accuracy table: <= 1.5 % to t = 10).
     p = bounded_circle()
-    ts = [0.0, 1.0, 2.0]
+    ts = [0.0, 0.5, 1.0]
     a = sgd_covariance_influence(p, ts, ny=48, nc=10)
     M = 512
     e = sgd_covariance_ensemble(p, ts, members=M, ny=64, nc=48, c_min=-2.5, c_max=2.5,
@@ -64,16 +64,16 @@ def test_adjoint_matches_forced_ensemble():
     q = 7
     se_q = np.sqrt(2 / (M - 1))
     va, ve = a["sgd_var"].values[2, q], e["sgd_var"].values[2, q]
-    assert abs(ve / va - 1) <= 3 * se_q, (ve, va)
+    assert abs(ve / va - 1) <= 3 * se_q + 0.02, (ve, va)
 
 
 def test_large_batch_gives_back_gd():
     # P -> infinity: the SGD term n theta Sigma^SGD vanishes as 1/P and the GD part is the
     # influence method's Sigma_t itself (same forward run and adjoint, to round-off).
     p = bounded_circle()
-    ts = [0.0, 1.0, 2.0]
-    a = sgd_covariance_influence(p, ts, ny=32, nc=8)
-    g = clt_covariance_influence(p, ts, ny=32, nc=8)
+    ts = [0.0, 0.5, 1.0]
+    a = sgd_covariance_influence(p, ts, ny=24, nc=6)
+    g = clt_covariance_influence(p, ts, ny=24, nc=6)
     np.testing.assert_allclose(a["clt_cov"].values, g["clt_cov"].values, rtol=1e-12,
                                atol=1e-14)
     n = 1024
@@ -114,7 +114,7 @@ def test_self_quench_representable_target():
     # 0.0325 to 1.3e-4 by t = 40, tr Sigma^SGD peaks at 2.5e-3 and is 1.2e-4 at t = 40.
     p = bounded_circle(Q=32, cos=(0.0, 0.3), sin=(0.0, 0.2))
     ts = [0.0, 1.0, 10.0, 20.0, 40.0]
-    a = sgd_covariance_influence(p, ts, ny=32, nc=8, dt=0.2)
+    a = sgd_covariance_influence(p, ts, ny=24, nc=6, dt=0.2)
     loss = p.loss(a["f_0_influence"].values)
     tr = trace(a["sgd_var"].values, p.w)
     rate = np.diff(tr) / np.diff(ts)
@@ -137,13 +137,16 @@ def measured_ratio(p, pred, n, dyn, S, root_seed):
 
 
 def test_particles_agree_short_times():
-    # n = 256, P = 2 and 8 (n theta = 6.4, 1.6), 256 seeds, t <= 5: se 6-8 %; 3 se.
+    # n = 128, P = 2 (n theta = 3.2: the SGD term about as large as Sigma_t by t = 5),
+    # 200 seeds, t <= 5: se 8-10 %; 3 se. The GD prediction alone would be 30-50 % off.
     p = bounded_circle()
-    pred = sgd_covariance_influence(p, [0.0, 2.0, 5.0], ny=48, nc=10)
-    for P, seed in ((2, 31), (8, 32)):
-        ratio, se = measured_ratio(p, pred, 256, Dynamics("sgd", "euler", 0.05, batch=P),
-                                   256, seed)
-        assert np.all(np.abs(ratio - 1) <= 3 * se), (P, ratio, se)
+    pred = sgd_covariance_influence(p, [0.0, 2.0, 5.0], ny=32, nc=8)
+    dyn = Dynamics("sgd", "euler", 0.05, batch=2)
+    ratio, se = measured_ratio(p, pred, 128, dyn, 200, 31)
+    assert np.all(np.abs(ratio - 1) <= 3 * se), (ratio, se)
+    gd = trace(pred["clt_var"].values[1:], p.w)
+    total = gd + 128 * theta_ref(dyn) * trace(pred["sgd_var"].values[1:], p.w)
+    assert np.all(gd / total < 1 - 3 * se), (gd / total, se)  # the test has power
 
 
 @pytest.mark.slow
