@@ -148,3 +148,22 @@ def test_self_quench_row(last, loss_end, expected):
     rows = sgd_rows(a, Row=report.Row, seeds=100, z_max=3.0, k_95=4)
     quench = [r for r in rows if r.prediction.startswith("SGD self-quench")]
     assert len(quench) == 1 and quench[0].verdict == expected, quench
+
+
+@pytest.mark.slow
+def test_circle_sgd_example(tmp_path):
+    # examples/circle_sgd.toml through mfpc run + report: the SGD term is several times
+    # Sigma_t at the largest n (sgd_term_ratio > 3 at t = 20), no row FAILs, and at the
+    # largest n every SGD variance row after t = 0 excludes the GD prediction (PASS).
+    out = tmp_path / "sgd"
+    assert main(["run", str(ROOT / "examples" / "circle_sgd.toml"), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert main(["report", str(out)]) == 0
+    with xr.open_dataset(out / "analysis.nc", engine="h5netcdf") as a:
+        assert float(a["sgd_term_ratio"].isel(n=-1, t=-1)) > 3.0
+    text = (out / "report.md").read_text()
+    assert text.count("FAIL |") == 0
+    big = [line for line in text.splitlines() if line.startswith("| SGD: n·Var")
+           and "n = 1024," in line]
+    assert big and all(line.rstrip(" |").endswith("PASS") for line in big), big
+    assert (out / "figures" / "sgd_variance.png").exists()
