@@ -168,8 +168,9 @@ def _meanfield_section(cfg, dynamics, problem):
 def _fluctuations_section(cfg, dynamics):
     """``[fluctuations]`` checked, with the defaults of :mod:`meanfield.defaults`."""
     fl = C.check_section(cfg["fluctuations"], FLUCTUATIONS_SCHEMA, "fluctuations")
+    sgd = {"sgd": True} if dynamics.scheme == "sgd" else {}  # GD configs keep their run_id
     return {"method": "influence", "members": D.ENSEMBLE["members"], "y": D.INFLUENCE["ny"],
-            "c": D.INFLUENCE["nc"], "dt": dynamics.dt, "sgd": dynamics.scheme == "sgd", **fl}
+            "c": D.INFLUENCE["nc"], "dt": dynamics.dt, **sgd, **fl}
 
 
 #: dynamics keys that apply to one scheme only: key -> (scheme, what it is)

@@ -74,7 +74,9 @@ def test_sgd_key_defaults_and_refusals():
     gd = small_sgd()
     gd["dynamics"].pop("batch")
     gd["dynamics"].update(scheme="gd")
-    assert resolve(gd).config["fluctuations"]["sgd"] is False
+    assert "sgd" not in resolve(gd).config["fluctuations"]  # a GD config's identity stays
+    gd["fluctuations"]["sgd"] = True
+    assert resolve(gd).config["fluctuations"]["sgd"] is True
     bad = small_sgd()
     bad["fluctuations"]["sgd"] = "yes"
     with pytest.raises(ConfigError, match="fluctuations.sgd"):
