@@ -121,8 +121,9 @@ def _meanfield_section(cfg, dynamics, problem):
 def _fluctuations_section(cfg, dynamics):
     """``[fluctuations]`` checked, with the defaults of :mod:`meanfield.defaults`."""
     fl = C.check_section(cfg["fluctuations"], FLUCTUATIONS_SCHEMA, "fluctuations")
+    sgd = {"sgd": True} if dynamics.scheme == "sgd" else {}  # GD configs keep their run_id
     return {"method": "influence", "members": D.ENSEMBLE["members"], "y": D.INFLUENCE["ny"],
-            "c": D.INFLUENCE["nc"], "dt": dynamics.dt, **fl}
+            "c": D.INFLUENCE["nc"], "dt": dynamics.dt, **sgd, **fl}
 
 
 #: dynamics keys that apply to one scheme only: key -> (scheme, what it is)
@@ -323,22 +324,31 @@ def _merge_meanfield(parts):
 
 
 def run_fluctuations(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset:
-    """The [fluctuations] section: the predicted CLT covariance of sqrt(n)(f_n - f_0)
-    (``checkpoint``: the ensemble method only; the influence method runs without)."""
+    """The [fluctuations] section: the predicted CLT covariance of sqrt(n)(f_n - f_0), and
+    with ``sgd`` the SGD one per unit theta_ref (:mod:`meanfield.sgdnoise`).
+    ``checkpoint``: the CLT ensemble of the ensemble method only (the influence method
+    and the forced SGD ensemble run without)."""
     fl = exp.config["fluctuations"]
     if fl["method"] == "influence":
         from meanfield.influence import clt_covariance_influence
+        from meanfield.sgdnoise import sgd_covariance_influence
 
+        if fl.get("sgd"):
+            return sgd_covariance_influence(exp.problem, exp.save_times, exp.dynamics,
+                                            ny=fl["y"], nc=fl["c"], dt=fl["dt"])
         return clt_covariance_influence(exp.problem, exp.save_times, ny=fl["y"], nc=fl["c"],
                                         dt=fl["dt"])
     from meanfield.linearised import clt_covariance_ensemble
+    from meanfield.sgdensemble import with_sgd_ensemble
 
     g = exp.config["meanfield"]["grid"]
-    return clt_covariance_ensemble(
-        exp.problem, exp.save_times, members=fl["members"], ny=g["y"], nc=g["c"],
-        c_min=g["c_min"], c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"],
-        potential=g["potential"], allow_truncation=g["allow_truncation"], root_seed=(exp.particles or {}).get("root_seed", 0),
-        progress=progress, checkpoint=checkpoint)
+    grid = dict(members=fl["members"], ny=g["y"], nc=g["c"], c_min=g["c_min"],
+                c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"],
+                potential=g["potential"], allow_truncation=g["allow_truncation"],
+                root_seed=(exp.particles or {}).get("root_seed", 0), progress=progress)
+    ds = clt_covariance_ensemble(exp.problem, exp.save_times, checkpoint=checkpoint, **grid)
+    return with_sgd_ensemble(ds, exp.problem, exp.save_times, exp.dynamics, **grid) \
+        if fl.get("sgd") else ds
 
 
 RUNNERS = {"particles": run_particles, "meanfield": run_meanfield,

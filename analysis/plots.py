@@ -21,7 +21,7 @@ from scipy import stats  # noqa: E402
 from .io import atomic_path  # noqa: E402
 
 __all__ = ["make_figures", "save", "loss_curves", "functions", "density", "lln_plot",
-           "clt_qq", "m_spectra"]
+           "clt_qq", "m_spectra", "sgd_variance"]
 
 MAX_PANELS = 6
 
@@ -262,6 +262,35 @@ def m_spectra(analysis):
     return fig
 
 
+def sgd_variance(analysis):
+    r"""SGD runs: :math:`n\mathrm{Var}(f_n - f_0)` over its prediction
+    :math:`\mathrm{tr}_\mu(\Sigma_t + n\theta\Sigma^{SGD}_t)` against t per n (±1 s.e.),
+    beside the ratio the GD prediction alone would give (THEORY §4b)."""
+    if "sgd_var_ratio" not in analysis:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ts = analysis["t"].values
+    ns = analysis["n"].values
+    col = _n_colors(ns)
+    for i, n in enumerate(ns):
+        colr = col[n]
+        r = analysis["sgd_var_ratio"].values[i]
+        se = analysis["sgd_var_ratio_stderr"].values[i]
+        ax.errorbar(ts, r, yerr=se, fmt="o-", color=colr, ms=4, capsize=2, lw=1,
+                    label=f"$n$ = {int(n)}, $n\\theta$ = "
+                          f"{n * float(analysis['sgd_theta'].values[i]):.3g}")
+        ax.plot(ts, analysis["sgd_ratio_gd"].values[i], ":", color=colr, lw=1)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xlabel("$t$")
+    ax.set_ylabel(r"$n\,\mathrm{Var}(f_n - f_0)\ /\ \mathrm{tr}_\mu(\Sigma_t + "
+                  r"n\theta\Sigma^{SGD}_t)$")
+    ax.set_title("SGD fluctuations against the prediction (expected 1);\n"
+                 "dotted: what the GD prediction alone gives")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def make_figures(folder, particles, meanfield=None, fluctuations=None, analysis=None,
                  f0_name="f_0"):
     """Draw every figure the data allow into ``folder``; return the written paths."""
@@ -273,6 +302,7 @@ def make_figures(folder, particles, meanfield=None, fluctuations=None, analysis=
         "lln.png": lambda: lln_plot(analysis) if analysis is not None else None,
         "clt_qq.png": lambda: clt_qq(analysis) if analysis is not None else None,
         "m_spectrum.png": lambda: m_spectra(analysis) if analysis is not None else None,
+        "sgd_variance.png": lambda: sgd_variance(analysis) if analysis is not None else None,
     }
     paths = []
     for name, make in figs.items():

@@ -40,6 +40,7 @@ from .highdim import highdim_checks, highdim_rows, quench_time
 from .mkernel import mkernel_checks
 from .power import VERDICTS, bootstrap_min_seeds, judge, slope_alternatives
 from .runfolder import check_writable, holding, read_run
+from .sgdchecks import gd_rows_na, sgd_checks, sgd_rows
 from .variables import cf_meta
 
 __all__ = ["make_report", "Row", "rows", "render", "REPORT_SPAWN_KEY"]
@@ -181,6 +182,8 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
                                 level=level, rng=rng))
         if fluct is not None:
             parts.append(checks.clt(particles, meanfield, fluct, f0=f0))
+            if "sgd_cov" in fluct and cfg["dynamics"]["scheme"] == "sgd":
+                parts.append(sgd_checks(particles, fluct, cfg, f0=f0))
     else:
         notes.append("LLN and CLT against f_0 need meanfield.nc: n.a. (the LLN from the "
                      "ensembles alone is checked instead)")
@@ -381,6 +384,10 @@ def rows(a, inputs):
                        f"slope {_g(s)} [{_g(lo)}, {_g(hi)}]",
                        _with(f"−2α = {_g(e)}", note) if np.isfinite(e) else
                        "n.a.: dynamics.batch does not scale P ∝ n^{2α}", v))
+        if "sgd_var_ratio" in a:
+            z_sgd = per_time_level(len(ts) * a.sizes["n"])[2]
+            out = gd_rows_na(out, Row) + sgd_rows(a, Row=Row, seeds=S, z_max=z_sgd,
+                                                  k_95=k_95, alpha=_batch_alpha(cfg))
     out.extend(Row(*r) for r in highdim_rows(a, seeds=S, scheme=scheme, alpha=_batch_alpha(cfg),
                                              min_seeds=k_95, min_seeds_t=k_t, pct=pct))
     return out

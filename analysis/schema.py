@@ -42,6 +42,7 @@ FLUCTUATIONS_SCHEMA = {
     "y": C.integer(lo=1),
     "c": C.integer(lo=1),
     "dt": C.number(lo=0, lo_open=True),
+    "sgd": C.boolean(),  # the SGD fluctuation prediction (meanfield.sgdnoise; issue 13)
 }
 
 

@@ -138,6 +138,22 @@ ANALYSIS = {
                                "1"),
     "quench_time": ("last save time at or before the batch quench", "1"),
     "quench_n": ("n of the quench_loss_ratio", "1"),
+    # SGD fluctuation prediction (THEORY 4b; analysis/sgdchecks.py)
+    "sgd_theta": ("SGD noise temperature theta_ref = dt / P(0) per n (3.13)", "1"),
+    "sgd_var_ratio": ("sum_q w_q n Var_seeds(f_n - f_0) / tr_mu(Sigma_t + n theta "
+                      "Sigma^SGD_t) (expected 1)", "1"),
+    "sgd_var_ratio_stderr": ("standard error of sgd_var_ratio under the Gaussian "
+                             "prediction", "1"),
+    "sgd_var_ratio_z": ("(sgd_var_ratio - 1) / sgd_var_ratio_stderr", "1"),
+    "sgd_term_ratio": ("n theta tr_mu Sigma^SGD_t / tr_mu Sigma_t (SGD over GD term)", "1"),
+    "sgd_ratio_gd": ("tr_mu Sigma_t / tr_mu(Sigma_t + n theta Sigma^SGD_t): the ratio the "
+                     "GD prediction alone gives", "1"),
+    "sgd_expected_slope": ("slope of log tr_mu(Sigma_t + n theta_n Sigma^SGD_t)/n against "
+                           "log n over the run's n", "1"),
+    "sgd_trace": ("tr_mu Sigma^SGD_t (per unit theta_ref)", "1"),
+    "sgd_growth": ("growth rate of tr_mu Sigma^SGD_t over the save interval ending at t",
+                   "1"),
+    "sgd_loss_0": ("mean-field loss 1/2 ||f_0 - f||^2_mu of the reference f_0", "1"),
 }
 
 

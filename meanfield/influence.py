@@ -39,7 +39,8 @@ from .defaults import INFLUENCE
 from .nodes import characteristic_nodes
 
 __all__ = ["phi_derivatives", "velocity_vjp", "influence_matrices", "clt_covariance_influence",
-           "AdjointState", "AdjointStepper"]
+           "AdjointState", "AdjointStepper", "ForwardRun", "forward_run", "adjoint_sweep",
+           "influence_info", "c_domain"]
 
 
 def phi_derivatives(kernel, x, y):
@@ -220,30 +221,27 @@ class AdjointStepper:
                               gw=np.concatenate([state.gw, dw]))
 
 
-def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
-                       dt=0.05, rank_tol=INFLUENCE["rank_tol"], partial=None,
-                       progress=False):
-    r"""D_k = ∂f_0(T_k, x)/∂w for each save time (shape (T, Q, J)) and the nodes.
+class ForwardRun(NamedTuple):
+    """The recorded forward RK4 run of the weighted characteristic nodes.
 
-    The forward run is the particle stepper with the node weights; the reverse sweep is
-    :class:`AdjointStepper`; both through :func:`particles.loop.run`.
+    ``y, c, w``: the nodes at t = 0 (:func:`~meanfield.nodes.characteristic_nodes`);
+    ``starts``: (t, Y, C) at the start of every step; ``hs``: the step sizes; ``ends``:
+    {save index: (Y, C)}; ``f0`` (T, Q): :math:`f_0` at the save times."""
 
-    Parameters
-    ----------
-    partial : callable ``(f0, message) -> xarray.Dataset``, optional
-        Builds the partial result of a failure from ``f0`` (T, Q) observed so far.
+    y: np.ndarray
+    c: np.ndarray
+    w: np.ndarray
+    starts: list
+    hs: list
+    ends: dict
+    f0: np.ndarray
 
-    Returns
-    -------
-    D : ndarray, shape (T, Q, J)
-    w : ndarray, shape (J,)
-    f0 : ndarray, shape (T, Q)
-        :math:`f_0(T_k)` along characteristics (same run).
-    info : dict
-    """
-    ts = check_save_times(save_times)
+
+def forward_run(problem, ts, *, ny, nc, dt, partial=None, progress=False) -> ForwardRun:
+    """The forward run of the influence method, every step recorded (:class:`ForwardRun`).
+
+    ``partial``: as :func:`influence_matrices`."""
     y, c, w = characteristic_nodes(problem, ny, nc)
-    # forward: the state at every step start, the step sizes, and each save time's end
     starts, hs = [], []
     f0 = np.full((len(ts), problem.x.shape[0]), np.nan)
     ends = {}
@@ -262,27 +260,93 @@ def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE[
                           advice=f"lower fluctuations.dt={dt}")
     run(fwd, fwd.init(y[None], c[None]), ts, observe, before_step=record, progress=progress,
         partial=fail)
-    # reverse sweep carrying the cotangents of every save time already passed
+    return ForwardRun(y, c, w, starts, hs, ends, f0)
+
+
+def adjoint_sweep(problem, fw: ForwardRun, ts, *, rank_tol, after_step=None, partial=None,
+                  progress=False):
+    """The reverse sweep of :class:`AdjointStepper` over a :class:`ForwardRun`, injecting
+    the cotangents of :math:`f_0(T_k, x)` (SVD-reduced) at every save time.
+
+    ``after_step(old, new)`` is called after every reverse step (both
+    :class:`AdjointState`; ``new.k`` indexes ``fw.starts``).
+
+    Returns
+    -------
+    end : AdjointState
+        At t = 0.
+    bases : dict
+        {save index k: U_k (Q, r_k)}: f_0(T_k, x) = U_k (rows of k).
+    rows : dict
+        {save index k: slice of the state's rows}.
+    ranks : list of int
+        r_k in save-time order.
+    """
     K = len(ts)
     bases, rows, ranks = {}, {}, []
-    back = AdjointStepper(problem, w, starts, hs)
+    back = AdjointStepper(problem, fw.w, fw.starts, fw.hs)
+    fail = None if partial is None else (lambda msg: partial(fw.f0, msg))
 
     def inject(j, st):
         if j >= K:
             return None
         k = K - 1 - j
-        U, lY, lC, dw0 = _observable_basis(problem, *ends[k], w, rank_tol)
+        U, lY, lC, dw0 = _observable_basis(problem, *fw.ends[k], fw.w, rank_tol)
         ranks.append(U.shape[1])
         rows[k] = slice(st.lam_C.shape[0], st.lam_C.shape[0] + U.shape[1])
         bases[k] = U
         return back.inject(st, lY, lC, dw0)
 
     rev = [-t for t in ts[::-1]] + ([0.0] if ts[0] > 0 else [])
-    end = run(back, back.init(ts[-1]), rev, inject, progress=progress, partial=fail)
-    D = np.stack([bases[k] @ end.gw[rows[k]] for k in range(K)])
-    info = {"nodes": {"y": ny, "c": nc, "total": len(w)}, "dt": dt, "ranks": ranks[::-1],
-            "rank_tol": rank_tol, "c_nodes_range": [float(c.min()), float(c.max())]}
-    return D, w, f0, info
+    end = run(back, back.init(ts[-1]), rev, inject, after_step=after_step,
+              progress=progress, partial=fail)
+    return end, bases, rows, ranks[::-1]
+
+
+def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
+                       dt=0.05, rank_tol=INFLUENCE["rank_tol"], partial=None,
+                       progress=False):
+    r"""D_k = ∂f_0(T_k, x)/∂w for each save time (shape (T, Q, J)) and the nodes.
+
+    The forward run is the particle stepper with the node weights (:func:`forward_run`);
+    the reverse sweep is :class:`AdjointStepper` (:func:`adjoint_sweep`); both through
+    :func:`particles.loop.run`.
+
+    Parameters
+    ----------
+    partial : callable ``(f0, message) -> xarray.Dataset``, optional
+        Builds the partial result of a failure from ``f0`` (T, Q) observed so far.
+
+    Returns
+    -------
+    D : ndarray, shape (T, Q, J)
+    w : ndarray, shape (J,)
+    f0 : ndarray, shape (T, Q)
+        :math:`f_0(T_k)` along characteristics (same run).
+    info : dict
+    """
+    ts = check_save_times(save_times)
+    fw = forward_run(problem, ts, ny=ny, nc=nc, dt=dt, partial=partial, progress=progress)
+    end, bases, rows, ranks = adjoint_sweep(problem, fw, ts, rank_tol=rank_tol,
+                                            partial=partial, progress=progress)
+    D = np.stack([bases[k] @ end.gw[rows[k]] for k in range(len(ts))])
+    return D, fw.w, fw.f0, influence_info(fw, ny, nc, dt, rank_tol, ranks)
+
+
+def influence_info(fw, ny, nc, dt, rank_tol, ranks) -> dict:
+    """The ``resolution`` record of the influence method."""
+    return {"nodes": {"y": ny, "c": nc, "total": len(fw.w)}, "dt": dt, "ranks": list(ranks),
+            "rank_tol": rank_tol, "c_nodes_range": [float(fw.c.min()), float(fw.c.max())]}
+
+
+def c_domain(problem) -> list:
+    """The c domain the nodes' Gauss rule integrates: the whole support of the c law
+    (Gauss–Legendre on [low, high], Gauss–Hermite on the line), so no mass of ρ_in is cut
+    off."""
+    law = problem.c_law
+    return {"uniform": lambda p: [p["low"], p["high"]],
+            "normal": lambda p: ["-inf", "inf"],
+            "constant": lambda p: [p["value"], p["value"]]}[law.law](law.p)
 
 
 def clt_covariance_influence(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
@@ -306,12 +370,7 @@ def clt_covariance_influence(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFL
     ts = check_save_times(save_times)
     x = problem.x
     xc = x_coord(x)
-    # The Gauss rule in c integrates the whole support of the c law (Gauss–Legendre on
-    # [low, high], Gauss–Hermite on the line): no mass of rho_in is cut off.
-    law = problem.c_law
-    domain = {"uniform": lambda p: [p["low"], p["high"]],
-              "normal": lambda p: ["-inf", "inf"],
-              "constant": lambda p: [p["value"], p["value"]]}[law.law](law.p)
+    domain = c_domain(problem)
 
     def dataset(f0, cov, info, failure=None):
         attrs = {

@@ -78,6 +78,11 @@ VARIABLES = {
     "clt_cov_stderr": ("standard error of clt_cov from the ensemble size", "1"),
     "f_0_influence": ("f_0 along characteristics (forward run of the influence method)", "1"),
     "f_0_grid": ("f_0 on the grid (forward run of the linearised ensemble)", "1"),
+    "sgd_cov": ("predicted SGD covariance Sigma^SGD_t of f_n - f_0 per unit n theta_ref: "
+                "n Cov = Sigma_t + n theta_ref Sigma^SGD_t (THEORY 4b; (3.29), (3.31))", "1"),
+    "sgd_var": ("predicted SGD variance Sigma^SGD_t(x, x) per unit n theta_ref "
+                "(THEORY 4b; (3.29), (3.31))", "1"),
+    "sgd_cov_stderr": ("standard error of sgd_cov from the ensemble size", "1"),
 }
 
 
