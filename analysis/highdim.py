@@ -18,7 +18,7 @@ from .mkernel import gram_spectrum, psd_tolerance
 from .power import judge, slope_alternatives
 from .scaling import ensemble_lln, final_scaling
 
-__all__ = ["highdim_checks", "highdim_rows", "quench_time", "GRAM_MAX"]
+__all__ = ["highdim_checks", "highdim_rows", "quench_time", "final_alpha", "GRAM_MAX"]
 
 #: largest Gram matrix side n (N + 1) whose spectrum is computed (eigvalsh of 4096² takes
 #: ~10 s on 2 cores; cost ∝ side³)
@@ -31,6 +31,15 @@ def quench_time(batch):
         return None
     changes = [t for (t, v), (_, prev) in zip(batch[1:], batch[:-1]) if v != prev]
     return float(changes[-1]) if changes else None
+
+
+def final_alpha(batch):
+    """α of the batch rule in force at the end of the run (``P ∝ n^{2α}``): of a scaling
+    table, or of the last entry of a schedule (after the paper's quench, α = 1); None for
+    a fixed P."""
+    if isinstance(batch, list) and batch:
+        batch = batch[-1][1]
+    return float(batch["alpha"]) if isinstance(batch, dict) else None
 
 
 def _gram(problem, particles, notes):

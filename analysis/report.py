@@ -36,7 +36,7 @@ from particles.results import finish
 
 from . import checks
 from .io import atomic_path, write_dataset
-from .highdim import highdim_checks, highdim_rows, quench_time
+from .highdim import final_alpha, highdim_checks, highdim_rows, quench_time
 from .mkernel import mkernel_checks
 from .power import VERDICTS, bootstrap_min_seeds, judge, slope_alternatives
 from .runfolder import check_writable, holding, read_run
@@ -388,7 +388,8 @@ def rows(a, inputs):
             z_sgd = per_time_level(len(ts) * a.sizes["n"])[2]
             out = gd_rows_na(out, Row) + sgd_rows(a, Row=Row, seeds=S, z_max=z_sgd,
                                                   k_95=k_95, alpha=_batch_alpha(cfg))
-    out.extend(Row(*r) for r in highdim_rows(a, seeds=S, scheme=scheme, alpha=_batch_alpha(cfg),
+    out.extend(Row(*r) for r in highdim_rows(a, seeds=S, scheme=scheme,
+                                             alpha=final_alpha(cfg["dynamics"].get("batch")),
                                              min_seeds=k_95, min_seeds_t=k_t, pct=pct))
     return out
 

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from analysis.cli import main
-from analysis.highdim import quench_time
+from analysis.highdim import final_alpha, quench_time
 from analysis.runfolder import FIGURE_NAMES
 from particles.results import check_cf
 
@@ -30,6 +30,12 @@ def _run_and_report(tmp_path, cfg):
     assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
     assert main(["report", str(out)]) == 0
     return out, (out / "report.md").read_text()
+
+
+def test_final_alpha_is_the_rule_in_force_at_the_end():
+    assert final_alpha(QUENCH) == 1.0  # after the paper's quench
+    assert final_alpha({"P0": 1.0, "alpha": 0.25}) == 0.25
+    assert final_alpha(8) is None and final_alpha([[0, 4], [1.0, 8]]) is None
 
 
 def test_quench_time_of_schedules():
