@@ -179,7 +179,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
             raise ConfigError(f"missing section [{s}]")
     if problem is None:  # the sizes of [problem] before anything is built
         _refuse(budget.problem_need(cfg["problem"]).check())
-    check_realisations(cfg, problem is not None)
+    ready = problem is not None
     problem = _problem(cfg, problem)
     dyn = C.check_section(cfg["dynamics"], DYNAMICS_SCHEMA, "dynamics",
                           required=("scheme", "dt", "t_end", "save_times"))
@@ -198,6 +198,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
         raise ConfigError(str(e)) from None
     parts = _particles_section(cfg, problem, base) if "particles" in cfg else None
     init = parts.pop("_init", None) if parts is not None else None
+    check_realisations(cfg, parts, ready)
     mf = _meanfield_section(cfg, dynamics, problem) if "meanfield" in cfg else None
     fl = _fluctuations_section(cfg, dynamics) if "fluctuations" in cfg else None
     preflight.preflight(problem, dynamics, mf, fl, save_times=save_times, parts=parts)

@@ -26,9 +26,10 @@ RULE = ("realisation r: the target drawn with [problem.target] seed = s + r (s t
         "generators SeedSequence(root_seed, spawn_key=(i_n, i_seed[, r for r > 0]))")
 
 
-def check_realisations(cfg, ready_problem):
-    """Refuse ``particles.realisations > 1`` where it cannot apply (before any work)."""
-    R = int((cfg.get("particles") or {}).get("realisations", 1))
+def check_realisations(cfg, parts, ready_problem):
+    """Refuse ``particles.realisations > 1`` where it cannot apply (before any work);
+    ``parts`` is the checked ``[particles]`` (or None), the rest of ``cfg`` is checked."""
+    R = int((parts or {}).get("realisations", 1))
     if R == 1:
         return
     where = f"particles.realisations = {R}"
@@ -43,7 +44,8 @@ def check_realisations(cfg, ready_problem):
     if (cfg.get("init") or {}).get("file") is not None:
         raise C.ConfigError(f"{where}: init.file fixes the members' units for one target; "
                             "drop init.file or set realisations = 1")
-    kind = (cfg["problem"].get("target") or {}).get("kind")
+    target = cfg["problem"].get("target")
+    kind = target.get("kind") if isinstance(target, dict) else None
     if kind not in RANDOM_TARGETS:
         raise C.ConfigError(f"{where}: the target {kind or 'of this problem'!r} is a fixed "
                             f"function; realisations need a random target "

@@ -94,7 +94,8 @@ def _with_meanfield(cfg):
 
 def _fixed_target(cfg):  # the circle's Fourier target: one function, no draws
     circle = tomllib.loads((ROOT / "examples" / "circle.toml").read_text())
-    cfg["problem"], cfg["dynamics"] = circle["problem"], circle["dynamics"]
+    for s in ("problem", "init", "dynamics"):
+        cfg[s] = circle[s]
 
 
 @pytest.mark.parametrize("change, key", [(_with_meanfield, "[meanfield]"),
