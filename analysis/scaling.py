@@ -45,9 +45,34 @@ def fit_labels(R: int) -> list[str]:
     return ["mean"] + [f"realisation {r}" for r in range(R)]
 
 
-def _weighted_var(F, w):
-    """:math:`\\sum_q w_q \\mathrm{Var}_{seed}` of resamples ``F`` (..., S, Q)."""
-    return np.sum(w * np.var(F, axis=-2, ddof=1), axis=-1)
+def _gram(F, w):
+    """The Gram matrix :math:`\\langle F_s, F_{s'}\\rangle_\\mu` of the finite rows of
+    ``F`` (S, Q)."""
+    g = finite_rows(F)
+    return (g * w) @ g.T
+
+
+def _gram_var(K, G):
+    """:math:`\\sum_q w_q \\mathrm{Var}` of the resamples with seed counts ``K`` (B, S)
+    (each row sums to S), from the Gram matrix ``G`` (S, S) of the seeds (ddof 1)."""
+    S = G.shape[0]
+    return (K @ np.diag(G) - np.einsum("bs,st,bt->b", K, G, K) / S) / (S - 1)
+
+
+def _boot_gram_var(grams, n_boot, rng):
+    """(n_boot, len(grams)) bootstrap resamples of :func:`_gram_var` per group (seeds
+    drawn with replacement, independently per group; NaN for fewer than 2 seeds)."""
+    out = np.full((n_boot, len(grams)), np.nan)
+    for i, G in enumerate(grams):
+        S = len(G)
+        if S >= 2:
+            idx = rng.integers(0, S, (n_boot, S))
+            K = np.zeros((n_boot, S))
+            np.add.at(K, (np.arange(n_boot)[:, None], idx), 1.0)
+            out[:, i] = _gram_var(K, G)
+    return out
+
+
 
 
 def ensemble_lln(particles, *, n_boot=1000, level=0.95, rng):
@@ -83,24 +108,24 @@ def ensemble_lln(particles, *, n_boot=1000, level=0.95, rng):
     dist = np.full((m, T), np.nan)
     fits_v, fits_d = [], []
     for j in range(T):
-        # pooled over realisations: each realisation's members around their own mean
-        gv = [[finite_rows(F[r, i, :, j]) for r in range(R)] for i in range(m)]
-        gd = [[finite_rows((F[r, i, :, j] - fbar[r, j]) ** 2) for r in range(R)]
-              for i in range(m)]
+        # pooled over realisations, each realisation's members around their own mean.
+        # Per (realisation, n) only the seeds' Gram matrix G_ss' = <F_s, F_s'>_mu enters:
+        # a resample with counts k has sum_q w_q Var = (k.diag G - k'Gk/S)/(S - 1), so the
+        # bootstrap costs O(S^2) per resample, not O(S Q) (module doc).
+        grams = [[_gram(F[r, i, :, j], w) for r in range(R)] for i in range(m)]
+        dists = [[finite_rows(np.sum(w * (F[r, i, :, j] - fbar[r, j]) ** 2, axis=-1)
+                              [:, None])[:, 0] for r in range(R)] for i in range(m)]
         for i in range(m):
-            vs = [_weighted_var(g, w) for g in gv[i] if len(g) >= 2]
+            vs = [_gram_var(np.ones((1, len(G))), G)[0] for G in grams[i] if len(G) >= 2]
             var[i, j] = np.mean(vs) if vs else np.nan
             if i != big:
-                ds = [np.sum(w * g.mean(axis=0)) for g in gd[i] if len(g)]
-                dist[i, j] = np.mean(ds) if ds else np.nan
-        boot_v = np.mean([bootstrap_stat([gv[i][r] if len(gv[i][r]) >= 2 else gv[i][r][:0]
-                                          for i in range(m)],
-                                         lambda g: _weighted_var(g, w), n_boot, rng)
+                dd = [d.mean() for d in dists[i] if len(d)]
+                dist[i, j] = np.mean(dd) if dd else np.nan
+        boot_v = np.mean([_boot_gram_var([grams[i][r] for i in range(m)], n_boot, rng)
                           for r in range(R)], axis=0)
-        boot_d = np.mean([bootstrap_stat([gd[i][r] if i != big else gd[i][r][:0]
+        boot_d = np.mean([bootstrap_stat([dists[i][r] if i != big else dists[i][r][:0]
                                           for i in range(m)],
-                                         lambda g: np.sum(w * g.mean(axis=1), axis=-1),
-                                         n_boot, rng)
+                                         lambda g: g.mean(axis=1), n_boot, rng)
                           for r in range(R)], axis=0)
         fits_v.append(bootstrap_slope(ns, ns * var[:, j], ns[None] * boot_v, level))
         fits_d.append(bootstrap_slope(ns, dist[:, j], boot_d, level))

@@ -115,3 +115,20 @@ def test_gram_spectrum_matches_the_operator(kernel, d, N):
         # both are eigvalsh of matrices equal up to round-off: eigenvalues agree within
         # ~ max(Q, m) eps lambda_max (Weyl), 1e-12 relative to the largest with margin
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * ref[0])
+
+
+def test_gram_form_of_the_bootstrap_variance_is_exact():
+    """The bootstrap of V_n reads only the seeds' Gram matrix: a resample's
+    sum_q w_q Var equals the direct computation on the resampled rows (round-off)."""
+    from analysis.scaling import _gram, _gram_var
+
+    rng = np.random.default_rng(8)
+    F = rng.normal(size=(7, 50)) + 3.0
+    w = rng.uniform(size=50)
+    G = _gram(F, w)
+    idx = rng.integers(0, 7, (20, 7))
+    K = np.zeros((20, 7))
+    np.add.at(K, (np.arange(20)[:, None], idx), 1.0)
+    direct = np.sum(w * np.var(F[idx], axis=1, ddof=1), axis=-1)
+    # |F|^2 ~ 10 per node: cancellation in k.diag G - k'Gk/S leaves ~1e-13 relative
+    np.testing.assert_allclose(_gram_var(K, G), direct, rtol=1e-11)
