@@ -149,34 +149,69 @@ def steps_check(t_last, dynamics, mf=None, fl=None):
     return None
 
 
+#: elements of the work buffers a fused step keeps per thread (tiles of the pull-backs,
+#: ``particles.kernels.expblocks.KEEP`` and its kin, with room), and threads counted
+FUSED_WORK, FUSED_THREADS = 2**22, 2
+
+
+def _fused(kernel) -> bool:
+    """Whether the kernel's pull-back is a fused, blocked one (bounded memory) rather than
+    the generic one of :class:`particles.kernels.Kernel`, which builds (B, n, Q, N) arrays."""
+    from particles.kernels import Kernel
+
+    return type(kernel).pullback is not Kernel.pullback
+
+
 def particles_need(problem, dynamics, parts, T) -> Need:
-    """``[particles]``: outputs, saved units, the state with its integrator stages, and the
-    residual's pull-back over ``(seeds, n, Q, N + 1)`` (data form) or the ``(seeds, n, n,
-    N + 1)`` interactions of the (F, K) form; all seeds of one ``n`` run at once."""
+    """``[particles]``: outputs and saved units (of every target realisation: the merged
+    file holds them all), the state with its integrator stages, and the step's work: a
+    fused pull-back holds per-member sums and bounded work buffers whatever n, Q and P;
+    the generic one of a user's kernel the ``(seeds, n, Q, N + 1)`` arrays (data form),
+    the (F, K) form without a fused sum the ``(seeds, n, n, N + 1)`` interactions; all
+    seeds of one ``n`` run at once."""
+    from particles.dynamics import DRAW_BUDGET
+
     ns, S = parts["n"], parts["seeds"]
+    R = float(parts.get("realisations", 1))
     nmax, L = float(max(ns)), len(ns)
     Q, N = problem.x.shape[0], problem.N
     need = Need("particles")
-    need.add(float(L) * S * T * (Q + 1), "the outputs f_n(n, seed, t, x)",
-             "particles.seeds, the number of particles.n or of dynamics.save_times")
+    need.add(R * L * S * T * (Q + 1), "the outputs f_n(n, seed, t, x)",
+             "particles.seeds, the number of particles.n or of dynamics.save_times (or "
+             "particles.realisations)")
     if parts.get("save_state", True):
-        need.add(float(L) * S * T * nmax * (N + 1), "the saved units y, c (n, seed, t, "
+        need.add(R * L * S * T * nmax * (N + 1), "the saved units y, c (n, seed, t, "
                  "particle)", "particles.n or particles.seeds, or set particles.save_state "
                  "= false")
     stages = 6 if dynamics.integrator == "rk4" else 3
     need.add(stages * S * nmax * (N + 1), "the state and its integrator stages",
              "particles.n or particles.seeds")
+    buffers = FUSED_WORK * FUSED_THREADS
     if dynamics.form == "kernel":
-        need.add(3.0 * S * nmax * nmax * (N + 1), "the (F, K) form's (seeds, n, n, N+1) "
-                 "interactions", "particles.n or particles.seeds (or dynamics.form = 'data')")
+        kf = problem.kernel_form
+        if kf is not None and getattr(kf, "fused", None) is not None:
+            need.add(3.0 * S * nmax * (N + 2) + buffers, "the fused (F, K) sums and their "
+                     "tiles", "particles.n or particles.seeds")
+        else:
+            need.add(3.0 * S * nmax * nmax * (N + 1), "the (F, K) form's (seeds, n, n, N+1) "
+                     "interactions", "particles.n or particles.seeds (or dynamics.form = "
+                     "'data')")
+    elif _fused(problem.kernel):
+        need.add(3.0 * S * (nmax + Q) * (N + 2) + buffers, "the fused pull-back's sums and "
+                 "work buffers", "particles.n or particles.seeds (or the data nodes)")
     else:
         need.add(3.0 * S * nmax * Q * (N + 1), "the pull-back's (seeds, n, Q, N+1) arrays",
                  "particles.n or particles.seeds (or the data nodes: problem.quadrature or "
                  "nodes)")
-    if dynamics.scheme == "sgd":  # each step draws P points: (seeds, n, P, N+1) and (P, d)
+    if dynamics.scheme == "sgd":  # each step draws P points per member
         P = _largest_batch(dynamics.batch, nmax)
-        need.add(3.0 * S * nmax * P * (N + 1) + P * (problem.x.shape[1] + 2),
-                 "the SGD batch's (seeds, n, P, N+1) arrays", "dynamics.batch")
+        d = problem.x.shape[1]
+        if _fused(problem.kernel):
+            need.add(3.0 * S * P * (d + 2) + DRAW_BUDGET, "the SGD batches (seeds, P, d), "
+                     "their residuals and the batches drawn ahead", "dynamics.batch")
+        else:
+            need.add(3.0 * S * nmax * P * (N + 1) + P * (d + 2),
+                     "the SGD batch's (seeds, n, P, N+1) arrays", "dynamics.batch")
     return need
 
 
