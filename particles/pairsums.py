@@ -17,7 +17,7 @@ import threading
 import numpy as np
 from scipy import special
 
-from .parallel import get_threads
+from .parallel import ThreadBuffer, get_threads
 
 __all__ = ["exp_contract", "exp_contract_sym", "circle_contract", "BLOCK", "PARTS"]
 
@@ -35,15 +35,8 @@ PARALLEL = 2**18
 #: whatever the number of threads.
 PARTS = 2
 
-_scratch = threading.local()
-
-
-def _work(size):
-    """A flat view of this thread's reused tile buffer, grown when too small."""
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.size < size:
-        buf = _scratch.buf = np.empty(size)
-    return buf[:size]
+#: This thread's tile buffer.
+_work = ThreadBuffer()
 
 
 def _in_threads(work, rblocks, threads):

@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["get_threads", "set_threads", "threads", "map_blocks", "MIN_WORK", "TASK_WORK"]
+__all__ = ["get_threads", "set_threads", "threads", "map_blocks", "ThreadBuffer", "MIN_WORK",
+           "TASK_WORK"]
 
 #: Fewest elements of work (pairs of units and nodes) for which a step uses threads.
 MIN_WORK = 2**20
@@ -38,6 +39,30 @@ _PREFIX = "mfpc-block"
 _setting = {"threads": None}
 _pool = {"size": 0, "executor": None}
 _lock = threading.Lock()
+
+
+class ThreadBuffer:
+    """A reused flat float64 work buffer per calling thread, grown when too small.
+
+    ``buf(size)`` is a view of ``size`` elements of this thread's buffer: concurrent
+    steps on several threads never share one, and a kernel holding one as a class
+    attribute pickles without it. ``buf.size`` is this thread's current size (0 before
+    its first use).
+    """
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def __call__(self, size) -> np.ndarray:
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.size < size:
+            buf = self._local.buf = np.empty(size)
+        return buf[:size]
+
+    @property
+    def size(self) -> int:
+        buf = getattr(self._local, "buf", None)
+        return 0 if buf is None else buf.size
 
 
 def _default_threads() -> int:

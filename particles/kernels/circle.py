@@ -2,7 +2,6 @@ r"""The circle kernel (THEORY §7) and its fused fast pass."""
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 from scipy import special
@@ -103,18 +102,6 @@ class CircleKernel(Kernel):
     #: nodes as wide as this allows for all n particles (see
     #: :func:`.expblocks.blocked_pullback`).
     _KEEP = 2**20
-    #: Per-thread kept buffer of :meth:`pullback` (one per calling thread, so concurrent
-    #: calls never share it; a class attribute, so it is not pickled with the kernel).
-    _scratch = threading.local()
-
-    @classmethod
-    def _work(cls, size):
-        """This thread's reused kept buffer (flat, ``size`` elements), grown when too
-        small."""
-        buf = getattr(cls._scratch, "buf", None)
-        if buf is None or buf.size < size:
-            buf = cls._scratch.buf = np.empty(size)
-        return buf[:size]
 
     def pullback(self, y, a, x, w, f_x):
         r"""Fused pass with one transcendental per (particle, node) pair and pass.

@@ -29,11 +29,9 @@ uses the scratch of the thread that builds it.
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from ..parallel import map_blocks
+from ..parallel import ThreadBuffer, map_blocks
 
 __all__ = ["exp_pullback", "blocked_pullback"]
 
@@ -49,27 +47,16 @@ KEEP = 2**20
 #: Fewest node columns per block (narrower blocks make the products too thin).
 QMIN = 32
 
-_scratch = threading.local()
-_tiles = threading.local()
-
-
-def _work(size):
-    """A flat view of this thread's reused work buffer, grown when too small."""
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.size < size:
-        buf = _scratch.buf = np.empty(size)
-    return buf[:size]
+#: This thread's kept buffer of E (the default ``work`` of :func:`blocked_pullback`).
+_work = ThreadBuffer()
+#: This thread's two tile scratches: the tiles built again, and the units' derivative tile.
+_tiles = (ThreadBuffer(), ThreadBuffer())
 
 
 def tile_scratch(size, slot=0):
     """A flat view of this thread's tile scratch number ``slot`` (0 or 1), grown when
-    too small: the tiles built again, and the units' derivative tile."""
-    bufs = getattr(_tiles, "bufs", None)
-    if bufs is None:
-        bufs = _tiles.bufs = [np.empty(0), np.empty(0)]
-    if bufs[slot].size < size:
-        bufs[slot] = np.empty(size)
-    return bufs[slot][:size]
+    too small."""
+    return _tiles[slot](size)
 
 
 def plan(n, Q, k, *, block, keep, qmin):

@@ -1,11 +1,10 @@
 r"""Single-layer units (4.9): :math:`\varphi(x, y) = h(a\cdot x + b)`, ``y = (a, b)``."""
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from scipy import special
 
+from ..parallel import ThreadBuffer
 from . import expblocks
 from .base import Kernel, pullback_arrays
 
@@ -141,16 +140,7 @@ class SigmoidUnit(Kernel):
     _KEEP = 2**22
     #: Per-thread kept buffers of :meth:`pullback` (one per calling thread, so concurrent
     #: calls never share them; a class attribute, so they are not pickled with the kernel).
-    _scratch = threading.local()
-
-    @classmethod
-    def _work(cls, size):
-        """This thread's reused kept buffer (flat, ``size`` elements), grown when too
-        small."""
-        buf = getattr(cls._scratch, "buf", None)
-        if buf is None or buf.size < size:
-            buf = cls._scratch.buf = np.empty(size)
-        return buf[:size]
+    _work = ThreadBuffer()
 
     def pullback(self, y, a, x, w, f_x):
         r"""Fused pass: one pre-activation product and one activation pass per tile.

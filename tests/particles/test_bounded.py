@@ -16,7 +16,6 @@ over nodes of ``w phi r`` (|grad_y phi| <= L), differ by at most
 ``L sum_q w_q (Q eps |r_q| + df)``. These are worst cases (errors add up only if every
 rounding has the same sign); they are still far below any change of method.
 """
-import threading
 import tracemalloc
 
 import numpy as np
@@ -24,6 +23,7 @@ import pytest
 
 from particles import dynamics as dynamics_mod
 from particles import parallel
+from particles.parallel import ThreadBuffer
 from particles.dynamics import Batches, Dynamics, State, step
 from particles.kernels import CircleKernel, Kernel, SigmoidUnit, expblocks
 from particles.problems import sigmoid_problem
@@ -75,10 +75,9 @@ def small_budget(monkeypatch):
     monkeypatch.setattr(CircleKernel, "_BLOCK", 2**12)
     monkeypatch.setattr(CircleKernel, "_KEEP", 2**15)
     monkeypatch.setattr(dynamics_mod, "DRAW_BUDGET", 2**15)
-    for cls in (SigmoidUnit, CircleKernel):
-        monkeypatch.setattr(cls, "_scratch", threading.local())
-    monkeypatch.setattr(expblocks, "_scratch", threading.local())
-    monkeypatch.setattr(expblocks, "_tiles", threading.local())
+    monkeypatch.setattr(SigmoidUnit, "_work", ThreadBuffer())
+    monkeypatch.setattr(expblocks, "_work", ThreadBuffer())
+    monkeypatch.setattr(expblocks, "_tiles", (ThreadBuffer(), ThreadBuffer()))
     # the pool's worker threads keep their tile scratch: a new pool for this test
     monkeypatch.setattr(parallel, "_pool", {"size": 0, "executor": None})
     # kept + two tiles per thread (the caller and each worker), in bytes

@@ -11,7 +11,6 @@ ulps of the largest term times the number of terms; with O(1) terms and at most 
 hundred of them, 1e-12 relative (1e-14 absolute for entries that cancel to ~0) holds with
 a wide margin and still catches any arithmetic that differs by more than round-off.
 """
-import threading
 import tracemalloc
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 
 from particles.dynamics import Dynamics, State, step
 from particles.kernels import Kernel, SigmoidUnit, pullback_reference
+from particles.parallel import ThreadBuffer
 from particles.problems import sigmoid_problem
 
 ACTIVATIONS = ["sigmoid", "tanh", "relu"]
@@ -76,7 +76,7 @@ def test_units_memory_is_bounded_by_the_budget(monkeypatch):
     pull-back peaks at 7.2 MB here)."""
     monkeypatch.setattr(SigmoidUnit, "_BLOCK", 256)
     monkeypatch.setattr(SigmoidUnit, "_KEEP", 1024)
-    monkeypatch.setattr(SigmoidUnit, "_scratch", threading.local())
+    monkeypatch.setattr(SigmoidUnit, "_work", ThreadBuffer())
     rng = np.random.default_rng(8)
     kernel = SigmoidUnit(3, "sigmoid")
     n, Q = 2000, 50
@@ -87,7 +87,7 @@ def test_units_memory_is_bounded_by_the_budget(monkeypatch):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert SigmoidUnit._scratch.buf.size <= 1024 + 2 * 256
+    assert SigmoidUnit._work.size <= 1024 + 2 * 256
     outputs = sum(v.nbytes for v in got)  # f, g_c, g_y: (Q + n + n N) doubles
     assert peak < outputs + 200_000, (peak, outputs)
     _assert_close(got, pullback_reference(kernel, *args))
