@@ -25,6 +25,8 @@ import logging
 
 from particles.config import ConfigError
 
+from .executors import ONE_THREAD
+
 __all__ = ["DaskExecutor", "dask_executor", "INSTALL", "CONNECT_TIMEOUT", "ONE_THREAD"]
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,6 @@ log = logging.getLogger(__name__)
 INSTALL = 'pip install -e ".[dask]"'
 #: Seconds to reach a scheduler and to wait for its first worker.
 CONNECT_TIMEOUT = 10.0
-#: Environment of every LocalCluster worker process: numpy/BLAS on one thread each, so
-#: that N workers use N cores (the same as the process executor's).
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
 
 
 class DaskExecutor:

@@ -26,10 +26,12 @@ from particles.config import ConfigError
 __all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "make_executor", "check_options",
            "ONE_THREAD"]
 
-#: environment of every worker process: numpy/BLAS on one thread each, so that N workers
-#: use N cores (not N x cores threads fighting for them)
+#: environment of every worker process (processes and Dask): numpy/BLAS and mfpc's own
+#: block threads (:mod:`particles.parallel`) on one thread each, so that N workers use N
+#: cores (not N x cores threads fighting for them); the numbers do not depend on it
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
+              "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
+              "MFPC_THREADS": "1"}
 
 
 @runtime_checkable

@@ -29,7 +29,11 @@ def work(i):
 
 
 def blas_threads():
-    return os.environ.get("OMP_NUM_THREADS"), os.environ.get("OPENBLAS_NUM_THREADS")
+    """The worker's BLAS threads and its step threads (particles.parallel)."""
+    from particles.parallel import get_threads
+
+    return (os.environ.get("OMP_NUM_THREADS"), os.environ.get("OPENBLAS_NUM_THREADS"),
+            get_threads())
 
 
 def flaky(path):
@@ -94,7 +98,7 @@ def test_local_cluster_gives_the_serial_results(tmp_path):
         assert run_all(ex, inputs) == serial
         pids = {ex.submit(work, i).result()[2] for i in range(6)}
         assert os.getpid() not in pids  # the tasks ran in the worker processes
-        assert ex.submit(blas_threads).result() == ("1", "1")  # N workers use N cores
+        assert ex.submit(blas_threads).result() == ("1", "1", 1)  # N workers use N cores
         # the package's own entry point, on a worker: bitwise the call in this process
         assert_same_dataset(ex.submit(fn, *args).result(), alone)
         # a task that raises: its error comes back; submitted again it runs again

@@ -304,3 +304,13 @@ def test_one_bar_over_tasks(tmp_path, capsys, workers):
     experiment.run_config(cfgp, tmp_path / "out", progress=True, workers=workers)
     err = capsys.readouterr().err
     assert "mfpc tasks" in err and "6/6" in err
+
+
+def test_process_workers_use_one_thread_each():
+    """N workers use N cores: BLAS and the step threads (MFPC_THREADS) on one thread."""
+    from analysis.executors import ProcessExecutor
+
+    from .test_daskexec import blas_threads
+
+    with ProcessExecutor(1) as ex:
+        assert ex.submit(blas_threads).result() == ("1", "1", 1)
