@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+
 from particles import config as C
 from particles.problems import build_problem
 
-__all__ = ["check_realisations", "realisation_config", "realisation_problem", "RULE"]
+__all__ = ["check_realisations", "realisation_config", "realisation_problem",
+           "stack_realisations", "RULE"]
 
 #: the random targets (the others are fixed functions: one realisation)
 RANDOM_TARGETS = ("teacher", "3spin")
@@ -74,8 +77,6 @@ def stack_realisations(datasets):
     """One ``particles`` Dataset from those of realisations 0, 1, ... (in order): the
     variables along ``n`` and ``f_target`` get a leading dimension ``realisation``; the
     others and the attrs come from realisation 0 (``attrs["realisation_rule"]``)."""
-    import numpy as np
-
     first = datasets[0]
     out = first.copy()
     for name, var in first.data_vars.items():

@@ -144,14 +144,13 @@ def ensemble_lln(particles, *, n_boot=1000, level=0.95, rng):
     return ds
 
 
-def _scaling(ns, V, n_boot, level, rng, stat=np.mean, point=None):
-    """Fits of ``point`` (default ``stat`` of the seed mean) of ``V`` (R, n, S) against n,
-    per realisation and for the mean over realisations.
+def _scaling(ns, V, n_boot, level, rng, point=lambda v: v):
+    """Fits of ``point`` (identity, or ``abs`` for a signed quantity) of the seed means of
+    ``V`` (R, n, S) against n, per realisation and for the mean over realisations.
 
     Returns (slope, low, high, values), each over the ``fit`` labels (mean first), and
     ``values`` (fit, n)."""
     R, m, S = V.shape
-    point = point or (lambda v: v)
     rows, vals, boots = [], [], []
     for r in range(R):
         groups = [finite_rows(V[r, i]) for i in range(m)]

@@ -39,7 +39,6 @@ Targets (issue 10): every row at most 2 floors and at most the JAX step.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 

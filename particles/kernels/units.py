@@ -168,7 +168,6 @@ class SigmoidUnit(Kernel):
         """
         y, a, x, w, f_x = pullback_arrays(y, a, x, w, f_x)
         B, n, N = y.shape
-        Q = x.shape[-2]
         # (x, 1) per node: the pre-activation is y @ X1.T, g_y is (h' w r) @ X1
         X1 = np.empty(x.shape[:-1] + (N,))
         X1[..., :-1] = x

@@ -5,7 +5,6 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-import pytest
 import xarray as xr
 
 from analysis.cli import main

@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from analysis.cli import main
-from analysis.experiment import ConfigError, resolve, run_particles
+from analysis.experiment import resolve, run_particles
 from analysis.realisations import realisation_config
 from analysis.tasks import plan_tasks, task_label
 from particles.problems import build_problem

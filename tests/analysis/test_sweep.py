@@ -2,41 +2,26 @@
 missing members, config changes refused, executor options, the progress bar over tasks."""
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
 from analysis import experiment, sweep, tasks
-from analysis.cli import main
 from analysis.executors import SerialExecutor, make_executor
 from analysis.experiment import ConfigError, resolve, run_particles
 from analysis.io import write_dataset
 from analysis.runfolder import TASKS_DIR, differing_keys
 
-from .test_cli import small_config, write_toml
-
-#: a [meanfield] and [fluctuations] of a second or two (as in test_runs)
-MEANFIELD = {"solvers": ["characteristics"], "characteristics": {"y": 16, "c": 4}}
-FLUCTUATIONS = {"method": "influence", "y": 8, "c": 4}
-
+from .test_cli import write_toml
+from .test_runs import config, run
 
 def sweep_config(seeds_per_task=1, sections=("meanfield", "fluctuations")):
-    """small_config (n = 8, 16; 3 seeds): 6 particle tasks of one seed, and one task each
-    for the small [meanfield] and [fluctuations]."""
-    cfg = small_config()
+    """small_config (n = 8, 16; 3 seeds) with test_runs' small [meanfield] and
+    [fluctuations]: 6 particle tasks of one seed, and one task each for those."""
+    cfg = config("particles", *sections)
     cfg["particles"]["seeds_per_task"] = seeds_per_task
-    if "meanfield" in sections:
-        cfg["meanfield"] = copy.deepcopy(MEANFIELD)
-    if "fluctuations" in sections:
-        cfg["fluctuations"] = dict(FLUCTUATIONS)
     return cfg
-
-
-def run(tmp_path, cfg, out, *extra, name="c.toml"):
-    cfgp = write_toml(tmp_path / name, cfg)
-    return main(["run", str(cfgp), "--out", str(out), "--no-progress", *extra])
 
 
 def load(path):

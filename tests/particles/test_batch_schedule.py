@@ -1,7 +1,6 @@
 """The n-dependent SGD batch schedule of the paper's quench (issue 12, Sec. 4.2)."""
 import math
 
-import numpy as np
 import pytest
 
 from analysis.experiment import ConfigError, DYNAMICS_SCHEMA
