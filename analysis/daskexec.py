@@ -24,8 +24,7 @@ from __future__ import annotations
 import logging
 
 from particles.config import ConfigError
-
-from .executors import ONE_THREAD
+from particles.parallel import ONE_THREAD
 
 __all__ = ["DaskExecutor", "dask_executor", "INSTALL", "CONNECT_TIMEOUT", "ONE_THREAD"]
 

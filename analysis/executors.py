@@ -21,17 +21,15 @@ import multiprocessing
 import os
 from typing import Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
+from particles import parallel
 from particles.config import ConfigError
 
 __all__ = ["Executor", "SerialExecutor", "ProcessExecutor", "make_executor", "check_options",
            "ONE_THREAD"]
 
-#: environment of every worker process (processes and Dask): numpy/BLAS and mfpc's own
-#: block threads (:mod:`particles.parallel`) on one thread each, so that N workers use N
-#: cores (not N x cores threads fighting for them); the numbers do not depend on it
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
-              "MFPC_THREADS": "1"}
+#: environment of every worker process (processes and Dask), :data:`particles.parallel.
+#: ONE_THREAD`: numpy/BLAS and mfpc's block threads on one thread each
+ONE_THREAD = parallel.ONE_THREAD
 
 
 @runtime_checkable

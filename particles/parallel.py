@@ -25,8 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 __all__ = ["get_threads", "set_threads", "threads", "map_blocks", "ThreadBuffer", "MIN_WORK",
-           "TASK_WORK"]
+           "TASK_WORK", "ONE_THREAD"]
 
+#: The environment of a worker process that must use one core (sweep executors start their
+#: workers with it): numpy/BLAS and the block threads of this module on one thread each,
+#: so that N workers use N cores; the numbers do not depend on it.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
+              "MFPC_THREADS": "1"}
 #: Fewest elements of work (pairs of units and nodes) for which a step uses threads.
 MIN_WORK = 2**20
 #: Elements of work gathered in one task handed to the pool (about 1 ms): consecutive
