@@ -1,10 +1,10 @@
-"""The command line ``mfpc``: a thin layer over :mod:`analysis.experiment`.
+"""The command line ``mfpc``: a thin layer over :mod:`analysis.run.experiment`.
 
 ``mfpc run CONFIG.toml --out DIR [--force]`` runs every section of the config as a sweep of
-tasks (:mod:`analysis.sweep`: a killed run resumes), serially or on ``--workers N`` local
+tasks (:mod:`analysis.sweep.driver`: a killed run resumes), serially or on ``--workers N`` local
 processes, ``--dask-local N`` or ``--scheduler ADDRESS`` (Dask), with ``--retries K``.
 ``mfpc report DIR`` checks the paper's predictions on the outputs in DIR and writes
-``analysis.nc``, ``report.md`` and ``figures/`` there (:func:`analysis.report.make_report`).
+``analysis.nc``, ``report.md`` and ``figures/`` there (:func:`analysis.report.make.make_report`).
 Exit codes: 0 done (or nothing to do), 2 bad input (refused before any work: nothing is
 written; also an output folder that cannot be used: not writable, in use by another run,
 holding files of another run, a failed run without ``--force``), 3 numerical failure in any section (what was computed is kept in
@@ -20,8 +20,8 @@ import sys
 
 from particles import NumericalFailure
 
-from .experiment import ConfigError, TasksFailed, run_config
-from .power import VERDICTS
+from analysis.run.experiment import ConfigError, TasksFailed, run_config
+from analysis.checks.power import VERDICTS
 
 __all__ = ["main"]
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     if args.command == "report":
         from pathlib import Path
 
-        from .report import make_report
+        from analysis.report.make import make_report
 
         if not args.dir.strip():
             print('mfpc: error: mfpc report "" names no folder; name the --out folder of '

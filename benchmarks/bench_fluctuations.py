@@ -32,16 +32,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_particles import machine_info, measure, spread  # noqa: E402
 
-from meanfield.grid import GridSolver, advance, prepare  # noqa: E402
+from meanfield.grid.solve import GridSolver, advance, prepare  # noqa: E402
 from meanfield.influence import clt_covariance_influence, influence_matrices  # noqa: E402
 from meanfield.linearised import (  # noqa: E402
     _default_chunk,
     fluctuation_rng,
     sample_perturbations,
 )
-from meanfield.tangent import stage_linearisations, tangent_rk3  # noqa: E402
+from meanfield.grid.tangent import stage_linearisations, tangent_rk3  # noqa: E402
 from particles.laws import CLaw  # noqa: E402
-from particles.problems import circle_problem  # noqa: E402
+from particles.presets import circle_problem
 
 
 def circle(Q):

@@ -9,7 +9,7 @@ interleaved in rounds so that drift on a shared machine hits every size alike, a
 prints the median time per call, its spread (interquartile range / median), the time
 per cell, and the growth exponent of time in the number of cells fitted by log-log
 least squares (``scipy.stats.linregress``; target: 2-D within 1.0 ± 0.1, 256² ≤ 2 ms).
-Before timing, the fast right-hand side is checked against ``meanfield.fv.rhs_reference``.
+Before timing, the fast right-hand side is checked against ``meanfield.grid.fv.rhs_reference``.
 
 Part 2 solves the circle example (kappa=2, Q=64, f = 0.5 cos 2x + sin x − 0.3 sin 3x,
 c ~ U[−1.5, 1.5]) on a 256 × 256 grid with c in [−7, 7] (the particles' c reach
@@ -35,13 +35,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_particles import machine_info, measure, spread  # noqa: E402
 
-from meanfield import fv  # noqa: E402
-from meanfield.grid import GridSolver, initial_masses, make_grid, solve_grid  # noqa: E402
+from meanfield.grid import fv  # noqa: E402
+from meanfield.grid.solve import GridSolver, initial_masses, make_grid, solve_grid  # noqa: E402
 from particles.kernels import SigmoidUnit  # noqa: E402
 from particles.laws import CLaw, YNormal  # noqa: E402
 from particles.measures import UniformBox  # noqa: E402
 from particles.problem import Problem  # noqa: E402
-from particles.problems import circle_problem  # noqa: E402
+from particles.presets import circle_problem
 
 
 def circle_example():

@@ -16,7 +16,7 @@ spread, all quantities of a row alike hit by drift on the shared machine):
 
 * ``mfpc``: one explicit Euler step through the public ``particles.dynamics.step``, as
   a user runs it (one member); for the kernel-form rows also with one thread
-  (``particles.parallel.threads(1)``; by default the fused (F, K) sums run on
+  (``particles.engine.parallel.threads(1)``; by default the fused (F, K) sums run on
   ``get_threads()`` = 2 threads over row blocks once a step has 2**18 pairs);
 * ``floor``: one ``numpy.exp`` / ``scipy.special.expit`` pass with ``out=`` over the
   largest array the step must evaluate ((n, P), (n, Q) or (n, n)), both preallocated;
@@ -50,9 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_particles import (load_line, machine_info, measure, quick_args, spread,
                              timing_args)  # noqa: E402
-from particles.parallel import threads  # noqa: E402
+from particles.engine.parallel import threads  # noqa: E402
 from particles.dynamics import Dynamics, State, step  # noqa: E402
-from particles.problems import rbf_problem, sigmoid_problem, sphere_problem  # noqa: E402
+from particles.presets import rbf_problem, sigmoid_problem, sphere_problem
 
 #: key -> (label, kind, sizes); kind picks the problem, the floor and the peers
 ROWS = {

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from particles.dynamics import Dynamics, State, step  # noqa: E402
 from particles.kernels import pullback_reference  # noqa: E402
-from particles.problems import circle_problem  # noqa: E402
+from particles.presets import circle_problem
 
 ENV_VARS = ("OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 

@@ -39,7 +39,7 @@ from bench_particles import (load_line, machine_info, measure, quick_args, sprea
 
 from particles.dynamics import Dynamics, State, step  # noqa: E402
 from particles.kernels import Kernel, pullback_reference  # noqa: E402
-from particles.problems import rbf_problem, sphere_problem  # noqa: E402
+from particles.presets import rbf_problem, sphere_problem
 
 
 def generic(problem):

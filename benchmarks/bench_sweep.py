@@ -1,12 +1,12 @@
 """Parallel efficiency of a sweep and the overhead per task (issue 11).
 
-Two measurements, each through :func:`analysis.experiment.run_experiment` (plan, run,
+Two measurements, each through :func:`analysis.run.experiment.run_experiment` (plan, run,
 write the task files, merge, write ``particles.nc``), the executors started beforehand
 (starting worker processes is a one-off cost, not a per-task one):
 
 * **efficiency**: a sweep of 64 particle tasks of a few seconds each (circle, n = 16, one
   seed a task; ``t_end`` calibrated so that one task takes ``--task-seconds``) on
-  ``ProcessExecutor(1)``, ``ProcessExecutor(2)`` and, when ``analysis.daskexec`` imports,
+  ``ProcessExecutor(1)``, ``ProcessExecutor(2)`` and, when ``analysis.sweep.daskexec`` imports,
   a ``LocalCluster`` of 2 workers. Efficiency = (time on 1 worker) / (workers x time on
   workers). Target: >= 0.9 at 2 workers. On a machine shared with other work the cores
   are not all ours, so two more figures separate the sweep from the machine: ``busy`` =
@@ -39,8 +39,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_particles import load_line, machine_info  # noqa: E402
 
-from analysis import experiment, tasks  # noqa: E402
-from analysis.executors import ProcessExecutor  # noqa: E402
+from analysis.run import experiment
+
+from analysis.sweep import tasks  # noqa: E402
+from analysis.sweep.executors import ProcessExecutor  # noqa: E402
 
 
 _REAL_TASK = experiment.run_task
@@ -137,7 +139,7 @@ def main(argv=None):
                 rows[f"processes ({w})"] = (w, sweep_seconds(cfg, ex, where),
                                             *task_times(os.environ[LOG]))
         try:
-            from analysis.daskexec import dask_executor
+            from analysis.sweep.daskexec import dask_executor
         except ImportError:
             dask_executor = None
         if dask_executor is not None and not args.no_dask:
@@ -149,7 +151,7 @@ def main(argv=None):
             print(f"{name:<26}{w:>8}{s:>10.1f}{base / s:>10.2f}{base / s / w:>12.2f}"
                   f"{tw / (w * s):>8.2f}{tc / tw:>10.2f}")
         if dask_executor is None:
-            print("(no dask row: analysis.daskexec does not import in this build)")
+            print("(no dask row: analysis.sweep.daskexec does not import in this build)")
 
         tiny = config(4, args.tiny, 0.0)
         own = runner_seconds(tiny, args.tiny)

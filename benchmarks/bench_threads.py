@@ -13,7 +13,7 @@ interquartile spread, the floor measured in the same run):
 Per row: the floor (one ``exp`` or ``scipy.special.expit`` pass, ``out=``, over the
 (n, Q) or (n, P) array a step must evaluate, preallocated; for n = 10^6 over a (4096, Q)
 array, times n / 4096, as the whole array would take 512 MB), the step with one thread
-and with two (``particles.parallel.threads``). SGD rows also time the step with the
+and with two (``particles.engine.parallel.threads``). SGD rows also time the step with the
 batches drawn per step and member (``dynamics.step`` given the bare generators:
 "before") against the stream drawn ahead (``dynamics.Batches``: "after"), both on one
 thread, and the 3-spin target on one batch with the former code (outer products in
@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_particles import (load_line, machine_info, measure, quick_args, spread,
                              timing_args)  # noqa: E402
-from particles import parallel  # noqa: E402
+from particles.engine import parallel  # noqa: E402
 from particles.dynamics import Batches, Dynamics, State, step  # noqa: E402
-from particles.problems import circle_problem, rbf_problem, sigmoid_problem  # noqa: E402
+from particles.presets import circle_problem, rbf_problem, sigmoid_problem
 
 ROWS = {
     # name: (description, problem kind, Q (nodes of the problem), n, P or None)

@@ -34,7 +34,7 @@ from bench_particles import (load_line, machine_info, measure, quick_args, sprea
                              timing_args)  # noqa: E402
 from particles.dynamics import Dynamics, State, step  # noqa: E402
 from particles.kernels import Kernel, pullback_reference  # noqa: E402
-from particles.problems import sigmoid_problem  # noqa: E402
+from particles.presets import sigmoid_problem
 
 ROWS = {
     # name: (description, d, nodes Q (data form) or None, n, scheme, batch P)

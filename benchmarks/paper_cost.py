@@ -11,7 +11,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from particles.dynamics import Batches, Dynamics, State, step  # noqa: E402
-from particles.problems import sigmoid_problem, sphere_problem  # noqa: E402
+from particles.presets import sigmoid_problem, sphere_problem
 from particles.simulate import member_rng  # noqa: E402
 
 def per_step(problem, dyn, n, B=8, k=20):

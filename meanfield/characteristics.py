@@ -23,13 +23,13 @@ import numpy as np
 import xarray as xr
 
 from particles import Dynamics
-from particles.loop import check_save_times, run
-from particles.results import dataset as cf_dataset
-from particles.results import run_status, x_coord
+from particles.engine.loop import check_save_times, run
+from particles.engine.results import dataset as cf_dataset
+from particles.engine.results import run_status, x_coord
 from particles.steppers import ParticleStepper
 
-from .defaults import CHARACTERISTICS
-from .nodes import c_rule, characteristic_nodes  # noqa: F401 - re-exported
+from meanfield.defaults import CHARACTERISTICS
+from meanfield.nodes import c_rule, characteristic_nodes  # noqa: F401 - re-exported
 
 __all__ = ["characteristic_nodes", "c_rule", "solve_characteristics"]
 
@@ -54,8 +54,8 @@ def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"
         ``weight(node)``.
     progress : bool or None
         Progress bar; ``None`` shows it only on a terminal.
-    checkpoint : particles.checkpoint.Checkpoint, optional
-        Checkpoints inside the run (:mod:`particles.checkpoint`): a run resumed from it is
+    checkpoint : particles.engine.checkpoint.Checkpoint, optional
+        Checkpoints inside the run (:mod:`particles.engine.checkpoint`): a run resumed from it is
         bitwise one that never stopped.
 
     Returns
@@ -65,7 +65,7 @@ def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"
 
     Raises
     ------
-    particles.loop.NumericalFailure
+    particles.engine.loop.NumericalFailure
         A non-finite node state; ``.partial`` is the Dataset of the save times reached
         (``attrs["complete"] = 0``).
     """

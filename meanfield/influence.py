@@ -29,14 +29,14 @@ import numpy as np
 import xarray as xr
 
 from particles import Dynamics
-from particles.config import require
-from particles.loop import check_save_times, run
-from particles.results import dataset as cf_dataset
-from particles.results import run_status, x_coord
+from particles.engine.config import require
+from particles.engine.loop import check_save_times, run
+from particles.engine.results import dataset as cf_dataset
+from particles.engine.results import run_status, x_coord
 from particles.steppers import ParticleStepper
 
-from .defaults import INFLUENCE
-from .nodes import characteristic_nodes
+from meanfield.defaults import INFLUENCE
+from meanfield.nodes import characteristic_nodes
 
 __all__ = ["phi_derivatives", "velocity_vjp", "influence_matrices", "clt_covariance_influence",
            "AdjointState", "AdjointStepper", "ForwardRun", "forward_run", "adjoint_sweep",
@@ -161,7 +161,7 @@ class AdjointState(NamedTuple):
 class AdjointStepper:
     r"""The exact discrete adjoint of a recorded RK4 run of weighted nodes, stepped backwards.
 
-    Reverse time is :math:`-t`, so the driver :func:`particles.loop.run` goes forward
+    Reverse time is :math:`-t`, so the driver :func:`particles.engine.loop.run` goes forward
     through the save times ``-t_K < ... < -t_0``. Each step reverses one recorded forward
     step (:func:`_rk4_vjp`) with its recorded size; cotangents of the observables are
     injected at the save times by the observer (it returns the state with more rows).
@@ -310,7 +310,7 @@ def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE[
 
     The forward run is the particle stepper with the node weights (:func:`forward_run`);
     the reverse sweep is :class:`AdjointStepper` (:func:`adjoint_sweep`); both through
-    :func:`particles.loop.run`.
+    :func:`particles.engine.loop.run`.
 
     Parameters
     ----------
@@ -363,7 +363,7 @@ def clt_covariance_influence(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFL
 
     Raises
     ------
-    particles.loop.NumericalFailure
+    particles.engine.loop.NumericalFailure
         A non-finite forward or adjoint state; ``.partial`` is the Dataset with the
         forward ``f_0_influence`` observed so far and ``attrs["complete"] = 0``.
     """

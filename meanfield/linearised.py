@@ -13,7 +13,7 @@ from a centred Gaussian field with covariance :math:`\rho_{in}\delta - \rho_{in}
 \rho_{in}` ((2.17); (2.18) and (2.25) drop the second term). Then
 :math:`\sqrt n(f_n - f_0)(t)\to f_{1/2}(t)` in law, and the covariance of :math:`f_{1/2}(t)`
 is estimated here from an ensemble of sampled initial fields, each carried by the
-tangent-linear of the finite-volume scheme of :mod:`meanfield.grid`:
+tangent-linear of the finite-volume scheme of :mod:`meanfield.grid.solve`:
 
 * **sampling** (:func:`sample_perturbations`): the cell integrals of the field have
   covariance :math:`\mathrm{diag}(m) - mm^\top` (``m`` the initial cell masses);
@@ -23,8 +23,8 @@ tangent-linear of the finite-volume scheme of :mod:`meanfield.grid`:
   stage states of the forward run, plus the linear response of the potential
   :math:`\delta U = \Phi^\top W\Phi\,\delta g` (:math:`\delta g = \delta m\,c`). The
   forward run :math:`\rho_0` and the batch of perturbations advance together, with the
-  step sizes of :class:`meanfield.gridstep.GridStepper` (those of
-  :func:`~meanfield.grid.solve_grid`), both in :class:`meanfield.tangent.TangentStepper`;
+  step sizes of :class:`meanfield.grid.stepper.GridStepper` (those of
+  :func:`~meanfield.grid.solve.solve_grid`), both in :class:`meanfield.grid.tangent.TangentStepper`;
 * **estimate** (:func:`clt_covariance_ensemble`): the sample covariance of
   :math:`f_{1/2}(t, x) = \sum_{jk}c_k\varphi(x, y_j)\delta m_{jk}(t)` over members and its
   standard error (:func:`covariance_stderr`).
@@ -43,13 +43,13 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from particles.loop import NumericalFailure, check_save_times, run
-from particles.results import dataset as cf_dataset
-from particles.results import run_status, x_coord
+from particles.engine.loop import NumericalFailure, check_save_times, run
+from particles.engine.results import dataset as cf_dataset
+from particles.engine.results import run_status, x_coord
 
-from .defaults import ENSEMBLE, GRID
-from .grid import OUTFLOW_WARN, GridSolver, prepare
-from .tangent import (  # noqa: F401 - re-exported
+from meanfield.defaults import ENSEMBLE, GRID
+from meanfield.grid.solve import OUTFLOW_WARN, GridSolver, prepare
+from meanfield.grid.tangent import (  # noqa: F401 - re-exported
     Linearisation,
     TangentStepper,
     stage_linearisations,
@@ -184,7 +184,7 @@ def clt_covariance_ensemble(
 
     Each member is a sample of the initial fluctuation field on the cells
     (:func:`sample_perturbations`), carried by the tangent-linear of the grid scheme around
-    :math:`\rho_0(t)` (:class:`meanfield.tangent.TangentStepper`: the grid's own steps).
+    :math:`\rho_0(t)` (:class:`meanfield.grid.tangent.TangentStepper`: the grid's own steps).
     At each save time :math:`f_{1/2}(t, x)` (:func:`f_half`) is recorded for every member,
     and the covariance is the sample covariance over members (mean subtracted, ddof = 1).
 
@@ -196,7 +196,7 @@ def clt_covariance_ensemble(
     members : int
         Ensemble size M ≥ 2; standard errors scale as :math:`M^{-1/2}`.
     ny, nc, c_min, c_max, y_range, cfl, allow_truncation, potential, phi_tol
-        The grid and step of :func:`meanfield.grid.solve_grid` (no fixed ``dt``: the
+        The grid and step of :func:`meanfield.grid.solve.solve_grid` (no fixed ``dt``: the
         steps follow the positivity bound of :math:`\rho_0`).
     root_seed : int
         The generator is :func:`fluctuation_rng` ``(root_seed)``.
@@ -205,8 +205,8 @@ def clt_covariance_ensemble(
         for every chunk). Default: about ``CHUNK_DOUBLES`` doubles per batch array.
     progress : bool or None
         Progress bar; ``None`` shows it only on a terminal.
-    checkpoint : particles.checkpoint.Checkpoint, optional
-        Checkpoints inside the run (:mod:`particles.checkpoint`): a run resumed from it is
+    checkpoint : particles.engine.checkpoint.Checkpoint, optional
+        Checkpoints inside the run (:mod:`particles.engine.checkpoint`): a run resumed from it is
         bitwise one that never stopped.
 
     Returns

@@ -3,7 +3,7 @@ sampled batch noise (the check of :mod:`meanfield.sgdnoise`).
 
 Each member is a perturbation :math:`\delta m` of the cell masses, zero at t = 0, carried
 by the tangent-linear of the grid scheme around :math:`\rho_0(t)` (the linearised flow
-with its feedback through f, :mod:`meanfield.tangent`), and forced after every step of
+with its feedback through f, :mod:`meanfield.grid.tangent`), and forced after every step of
 size ``h`` by one sampled single-sample noise (Euler–Maruyama):
 
 .. math::
@@ -15,7 +15,7 @@ size ``h`` by one sampled single-sample noise (Euler–Maruyama):
 with :math:`X` drawn from the quadrature of μ (node ``q`` with probability ``w_q``, as the
 covariance of :mod:`meanfield.sgdnoise`) and :math:`-\nabla\cdot(\rho_0\xi_X)` the flux
 derivative of the scheme for the potential perturbation :math:`u_X` (face velocities as
-in :meth:`meanfield.tangent.Linearisation.apply`, upwind states frozen at the step start).
+in :meth:`meanfield.grid.tangent.Linearisation.apply`, upwind states frozen at the step start).
 The displacement per step has covariance :math:`h\,C` (C of THEORY §4b), so
 :math:`\mathrm{Cov}(f(t, x), f(t, x'))` over members,
 :math:`f = \sum_{jk}c_k\varphi(x, y_j)\delta m_{jk}`, estimates :math:`\Sigma^{SGD}_t`
@@ -31,15 +31,15 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from particles.loop import NumericalFailure, check_save_times, run
-from particles.results import dataset as cf_dataset
-from particles.results import run_status, x_coord
+from particles.engine.loop import NumericalFailure, check_save_times, run
+from particles.engine.results import dataset as cf_dataset
+from particles.engine.results import run_status, x_coord
 
-from .defaults import ENSEMBLE, GRID
-from .grid import GridSolver, prepare
-from .linearised import _default_chunk, covariance_stderr, f_half
-from .sgdnoise import theta_attrs, theta_ratio
-from .tangent import Linearisation, TangentStepper
+from meanfield.defaults import ENSEMBLE, GRID
+from meanfield.grid.solve import GridSolver, prepare
+from meanfield.linearised import _default_chunk, covariance_stderr, f_half
+from meanfield.sgdnoise import theta_attrs, theta_ratio
+from meanfield.grid.tangent import Linearisation, TangentStepper
 
 __all__ = ["SGD_KEY", "noise_potentials", "noise_forcing", "ForcedState", "ForcedStepper",
            "sgd_covariance_ensemble", "with_sgd_ensemble"]
@@ -63,7 +63,7 @@ def noise_potentials(solver: GridSolver, m, idx):
 def noise_forcing(lin: Linearisation, dU):
     r"""Rate of change :math:`-\nabla\cdot(\rho_0\xi)` of the cell masses for the noise
     potentials ``dU`` (``(M,) + grid.ny``): the ``δu Z`` flux terms of
-    :meth:`~meanfield.tangent.Linearisation.apply` alone, shape ``(M,) + grid.shape``."""
+    :meth:`~meanfield.grid.tangent.Linearisation.apply` alone, shape ``(M,) + grid.shape``."""
     g = lin.grid
     out = np.zeros((dU.shape[0],) + tuple(g.shape))
     for d in lin.axes:
@@ -77,7 +77,7 @@ def noise_forcing(lin: Linearisation, dU):
 
 
 class ForcedState(NamedTuple):
-    """Time, the tangent ensemble's state (:class:`meanfield.tangent.EnsembleState`) and
+    """Time, the tangent ensemble's state (:class:`meanfield.grid.tangent.EnsembleState`) and
     the generator state of the forcing (a dict of ``bit_generator.state``)."""
 
     t: float
@@ -86,7 +86,7 @@ class ForcedState(NamedTuple):
 
 
 class ForcedStepper:
-    """:class:`~meanfield.tangent.TangentStepper` plus the sampled noise forcing after every
+    """:class:`~meanfield.grid.tangent.TangentStepper` plus the sampled noise forcing after every
     step (module doc). The generator state travels in the state."""
 
     def __init__(self, solver, batches, *, cfl=GRID["cfl"], ratio=None):

@@ -46,12 +46,12 @@ import json
 import numpy as np
 import xarray as xr
 
-from particles.loop import check_save_times
-from particles.results import dataset as cf_dataset
-from particles.results import run_status, x_coord
+from particles.engine.loop import check_save_times
+from particles.engine.results import dataset as cf_dataset
+from particles.engine.results import run_status, x_coord
 
-from .defaults import INFLUENCE
-from .influence import adjoint_sweep, c_domain, forward_run, influence_info
+from meanfield.defaults import INFLUENCE
+from meanfield.influence import adjoint_sweep, c_domain, forward_run, influence_info
 
 __all__ = ["theta_ref", "theta_ratio", "theta_attrs", "noise_response", "noise_covariance",
            "sgd_covariance_influence"]
@@ -135,7 +135,7 @@ def sgd_covariance_influence(problem, save_times, dynamics=None, *, ny=INFLUENCE
 
     Raises
     ------
-    particles.loop.NumericalFailure
+    particles.engine.loop.NumericalFailure
         A non-finite forward or adjoint state; ``.partial`` is the Dataset observed so
         far with ``attrs["complete"] = 0``.
     """

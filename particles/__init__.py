@@ -3,11 +3,11 @@
 The ground floor of mfpc (paper Sec. 1–3; ``../shared/THEORY.md`` §1–2). Nothing here
 imports :mod:`meanfield` or :mod:`analysis`.
 """
-from .dynamics import INTEGRATORS, Dynamics, State, step
-from .problem import KernelForm, Problem
-from .loop import NumericalFailure, run
-from .simulate import member_rng, simulate
-from .steppers import ParticleState, ParticleStepper
+from particles.dynamics import INTEGRATORS, Dynamics, State, step
+from particles.problem import KernelForm, Problem
+from particles.engine.loop import NumericalFailure, run
+from particles.simulate import member_rng, simulate
+from particles.steppers import ParticleState, ParticleStepper
 
 __all__ = [
     "Dynamics",

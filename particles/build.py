@@ -13,14 +13,14 @@ Relative paths of ``file`` parts are taken from the working directory.
 """
 from __future__ import annotations
 
-from . import config as C
-from .closed_forms import kernel_form
-from .kernels import ACTIVATIONS, CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
-from .laws import CLaw, YNormal, YUniformBox, YUniformCircle, YUniformSphere
-from .measures import CircleUniform, FileMeasure, Lebesgue, SphereUniform
-from .presets import PRESETS, check_circle_width, draw_target, gaussian_measure, preset_problem, problem_rngs
-from .problem import Problem
-from .targets import FileTarget, FourierTarget, GaussianMixture
+from particles.engine import config as C
+from particles.closed_forms import kernel_form
+from particles.kernels import ACTIVATIONS, CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
+from particles.laws import CLaw, YNormal, YUniformBox, YUniformCircle, YUniformSphere
+from particles.measures import CircleUniform, FileMeasure, Lebesgue, SphereUniform
+from particles.presets import PRESETS, check_circle_width, draw_target, gaussian_measure, preset_problem, problem_rngs
+from particles.problem import Problem
+from particles.targets import FileTarget, FourierTarget, GaussianMixture
 
 __all__ = ["build_problem", "c_law_from_config", "y_law_from_config", "INIT_SCHEMA",
            "KERNEL_KEYS", "MEASURE_KEYS", "TARGET_KEYS"]

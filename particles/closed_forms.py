@@ -27,9 +27,9 @@ import dataclasses
 import numpy as np
 from scipy import special
 
-from . import kernelforms
-from .problem import KernelForm
-from .targets import GaussianMixture
+from particles import kernelforms
+from particles.problem import KernelForm
+from particles.targets import GaussianMixture
 
 __all__ = ["CLOSED_FORMS", "kernel_form", "circle_fourier_F", "circle_K", "rbf_gaussian_K",
            "teacher_F", "interpolation_form", "gaussian_line_forms"]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pairsums import circle_contract, exp_contract, exp_contract_sym
+from particles.pairsums import circle_contract, exp_contract, exp_contract_sym
 
 __all__ = ["circle_velocity", "gaussian_line_velocity", "gaussian_teacher_velocity",
            "sphere_velocity"]

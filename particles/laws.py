@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from .measures import _product_rule
+from particles.measures import _product_rule
 
 __all__ = ["CLaw", "YUniformCircle", "YUniformBox", "YNormal", "YUniformSphere", "BOX_MARGIN"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import require
+from particles.engine.config import require
 
 __all__ = ["CircleUniform", "GaussianMeasure", "SphereUniform", "UniformBox", "Lebesgue",
            "FileMeasure"]

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 from scipy import special
 
-from .parallel import ThreadBuffer, get_threads
+from particles.engine.parallel import ThreadBuffer, get_threads
 
 __all__ = ["exp_contract", "exp_contract_sym", "circle_contract", "BLOCK", "PARTS"]
 
@@ -28,7 +28,7 @@ BLOCK = 2**15
 SINGLE = 2**18
 #: Threads over row blocks (numpy releases the GIL in ``exp`` and the products): used
 #: when a member block has at least ``PARALLEL`` pairs, so small steps pay no start-up;
-#: how many is :func:`particles.parallel.get_threads` (``MFPC_THREADS``, ``threads(k)``).
+#: how many is :func:`particles.engine.parallel.get_threads` (``MFPC_THREADS``, ``threads(k)``).
 PARALLEL = 2**18
 #: Accumulators of a large symmetric sum (:func:`exp_contract_sym`): a fixed number, run
 #: on as many threads as allowed, summed in order, so that the result is bitwise the same
@@ -66,7 +66,7 @@ def _in_threads(work, rblocks, threads):
 
 
 def _threads(threads, pairs):
-    """The threads asked for, or by default :func:`~particles.parallel.get_threads` for
+    """The threads asked for, or by default :func:`~particles.engine.parallel.get_threads` for
     ``PARALLEL`` pairs or more (else 1)."""
     if threads is not None:
         return max(1, int(threads))

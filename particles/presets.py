@@ -32,14 +32,14 @@ import math
 
 import numpy as np
 
-from . import config as C
-from .closed_forms import kernel_form
-from .kernels import CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
-from .kernels.circle import CIRCLE_MODE_TOL, circle_modes
-from .laws import CLaw, YNormal, YUniformCircle, YUniformSphere
-from .measures import CircleUniform, GaussianMeasure, SphereUniform
-from .problem import Problem
-from .targets import FourierTarget, TeacherNetwork, ThreeSpin
+from particles.engine import config as C
+from particles.closed_forms import kernel_form
+from particles.kernels import CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
+from particles.kernels.circle import CIRCLE_MODE_TOL, circle_modes
+from particles.laws import CLaw, YNormal, YUniformCircle, YUniformSphere
+from particles.measures import CircleUniform, GaussianMeasure, SphereUniform
+from particles.problem import Problem
+from particles.targets import FourierTarget, TeacherNetwork, ThreeSpin
 
 __all__ = ["PRESETS", "preset_problem", "circle_problem", "rbf_problem", "sphere_problem",
            "sigmoid_problem", "problem_rngs", "gaussian_measure", "draw_target", "y_law_normal",

@@ -145,10 +145,10 @@ class Problem:
         return f"kernel {kname!r} does not declare {capability!r}"
 
     def require(self, capability: str, purpose: str):
-        """Raise :class:`particles.config.CapabilityError` naming ``capability`` when the
+        """Raise :class:`particles.engine.config.CapabilityError` naming ``capability`` when the
         problem lacks it."""
         if capability not in self.capabilities():
-            from .config import CapabilityError
+            from particles.engine.config import CapabilityError
 
             raise CapabilityError(f"{purpose} needs the capability {capability!r}: "
                                   f"{self.missing(capability)}")

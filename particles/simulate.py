@@ -1,7 +1,7 @@
 r"""Ensembles of finite-n runs over particle counts and seeds, returned as a Dataset.
 
 Each n is one :class:`particles.steppers.ParticleStepper` run by the one time loop
-:func:`particles.loop.run`, which alternates "advance to the next save time" with
+:func:`particles.engine.loop.run`, which alternates "advance to the next save time" with
 "observe" (save f_n on the nodes, the loss (1.2) and, if asked, the units). For each n the ensemble of seeds is
 one vectorised state of shape (seeds, n, N). Member ``(i_n, i_seed)`` draws its initial
 units and all its noise from
@@ -16,11 +16,11 @@ import json
 import numpy as np
 import xarray as xr
 
-from .dynamics import Dynamics
-from .loop import NumericalFailure, check_save_times, run  # noqa: F401 - re-exported
-from .results import dataset as cf_dataset
-from .results import VARIABLES, run_status, x_coord
-from .steppers import ParticleStepper
+from particles.dynamics import Dynamics
+from particles.engine.loop import NumericalFailure, check_save_times, run  # noqa: F401 - re-exported
+from particles.engine.results import dataset as cf_dataset
+from particles.engine.results import VARIABLES, run_status, x_coord
+from particles.steppers import ParticleStepper
 
 __all__ = ["simulate", "member_rng", "NumericalFailure"]
 
@@ -77,8 +77,8 @@ def simulate(
         (padded with NaN where particle >= n).
     progress : bool or None
         Progress bar; ``None`` shows it only on a terminal.
-    checkpoint : particles.checkpoint.Checkpoint, optional
-        Checkpoints inside the run (:mod:`particles.checkpoint`): one run per n, the
+    checkpoint : particles.engine.checkpoint.Checkpoint, optional
+        Checkpoints inside the run (:mod:`particles.engine.checkpoint`): one run per n, the
         stage ``"n_index=<i_n>"``; the outputs of the n already done are tracked, so a
         run resumed from the checkpoint of a later n skips the earlier ones. The result
         is bitwise that of a run that never stopped.

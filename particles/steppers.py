@@ -1,4 +1,4 @@
-r"""The particle stepper: GD (Euler, RK4), SGD and Langevin ensembles for :mod:`particles.loop`.
+r"""The particle stepper: GD (Euler, RK4), SGD and Langevin ensembles for :mod:`particles.engine.loop`.
 
 The state is a batch of weighted unit systems (members b = 1..B, units i = 1..n),
 advanced by :func:`particles.dynamics.step` (GD (2.1), SGD (3.1), Langevin Sec. 4.1). With
@@ -12,7 +12,7 @@ states at the buffer's start, the points taken and any carried points.
 
 Divergence that stays finite (``docs/engine.md``, "Divergence"): :meth:`ParticleStepper.check`
 watches every member's loss (1.2) against its running minimum and the charges against
-their start (:class:`Watch`), and reports a :class:`particles.loop.Divergence`:
+their start (:class:`Watch`), and reports a :class:`particles.engine.loop.Divergence`:
 
 * GD in the residual form (``form = "data"``) is a gradient flow of the loss, and so is
   every stable Euler or RK4 step of it (descent lemma, ``h < 2/L``): the loss may not rise
@@ -36,8 +36,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .dynamics import Batches, Dynamics, State, step
-from .loop import Divergence
+from particles.dynamics import Batches, Dynamics, State, step
+from particles.engine.loop import Divergence
 
 __all__ = ["ParticleState", "ParticleStepper", "substeps", "Watch", "GD_RTOL", "ATOL",
            "NOISY_FACTOR", "STATE_FACTOR"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import require
+from particles.engine.config import require
 
 __all__ = ["FourierTarget", "TeacherNetwork", "ThreeSpin", "GaussianMixture", "FileTarget"]
 

@@ -44,9 +44,9 @@ def shrunk_config(name):
 
 def compute():
     """{key: array} of every shrunk run."""
-    from analysis.experiment import resolve
+    from analysis.run.experiment import resolve
     from meanfield.characteristics import solve_characteristics
-    from meanfield.grid import solve_grid
+    from meanfield.grid.solve import solve_grid
     from meanfield.influence import clt_covariance_influence
     from meanfield.linearised import clt_covariance_ensemble
     from particles import simulate

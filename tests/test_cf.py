@@ -2,7 +2,7 @@
 
 Two small circle configs with every section (grid and characteristics with the influence
 method; the grid with the ensemble method) run through ``analysis.cli.main`` in-process;
-each ``.nc`` file in the output folder is read back and :func:`particles.results.check_cf`
+each ``.nc`` file in the output folder is read back and :func:`particles.engine.results.check_cf`
 must find nothing: ``Conventions``, ``title``, ``history`` (UTC time and the command line),
 ``source``, ``references``; ``long_name`` and ``units`` on every variable and coordinate;
 int32 integers; no ``_FillValue`` on coordinates.
@@ -16,7 +16,7 @@ import pytest
 import xarray as xr
 
 from analysis.cli import main
-from particles.results import check_cf
+from particles.engine.results import check_cf
 
 from tests.analysis.test_cli import write_toml
 

@@ -81,7 +81,7 @@ def test_particles_train(problem):
 
 def test_grid_fft_data_and_characteristics_agree(problem):
     from meanfield.characteristics import solve_characteristics
-    from meanfield.grid import solve_grid
+    from meanfield.grid.solve import solve_grid
 
     kw = dict(ny=256, nc=96, c_min=-3.0, c_max=3.0, save_rho=False, progress=False)
     fft = solve_grid(problem, TS, potential="fft", **kw)
@@ -119,8 +119,8 @@ def test_fluctuation_methods_run_and_agree_at_t0(problem):
 
 
 def test_report_runs_on_a_user_kernel(problem, tmp_path):
-    from analysis.experiment import resolve, run_experiment
-    from analysis.report import make_report
+    from analysis.run.experiment import resolve, run_experiment
+    from analysis.report.make import make_report
 
     cfg = {
         "problem": {"kind": "user", "description": "Lorentzian bump on the circle (test)"},

@@ -2,12 +2,12 @@
 
 ``docs/kernels.md`` says how to add one (one class in one file).
 """
-from . import expblocks
-from .base import Kernel, pullback_reference
-from .circle import CircleKernel
-from .gaussian import GaussianRBF
-from .sphere import SphereRBF
-from .units import ACTIVATIONS, SigmoidUnit
+from particles.kernels import expblocks
+from particles.kernels.base import Kernel, pullback_reference
+from particles.kernels.circle import CircleKernel
+from particles.kernels.gaussian import GaussianRBF
+from particles.kernels.sphere import SphereRBF
+from particles.kernels.units import ACTIVATIONS, SigmoidUnit
 
 __all__ = [
     "ACTIVATIONS",

@@ -15,7 +15,7 @@ with inputs ``x`` of shape ``(..., Q, d)`` and unit positions ``y`` of shape
   ``"grad_x"`` (:meth:`Kernel.grad_x`), ``"hessian_y"`` (:meth:`Kernel.phi_hessian`),
   ``"fourier"`` (:meth:`Kernel.fourier_coefficients`) and ``"constraint"``
   (:meth:`Kernel.tangent`, :meth:`Kernel.retract` keep y on a manifold). A solver asks
-  with :func:`particles.config.require`; capabilities are declared, never discovered.
+  with :func:`particles.engine.config.require`; capabilities are declared, never discovered.
 
 and implements
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import require
+from particles.engine.config import require
 
 __all__ = ["Kernel", "pullback_reference"]
 

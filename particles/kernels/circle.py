@@ -6,9 +6,9 @@ import math
 import numpy as np
 from scipy import special
 
-from ..parallel import map_blocks
-from . import expblocks
-from .base import Kernel, pullback_arrays
+from particles.engine.parallel import map_blocks
+from particles.kernels import expblocks
+from particles.kernels.base import Kernel, pullback_arrays
 
 __all__ = ["CircleKernel"]
 

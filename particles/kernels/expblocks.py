@@ -20,7 +20,7 @@ pair in all. For n > ``keep / qmin`` the block keeps only its last particles and
 the other tiles (a second ``h`` on a cache-resident tile): memory stays bounded by
 ``keep`` elements plus O((n + Q)·k) whatever n and Q.
 
-Threads (:mod:`particles.parallel`): the tiles of a block are shared out over threads in
+Threads (:mod:`particles.engine.parallel`): the tiles of a block are shared out over threads in
 both passes; the partition into blocks and tiles depends only on n, Q and the block
 constants, the forward sums are added in tile order on the calling thread and the
 backward pass writes disjoint rows, so the result is bitwise the same for any number of
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..parallel import ThreadBuffer, map_blocks
+from particles.engine.parallel import ThreadBuffer, map_blocks
 
 __all__ = ["exp_pullback", "blocked_pullback"]
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Kernel, pullback_arrays
-from .expblocks import exp_pullback
+from particles.kernels.base import Kernel, pullback_arrays
+from particles.kernels.expblocks import exp_pullback
 
 __all__ = ["GaussianRBF"]
 

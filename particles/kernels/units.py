@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from ..parallel import ThreadBuffer
-from . import expblocks
-from .base import Kernel, pullback_arrays
+from particles.engine.parallel import ThreadBuffer
+from particles.kernels import expblocks
+from particles.kernels.base import Kernel, pullback_arrays
 
 __all__ = ["SigmoidUnit", "ACTIVATIONS"]
 

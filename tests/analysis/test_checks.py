@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis import checks
-from analysis.fit import fit_power_law
+from analysis.checks import limits as checks
+from analysis.checks.fit import fit_power_law
 
 Q, T = 12, 2
 

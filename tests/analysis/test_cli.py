@@ -9,7 +9,7 @@ import pytest
 import xarray as xr
 
 from analysis.cli import main
-from analysis.experiment import ConfigError, resolve, run_config
+from analysis.run.experiment import ConfigError, resolve, run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "circle.toml"
@@ -150,7 +150,7 @@ def test_bad_input_is_refused_before_work(tmp_path, mutate, message):
 
 
 def test_init_file(tmp_path):
-    from analysis.io import write_dataset
+    from analysis.store.io import write_dataset
 
     rng = np.random.default_rng(0)
     y = rng.uniform(0, 2 * np.pi, (2, 5))

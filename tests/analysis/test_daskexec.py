@@ -1,4 +1,4 @@
-"""The Dask executor (analysis.daskexec): a LocalCluster and a separately started
+"""The Dask executor (analysis.sweep.daskexec): a LocalCluster and a separately started
 ``dask scheduler`` + ``dask worker`` give exactly the serial results; an unreachable
 scheduler, a scheduler without workers and a missing Dask are clear ConfigErrors."""
 import functools
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis.daskexec import INSTALL, dask_executor
+from analysis.sweep.daskexec import INSTALL, dask_executor
 from particles import Dynamics, simulate
-from particles.config import ConfigError
-from particles.problems import circle_problem
+from particles.engine.config import ConfigError
+from particles.presets import circle_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,8 +29,8 @@ def work(i):
 
 
 def blas_threads():
-    """The worker's BLAS threads and its step threads (particles.parallel)."""
-    from particles.parallel import get_threads
+    """The worker's BLAS threads and its step threads (particles.engine.parallel)."""
+    from particles.engine.parallel import get_threads
 
     return (os.environ.get("OMP_NUM_THREADS"), os.environ.get("OPENBLAS_NUM_THREADS"),
             get_threads())

@@ -13,7 +13,7 @@ import xarray as xr
 
 from analysis.cli import main
 from particles import NumericalFailure
-from particles.results import check_cf
+from particles.engine.results import check_cf
 
 from .test_cli import small_config, write_toml
 

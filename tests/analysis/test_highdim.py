@@ -8,9 +8,9 @@ import numpy as np
 import xarray as xr
 
 from analysis.cli import main
-from analysis.highdim import final_alpha, quench_time
-from analysis.runfolder import FIGURE_NAMES
-from particles.results import check_cf
+from analysis.checks.highdim import final_alpha, quench_time
+from analysis.store.runfolder import FIGURE_NAMES
+from particles.engine.results import check_cf
 
 from .test_cli import write_toml
 

@@ -189,7 +189,7 @@ def test_init_file_without_particles(tmp_path, capsys):
 def _init_file(path, y, c, ydims=("member", "particle")):
     import xarray as xr
 
-    from analysis.io import write_dataset
+    from analysis.store.io import write_dataset
 
     write_dataset(xr.Dataset({"y": (ydims, np.asarray(y, float)),
                               "c": (("member", "particle"), np.asarray(c, float))}), path)
@@ -247,8 +247,8 @@ GiB = 2**30
 @pytest.fixture
 def eight_gib(monkeypatch):
     """A machine with 8 GiB available, whatever this one has (the refusals below need
-    far more: each size is >= 40 GiB in the tally of analysis.budget)."""
-    from analysis import budget
+    far more: each size is >= 40 GiB in the tally of analysis.run.budget)."""
+    from analysis.run import budget
 
     monkeypatch.setattr(budget, "available_memory", lambda: 8 * GiB)
 
@@ -403,7 +403,7 @@ def test_y_box_of_the_wrong_shape(tmp_path, capsys, low, high):
 def test_documented_meanfield_defaults_work(tmp_path):
     """docs/config.md: c ~ N(0, 1) and the default c range (-5, 5) leave 5.7e-7 of the mass
     outside, refused (> 1e-8); the default range follows the c law instead."""
-    from analysis.experiment import default_c_range, resolve
+    from analysis.run.experiment import default_c_range, resolve
     from particles.laws import CLaw
 
     lo, hi = default_c_range(CLaw("normal"))

@@ -4,7 +4,7 @@ Hypothesis mutates the shipped example configs, shrunk so that an unmutated one 
 about a second: values (edge integers, edge floats, strings, booleans, lists, tables),
 deleted and added keys, nested tables. ``mfpc run`` must return 0, 2 or 3, never raise,
 and finish within :data:`BUDGET` seconds (a SIGALRM stops a case that does not: the
-refusals of analysis.budget must come before any work).
+refusals of analysis.run.budget must come before any work).
 """
 import copy
 import signal
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from analysis import budget
+from analysis.run import budget
 from analysis.cli import main
 
 from .test_cli import write_toml

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from analysis.cli import main
-from analysis.experiment import resolve
+from analysis.run.experiment import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 FORMS = ["paper_rbf_sphere", "paper_rbf_sphere_small", "paper_sigmoid", "paper_sigmoid_small"]

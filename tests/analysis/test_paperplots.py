@@ -4,9 +4,9 @@ great circles (4.12), the network evaluated there, and every figure drawn from a
 import numpy as np
 import pytest
 
-from analysis import paperplots as pp
-from analysis.plots import save
-from analysis.scaling import final_scaling
+from analysis.report import paperfigures as pp
+from analysis.report.figures import save
+from analysis.checks.scaling import final_scaling
 from particles.presets import sigmoid_problem, sphere_problem
 from tests.analysis.test_scaling import synthetic
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis import checks
+from analysis.checks import limits as checks
 from analysis.cli import main
-from analysis.power import (INCONCLUSIVE, VERDICTS, bootstrap_min_seeds, judge,
+from analysis.checks.power import (INCONCLUSIVE, VERDICTS, bootstrap_min_seeds, judge,
                             seeds_needed)
-from analysis.report import Row, per_time_level, render, rows
+from analysis.report.make import Row, per_time_level, render, rows
 
 from .test_cli import write_toml
 

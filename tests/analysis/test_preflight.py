@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis import experiment
+from analysis.run import experiment
 from analysis.cli import main
-from analysis.experiment import ConfigError, resolve
-from particles.config import CapabilityError
+from analysis.run.experiment import ConfigError, resolve
+from particles.engine.config import CapabilityError
 from particles.kernels import CircleKernel
 
 from .test_cli import write_toml
@@ -134,7 +134,7 @@ class NoSampleMeasure:
 
 
 def user_problem(**replace):
-    from particles.problems import build_problem
+    from particles.build import build_problem
 
     cfg = circle()
     problem = build_problem(cfg["problem"], cfg["init"])

@@ -13,12 +13,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from analysis import mkernel as mk
-from analysis.fit import fit_power_law
-from meanfield.grid import GridSolver, make_grid
+from meanfield import mkernel as mk
+from analysis.checks.fit import fit_power_law
+from meanfield.grid.solve import GridSolver, make_grid
 from particles import Dynamics, State, step
 from particles.laws import CLaw
-from particles.problems import circle_problem
+from particles.presets import circle_problem
 
 TWO_PI = 2 * np.pi
 kappas = st.floats(0.5, 4.0)

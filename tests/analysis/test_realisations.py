@@ -9,10 +9,10 @@ import pytest
 import xarray as xr
 
 from analysis.cli import main
-from analysis.experiment import resolve, run_particles
-from analysis.realisations import realisation_config
-from analysis.tasks import plan_tasks, task_label
-from particles.problems import build_problem
+from analysis.run.experiment import resolve, run_particles
+from analysis.run.realisations import realisation_config
+from analysis.sweep.tasks import plan_tasks, task_label
+from particles.build import build_problem
 from particles.simulate import simulate
 
 from .test_cli import write_toml

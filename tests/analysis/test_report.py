@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis import report
+from analysis.report import make as report
 from analysis.cli import main
-from analysis.experiment import run_config
+from analysis.run.experiment import run_config
 
 CONFIG = """
 [problem]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from analysis.runlock import LOCK_NAME, FolderBusy, FolderLock
+from analysis.store.lock import LOCK_NAME, FolderBusy, FolderLock
 
 
 def _hold(folder, ready, release):
@@ -36,7 +36,7 @@ def test_second_process_is_refused_while_the_first_holds(tmp_path):
 
 def test_a_dead_owner_leaves_no_stuck_lock(tmp_path):
     # a process that took the lock and died without releasing it (as after kill -9)
-    code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from analysis.runlock import "
+    code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from analysis.store.lock import "
             "FolderLock; FolderLock(sys.argv[1]).acquire(); os._exit(0)")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     subprocess.run([sys.executable, "-c", code, str(tmp_path), root], check=True)

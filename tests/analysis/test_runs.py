@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis import experiment, runfolder
+from analysis.run import experiment
+
+from analysis.store import runfolder
 from analysis.cli import main
-from analysis.runfolder import run_id
-from analysis.runlock import LOCK_NAME
+from analysis.store.runfolder import run_id
+from analysis.store.lock import LOCK_NAME
 
 from .test_cli import small_config, write_toml
 
@@ -169,7 +171,7 @@ def test_force_leaves_no_file_of_the_old_run_when_the_new_one_fails(tmp_path, ca
 CHILD = """
 import sys, tempfile, time
 from pathlib import Path
-from analysis import experiment
+from analysis.run import experiment
 from analysis.cli import main
 cfg, out, release = sys.argv[1:4]
 orig = experiment.RUNNERS["particles"]
@@ -252,7 +254,7 @@ def test_leftovers_are_removed_only_under_the_lock(tmp_path):
 
 
 def _hold(folder, ready, release):
-    from analysis.runlock import FolderLock
+    from analysis.store.lock import FolderLock
 
     with FolderLock(folder):
         ready.set()

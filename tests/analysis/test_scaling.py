@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis.mkernel import gram_spectrum, m_kernel, operator_spectrum
-from analysis.scaling import ensemble_lln, final_scaling
+from meanfield.mkernel import gram_spectrum, m_kernel, operator_spectrum
+from analysis.checks.scaling import ensemble_lln, final_scaling
 from particles.kernels import CircleKernel, SigmoidUnit
 
 NS = np.array([16, 32, 64, 128, 256])
@@ -120,7 +120,7 @@ def test_gram_spectrum_matches_the_operator(kernel, d, N):
 def test_gram_form_of_the_bootstrap_variance_is_exact():
     """The bootstrap of V_n reads only the seeds' Gram matrix: a resample's
     sum_q w_q Var equals the direct computation on the resampled rows (round-off)."""
-    from analysis.scaling import _gram, _gram_var
+    from analysis.checks.scaling import _gram, _gram_var
 
     rng = np.random.default_rng(8)
     F = rng.normal(size=(7, 50)) + 3.0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis.experiment import ConfigError, resolve, run_config
+from analysis.run.experiment import ConfigError, resolve, run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,5 @@
 """Issue 13: the SGD prediction in ``mfpc run`` / ``mfpc report`` (fluctuations.sgd,
-sgd_cov / sgd_var CF metadata, the SGD rows of analysis/sgdchecks.py)."""
+sgd_cov / sgd_var CF metadata, the SGD rows of analysis/checks/sgd.py)."""
 import tomllib
 from pathlib import Path
 
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis import report
+from analysis.report import make as report
 from analysis.cli import main
-from analysis.experiment import ConfigError, resolve
-from analysis.power import VERDICTS
-from analysis.sgdchecks import sgd_checks, sgd_rows
-from particles.results import VARIABLES, check_cf
+from analysis.run.experiment import ConfigError, resolve
+from analysis.checks.power import VERDICTS
+from analysis.checks.sgd import sgd_checks, sgd_rows
+from particles.engine.results import VARIABLES, check_cf
 
 from tests.analysis.test_cli import write_toml
 

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis import experiment, sweep, tasks
-from analysis.executors import SerialExecutor, make_executor
-from analysis.experiment import ConfigError, resolve, run_particles
-from analysis.io import write_dataset
-from analysis.runfolder import TASKS_DIR, differing_keys
+from analysis.run import experiment
+
+from analysis.sweep import driver as sweep, tasks
+from analysis.sweep.executors import SerialExecutor, make_executor
+from analysis.run.experiment import ConfigError, resolve, run_particles
+from analysis.store.io import write_dataset
+from analysis.store.runfolder import TASKS_DIR, differing_keys
 
 from .test_cli import write_toml
 from .test_runs import config, run
@@ -293,7 +295,7 @@ def test_one_bar_over_tasks(tmp_path, capsys, workers):
 
 def test_process_workers_use_one_thread_each():
     """N workers use N cores: BLAS and the step threads (MFPC_THREADS) on one thread."""
-    from analysis.executors import ProcessExecutor
+    from analysis.sweep.executors import ProcessExecutor
 
     from .test_daskexec import blas_threads
 

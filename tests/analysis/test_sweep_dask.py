@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-pytest.importorskip("analysis.daskexec")
+pytest.importorskip("analysis.sweep.daskexec")
 pytest.importorskip("distributed")
 
 from analysis.cli import main  # noqa: E402
-from analysis.executors import make_executor  # noqa: E402
-from analysis.experiment import resolve, run_experiment  # noqa: E402
+from analysis.sweep.executors import make_executor  # noqa: E402
+from analysis.run.experiment import resolve, run_experiment  # noqa: E402
 
 from .test_cli import write_toml  # noqa: E402
 from .test_sweep import assert_same_run, sweep_config  # noqa: E402

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import xarray as xr
 
-from analysis import experiment
+from analysis.run import experiment
 from analysis.cli import main
-from analysis.runfolder import TASKS_DIR
+from analysis.store.runfolder import TASKS_DIR
 
 from .test_cli import small_config, write_toml
 
 ROOT = Path(__file__).resolve().parents[2]
-DONE = re.compile(r"^[0-9a-f]{16}\.npz$")  # a finished task's result (analysis.tasks)
+DONE = re.compile(r"^[0-9a-f]{16}\.npz$")  # a finished task's result (analysis.sweep.tasks)
 
 
 def kill_config():
@@ -92,7 +92,7 @@ def test_killed_task_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     """--checkpoint-every 0: a task killed mid-run leaves DIR/tasks/<id>.ckpt.npz; the rerun
     restores it (the checkpoint is loaded, not ignored) and the merged file equals an
     uninterrupted run's bitwise."""
-    from particles.checkpoint import Checkpoint
+    from particles.engine.checkpoint import Checkpoint
 
     cfg = kill_config()
     cfg.pop("meanfield")

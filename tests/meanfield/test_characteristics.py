@@ -4,7 +4,7 @@ import pytest
 
 from meanfield.characteristics import c_rule, characteristic_nodes, solve_characteristics
 from particles.laws import CLaw
-from particles.problems import circle_problem
+from particles.presets import circle_problem
 
 
 @pytest.fixture

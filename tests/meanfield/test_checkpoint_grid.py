@@ -7,11 +7,11 @@ import pytest
 import xarray as xr
 
 from meanfield.characteristics import solve_characteristics
-from meanfield.grid import solve_grid
+from meanfield.grid.solve import solve_grid
 from meanfield.linearised import clt_covariance_ensemble
-from particles.checkpoint import Checkpoint, CheckpointWarning
+from particles.engine.checkpoint import Checkpoint, CheckpointWarning
 from particles.laws import CLaw
-from particles.problems import circle_problem
+from particles.presets import circle_problem
 from tests.particles.test_checkpoint import Clock, Killed, assert_same
 
 SAVE_TIMES = [0.0, 0.2, 0.5]
@@ -55,7 +55,7 @@ def test_grid_restart_from_checkpoint_is_bitwise(circle, which, tmp_path, caplog
         SOLVERS[which](circle, checkpoint=first)
     assert first.writes > 0 and path.exists()
     clock = Clock()
-    with caplog.at_level(logging.INFO, logger="particles.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="particles.engine.checkpoint"):
         resumed = SOLVERS[which](circle, checkpoint=Checkpoint(path, 1e9, key="mf",
                                                                 clock=clock))
     assert "resuming from checkpoint" in caplog.text
@@ -90,7 +90,7 @@ def small_experiment():
     import tomllib
     from pathlib import Path
 
-    from analysis.experiment import resolve
+    from analysis.run.experiment import resolve
 
     root = Path(__file__).resolve().parents[2]
     cfg = tomllib.loads((root / "examples" / "circle.toml").read_text())
@@ -104,7 +104,7 @@ def small_experiment():
 
 @pytest.mark.parametrize("section", ["particles", "meanfield", "fluctuations"])
 def test_experiment_runners_pass_the_checkpoint_on(section, tmp_path, caplog):
-    from analysis.experiment import RUNNERS
+    from analysis.run.experiment import RUNNERS
 
     exp, runner = small_experiment(), RUNNERS[section]
     whole = runner(exp, progress=False)
@@ -113,7 +113,7 @@ def test_experiment_runners_pass_the_checkpoint_on(section, tmp_path, caplog):
     with pytest.raises(Killed):
         runner(exp, progress=False, checkpoint=first)
     assert list(tmp_path.iterdir()), "a checkpoint was written"  # meanfield: task.grid.npz
-    with caplog.at_level(logging.INFO, logger="particles.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="particles.engine.checkpoint"):
         again = runner(exp, progress=False, checkpoint=Checkpoint(path, 0, key=section))
     assert "resuming from checkpoint" in caplog.text
     assert not list(tmp_path.iterdir()), "completed runs remove their checkpoints"

@@ -15,7 +15,7 @@ from scipy import stats
 from meanfield.influence import clt_covariance_influence
 from particles import Dynamics, simulate
 from particles.laws import CLaw
-from particles.problems import circle_problem
+from particles.presets import circle_problem
 
 
 def bounded_circle(Q=64):

@@ -3,13 +3,13 @@ the problem lacks the capability "fft"."""
 import numpy as np
 import pytest
 
-from meanfield.cells import make_grid
-from meanfield.potentials import DataPotential, FFTPotential
-from particles.config import CapabilityError
+from meanfield.grid.cells import make_grid
+from meanfield.grid.potentials import DataPotential, FFTPotential
+from particles.engine.config import CapabilityError
 from particles.laws import CLaw, YUniformCircle
 from particles.measures import CircleUniform
 from particles.problem import Problem
-from particles.problems import build_problem
+from particles.build import build_problem
 from particles.targets import FourierTarget
 from tests.particles.test_kernels import RationalCircle
 
@@ -48,7 +48,7 @@ def test_users_kernel_runs_through_the_solvers():
     64 x 32 cells, 7.7e-4 at 128 x 64 (first order in the cells, the characteristics'
     own error is far below), so 128 x 64 meets 1e-3 deterministically."""
     from meanfield.characteristics import solve_characteristics
-    from meanfield.grid import solve_grid
+    from meanfield.grid.solve import solve_grid
     from meanfield.influence import clt_covariance_influence
 
     p = Problem(RationalCircle(1.5), CircleUniform(32), FourierTarget(cos=[0.0, 0.5],

@@ -5,9 +5,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from scipy import stats
 
-from analysis.fit import fit_power_law
-from meanfield import fv
-from meanfield.grid import (
+from analysis.checks.fit import fit_power_law
+from meanfield.grid import fv
+from meanfield.grid.solve import (
     DataPotential,
     FFTPotential,
     GridSolver,
@@ -21,7 +21,7 @@ from particles.kernels import Kernel, SigmoidUnit
 from particles.laws import CLaw, YNormal, YUniformCircle
 from particles.measures import CircleUniform, UniformBox
 from particles.problem import Problem
-from particles.problems import circle_problem
+from particles.presets import circle_problem
 from particles.targets import FourierTarget
 
 

@@ -7,7 +7,8 @@ from meanfield.characteristics import characteristic_nodes
 from meanfield.influence import clt_covariance_influence, influence_matrices, velocity_vjp
 from particles import Dynamics, ParticleStepper, run
 from particles.laws import CLaw
-from particles.problems import circle_K, circle_problem
+from particles.closed_forms import circle_K
+from particles.presets import circle_problem
 
 
 def _circle(c_law, Q=32):

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from meanfield.characteristics import solve_characteristics
-from meanfield.grid import solve_grid
-from particles.problems import build_problem
+from meanfield.grid.solve import solve_grid
+from particles.build import build_problem
 
 LINE = {
     "kernel": {"kind": "gaussian", "sigma": 0.7071067811865476, "normalised": True},
@@ -63,7 +63,7 @@ def test_grid_and_characteristics_agree_on_the_line(line, characteristics):
 
 def test_the_default_box_of_a_uniform_law_is_widened(line):
     """Without y_range the grid takes the y law's box widened by BOX_MARGIN."""
-    from meanfield.cells import make_grid
+    from meanfield.grid.cells import make_grid
     from particles.laws import BOX_MARGIN
 
     g = make_grid(line, 32, 8)

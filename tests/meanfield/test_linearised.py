@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import special
 
-from meanfield.grid import GridSolver, make_grid, prepare
+from meanfield.grid.solve import GridSolver, make_grid, prepare
 from meanfield.influence import clt_covariance_influence
 from meanfield.linearised import (
     FLUCT_KEY,
@@ -24,7 +24,8 @@ from particles.kernels import SigmoidUnit
 from particles.laws import CLaw, YNormal
 from particles.measures import UniformBox
 from particles.problem import Problem
-from particles.problems import circle_K, circle_problem
+from particles.closed_forms import circle_K
+from particles.presets import circle_problem
 
 UNIFORM = CLaw("uniform", low=-1.5, high=1.5)
 

@@ -16,7 +16,7 @@ from meanfield.sgdensemble import sgd_covariance_ensemble
 from meanfield.sgdnoise import sgd_covariance_influence, theta_ratio, theta_ref
 from particles import Dynamics, simulate
 from particles.laws import CLaw
-from particles.problems import circle_problem
+from particles.presets import circle_problem
 
 
 def bounded_circle(Q=64, cos=(0.0, 0.0, 0.5), sin=(0.0, 1.0, 0.0, -0.3)):
@@ -110,7 +110,7 @@ def test_self_quench_representable_target():
     # injected early heals like any fluctuation, (2.48)-(2.54)). The injection rate at s is
     # Cov_X(M[rho_0(s)](x, X) r_0(s, X)) <= |M|^2 2 l_0(s), so the growth rate over
     # [20, 40] relative to [0, 1] is bounded by l_0(20) / l_0(0) times the growth of |M|^2
-    # (a few; 10 allowed, as analysis.sgdchecks.QUENCH_FACTOR). Measured: l_0 falls from
+    # (a few; 10 allowed, as analysis.checks.sgd.QUENCH_FACTOR). Measured: l_0 falls from
     # 0.0325 to 1.3e-4 by t = 40, tr Sigma^SGD peaks at 2.5e-3 and is 1.2e-4 at t = 40.
     p = bounded_circle(Q=32, cos=(0.0, 0.3), sin=(0.0, 0.2))
     ts = [0.0, 1.0, 10.0, 20.0, 40.0]

@@ -6,15 +6,15 @@ import pytest
 import xarray as xr
 
 from meanfield.characteristics import solve_characteristics
-from meanfield.grid import GridSolver, GridStepper, prepare, solve_grid
+from meanfield.grid.solve import GridSolver, GridStepper, prepare, solve_grid
 from meanfield.influence import AdjointStepper, clt_covariance_influence
 from meanfield.linearised import clt_covariance_ensemble, fluctuation_rng, sample_perturbations
 from meanfield.nodes import characteristic_nodes
-from meanfield.tangent import TangentStepper
+from meanfield.grid.tangent import TangentStepper
 from particles import Dynamics, NumericalFailure, ParticleStepper, run
 from particles.laws import CLaw
-from particles.problems import circle_problem
-from particles.results import check_cf
+from particles.presets import circle_problem
+from particles.engine.results import check_cf
 from tests.stepping import advance, roundtrip
 
 
@@ -178,7 +178,7 @@ def test_grid_failure_keeps_partial(circle, monkeypatch):
 
 
 def test_ensemble_failure_keeps_partial(circle, monkeypatch):
-    from meanfield.tangent import Linearisation
+    from meanfield.grid.tangent import Linearisation
 
     _poison_after(monkeypatch, Linearisation, "apply", 40, out_index=0)
     with pytest.raises(NumericalFailure) as e:

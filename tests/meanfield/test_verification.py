@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.experiment import resolve
+from analysis.run.experiment import resolve
 from meanfield.characteristics import solve_characteristics
-from meanfield.grid import solve_grid
+from meanfield.grid.solve import solve_grid
 from particles import Dynamics, simulate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from analysis.experiment import ConfigError, DYNAMICS_SCHEMA
+from analysis.run.experiment import ConfigError, DYNAMICS_SCHEMA
 from particles.dynamics import Dynamics, scaled_batch
 
 QUENCH = [[0.0, {"P0": 0.2, "alpha": 0.5, "round": "floor"}],

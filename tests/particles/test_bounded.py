@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from particles import dynamics as dynamics_mod
-from particles import parallel
-from particles.parallel import ThreadBuffer
+from particles.engine import parallel
+from particles.engine.parallel import ThreadBuffer
 from particles.dynamics import Batches, Dynamics, State, step
 from particles.kernels import CircleKernel, Kernel, SigmoidUnit, expblocks
-from particles.problems import sigmoid_problem
+from particles.presets import sigmoid_problem
 
 EPS = np.finfo(float).eps
 #: Doubles per unit and per node (times N + 1) of the O((n + Q)·d) arrays a step holds:

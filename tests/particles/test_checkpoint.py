@@ -1,4 +1,4 @@
-"""Checkpoints inside a run (particles.checkpoint): a run interrupted after a checkpoint
+"""Checkpoints inside a run (particles.engine.checkpoint): a run interrupted after a checkpoint
 and rerun with it gives bitwise the Dataset of a run that never stopped; a checkpoint of
 another key or a damaged one is not used (a CheckpointWarning, the run starts over)."""
 import logging
@@ -8,8 +8,8 @@ import pytest
 import xarray as xr
 
 from particles import Dynamics, simulate
-from particles.checkpoint import Checkpoint, CheckpointWarning
-from particles.problems import circle_problem
+from particles.engine.checkpoint import Checkpoint, CheckpointWarning
+from particles.presets import circle_problem
 
 DYNAMICS = {
     "gd-euler": Dynamics("gd", "euler", 0.05),
@@ -91,7 +91,7 @@ def test_restart_from_checkpoint_is_bitwise(circle, reference, which, kill_at, t
         run(circle, dyn, first)
     assert first.writes > 0 and held_stage(path) == KILL_AT[kill_at]
     clock = Clock()
-    with caplog.at_level(logging.INFO, logger="particles.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="particles.engine.checkpoint"):
         resumed = run(circle, dyn, Checkpoint(path, 1e9, key="task-1", clock=clock))
     assert "resuming from checkpoint" in caplog.text
     # the rerun did only what was left: fewer steps (clock calls, one per step and save
@@ -180,8 +180,8 @@ def test_write_is_atomic_and_bad_input_is_clear(tmp_path):
 KILLED_RUN = """
 import sys
 from particles import Dynamics, simulate
-from particles.checkpoint import Checkpoint
-from particles.problems import circle_problem
+from particles.engine.checkpoint import Checkpoint
+from particles.presets import circle_problem
 circle = circle_problem(2.0, 16, cos=[0.0, 0.0, 0.5], sin=[0.0, 1.0])
 simulate(circle, [4, 6], 2, Dynamics("sgd", "euler", 0.01, batch=4),
          [float(t) for t in range(11)], root_seed=9, progress=False,

@@ -15,8 +15,8 @@ import xarray as xr
 
 from analysis.cli import main
 from particles import Dynamics, ParticleStepper
-from particles.loop import Divergence
-from particles.problems import circle_problem
+from particles.engine.loop import Divergence
+from particles.presets import circle_problem
 from particles.steppers import ATOL, GD_RTOL, NOISY_FACTOR, STATE_FACTOR, Watch
 
 from ..analysis.test_cli import write_toml
@@ -177,7 +177,7 @@ def test_state_rule(circle):
     assert isinstance(bad, Divergence) and "charge" in bad
 
 
-# -- the grid (meanfield.gridstep): conservative and positive below its bound -------------
+# -- the grid (meanfield.grid.stepper): conservative and positive below its bound -------------
 @pytest.fixture(scope="module")
 def ucircle():
     """The circle with c ~ U[-1.5, 1.5]: the whole initial law inside c in [-2.5, 2.5]."""
@@ -188,7 +188,7 @@ def ucircle():
 
 
 def grid_run(circle, **kw):
-    from meanfield.grid import solve_grid
+    from meanfield.grid.solve import solve_grid
 
     return solve_grid(circle, [0.0, 0.1, 1.0], ny=64, nc=24, c_min=-2.5, c_max=2.5,
                       progress=False, **kw)
@@ -196,7 +196,7 @@ def grid_run(circle, **kw):
 
 def _grow_after(monkeypatch, calls, factor):
     """GridSolver.rk3 returns masses times ``factor`` (finite) from its ``calls``-th call."""
-    from meanfield.gridsolver import GridSolver, StepResult
+    from meanfield.grid.solver import GridSolver, StepResult
 
     real, count = GridSolver.rk3, {"n": 0}
 
@@ -229,9 +229,9 @@ def test_grid_mass_growth_or_sign_is_divergence(ucircle, monkeypatch, factor, wh
 
 
 def test_grid_loss_and_bound_rules(ucircle):
-    from meanfield.cells import make_grid
-    from meanfield.gridsolver import GridSolver
-    from meanfield.gridstep import BOUND_DROP, LOSS_FACTOR, GridState, GridStepper, GridWatch
+    from meanfield.grid.cells import make_grid
+    from meanfield.grid.solver import GridSolver
+    from meanfield.grid.stepper import BOUND_DROP, LOSS_FACTOR, GridState, GridStepper, GridWatch
 
     grid = make_grid(ucircle, ny=16, nc=8, c_min=-2.0, c_max=2.0)
     st = GridStepper(GridSolver(ucircle, grid))

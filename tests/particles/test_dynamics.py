@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from analysis.fit import fit_power_law
+from analysis.checks.fit import fit_power_law
 from particles import Dynamics, State, member_rng, simulate, step
 from particles.laws import CLaw
-from particles.problems import circle_problem
+from particles.presets import circle_problem
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import pytest
 
 from particles.dynamics import Dynamics, State, step
 from particles.kernels import Kernel, SigmoidUnit, pullback_reference
-from particles.parallel import ThreadBuffer
-from particles.problems import sigmoid_problem
+from particles.engine.parallel import ThreadBuffer
+from particles.presets import sigmoid_problem
 
 ACTIVATIONS = ["sigmoid", "tanh", "relu"]
 

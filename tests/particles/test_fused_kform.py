@@ -212,7 +212,7 @@ def test_symmetric_sums_are_bitwise_whatever_the_threads():
     and 3 threads (and the MFPC_THREADS default) give the same bits: a sweep's worker on
     one thread reproduces a serial run on two (issue 11)."""
     from particles import pairsums
-    from particles.parallel import threads
+    from particles.engine.parallel import threads
 
     rng = np.random.default_rng(7)
     n, k, r = 800, 6, 4  # n^2/2 = 320000 pairs >= PARALLEL: the parted path

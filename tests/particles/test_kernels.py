@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from scipy import integrate
 
-from particles.config import CapabilityError, require
+from particles.engine.config import CapabilityError, require
 from particles.kernels import (CircleKernel, GaussianRBF, Kernel, SigmoidUnit, SphereRBF,
                                pullback_reference)
-from particles.problems import circle_fourier_F, circle_K, circle_problem
+from particles.closed_forms import circle_fourier_F, circle_K
+from particles.presets import circle_problem
 from particles.targets import FourierTarget, TeacherNetwork, ThreeSpin
 
 H = 1e-5

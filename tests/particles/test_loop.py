@@ -1,4 +1,4 @@
-"""The one time loop (particles.loop) and the particle stepper: landing on save times,
+"""The one time loop (particles.engine.loop) and the particle stepper: landing on save times,
 capture/restore bitwise, the failure contract."""
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import xarray as xr
 
 from particles import Dynamics, NumericalFailure, ParticleStepper, member_rng, run, simulate
-from particles.problems import circle_problem
-from particles.results import check_cf
+from particles.presets import circle_problem
+from particles.engine.results import check_cf
 from tests.stepping import advance, roundtrip
 
 

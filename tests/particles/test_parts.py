@@ -10,10 +10,10 @@ import pytest
 import xarray as xr
 from scipy import stats
 
-from particles.config import CapabilityError, ConfigError
+from particles.engine.config import CapabilityError, ConfigError
 from particles.laws import BOX_MARGIN, YNormal, YUniformBox, YUniformCircle
 from particles.measures import FileMeasure, Lebesgue
-from particles.problems import build_problem
+from particles.build import build_problem
 from particles.targets import FileTarget
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 import particles
-from particles.config import ConfigError
-from particles.problems import problem_rngs, rbf_gaussian_K, rbf_problem
+from particles.engine.config import ConfigError
+from particles.presets import problem_rngs, rbf_problem
+from particles.closed_forms import rbf_gaussian_K
 from particles.kernels import GaussianRBF
 from particles.measures import GaussianMeasure
-from particles.problems import build_problem
+from particles.build import build_problem
 from particles.targets import ThreeSpin
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

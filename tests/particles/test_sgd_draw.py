@@ -13,7 +13,7 @@ from particles import Dynamics, ParticleStepper, member_rng
 from particles import dynamics as dynamics_mod
 from particles.dynamics import Batches, State, step
 from particles.measures import CircleUniform, GaussianMeasure, SphereUniform, UniformBox
-from particles.problems import circle_problem, sigmoid_problem
+from particles.presets import circle_problem, sigmoid_problem
 from tests.stepping import advance, roundtrip
 
 MEASURES = {

@@ -1,4 +1,4 @@
-"""Threads over blocks (:mod:`particles.parallel`): bitwise the same for 1, 2 or 3 threads.
+"""Threads over blocks (:mod:`particles.engine.parallel`): bitwise the same for 1, 2 or 3 threads.
 
 The block partition depends only on the sizes and the kernels' block constants, and the
 forward sums are added in block order on the calling thread, so every fused pull-back
@@ -9,11 +9,11 @@ among them); a counter on the pool's task function shows that the pool really ra
 import numpy as np
 import pytest
 
-from particles import parallel
+from particles.engine import parallel
 from particles.dynamics import Dynamics, State, step
 from particles.kernels import CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF, expblocks
 from particles.kernels import pullback_reference
-from particles.problems import sigmoid_problem
+from particles.presets import sigmoid_problem
 
 KERNELS = {
     "circle": lambda: CircleKernel(2.0),

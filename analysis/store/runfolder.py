@@ -1,0 +1,393 @@
+"""The output folder of one run: its identity, writability, lock, leftovers and stale files.
+
+Every file ``mfpc run`` writes carries ``attrs["run_id"]``, :func:`run_id` of the resolved
+config (a hash of its canonical JSON without the keys that do not change numbers,
+:data:`IDENTITY_IGNORED`). ``mfpc run`` and ``mfpc report`` use this module, in order:
+
+1. :func:`check_writable` — ``--out`` names a folder in which a file can be created (a
+   temporary probe file is created and removed), before any work;
+2. :func:`holding` — the folder's :class:`~analysis.store.lock.FolderLock` (a second live
+   process is refused with a :class:`RunFolderError`), inside which :func:`remove_leftovers`
+   deletes the temporary files a killed process left (only names of the pattern
+   :data:`TMP_PATTERN`);
+3. :func:`plan_run` (``mfpc run``) — which sections to compute, which files are up to date,
+   which must go (``--force``: sections the config no longer has, old derived outputs);
+   refusing files of another run, foreign or damaged files and a failed run
+   (``complete = 0``) unless ``--force``;
+4. :func:`read_run` (``mfpc report``) — the run files read whole, refused if any is damaged,
+   foreign, or of another run than the others.
+
+All refusals are :class:`RunFolderError` (a :class:`~particles.engine.config.ConfigError`:
+``mfpc`` exits 2) naming the file and what to do.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import xarray as xr
+
+from particles.engine.config import ConfigError
+
+from analysis.store.io import read_dataset
+from analysis.store.lock import FolderBusy, FolderLock
+
+__all__ = ["run_id", "RunFolderError", "IDENTITY_IGNORED", "RUN_FILES", "DERIVED",
+           "FIGURE_NAMES", "TMP_PATTERN", "check_writable", "holding", "remove_leftovers",
+           "plan_run", "remove_stale", "remove_empty_folders", "read_run", "file_identity",
+           "identity", "differing_keys", "TASKS_DIR"]
+
+#: the file of each runnable section, in run order
+RUN_FILES = {"particles": "particles.nc", "meanfield": "meanfield.nc",
+             "fluctuations": "fluctuations.nc"}
+#: what ``mfpc report`` derives from the run files (and ``figures/`` with FIGURE_NAMES)
+DERIVED = ("analysis.nc", "report.md")
+FIGURE_NAMES = ("loss.png", "functions.png", "density.png", "lln.png", "clt_qq.png",
+                "m_spectrum.png",
+                # runs without a mean field (analysis.report.paperfigures.paper_figures)
+                "training_loss.png", "loss_n.png", "signed_pos_n.png", "signed_neg_n.png",
+                "slice.png", "great_circles.png")
+#: keys of the resolved config that do not change any number: not part of the identity
+#: (``particles.seeds_per_task`` only cuts the ensemble into tasks: every member draws
+#: from its own generator, so the numbers do not depend on it)
+IDENTITY_IGNORED = (("problem", "description"), ("particles", "seeds_per_task"))
+#: the folder of a sweep's finished tasks inside DIR (:mod:`analysis.sweep.driver`)
+TASKS_DIR = "tasks"
+#: temporary names of :func:`analysis.store.io.atomic_path` (``.NAME.XXXXXXXX.tmp``) for the files
+#: mfpc writes, and of the writability probe
+TMP_PATTERN = re.compile(
+    r"^\.(?:particles\.nc|meanfield\.nc|fluctuations\.nc|analysis\.nc|report\.md|"
+    r"loss\.png|functions\.png|density\.png|lln\.png|clt_qq\.png|m_spectrum\.png|"
+    r"mfpc-probe)\.[A-Za-z0-9_]+\.tmp$")
+
+
+class RunFolderError(ConfigError):
+    """The output folder cannot be used as it is (``mfpc`` exits 2, nothing written)."""
+
+
+def _canonical(v):
+    """JSON-ready value with integral floats as ints (``kappa = 2`` is ``kappa = 2.0``)."""
+    if isinstance(v, dict):
+        return {str(k): _canonical(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_canonical(x) for x in v]
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    return v
+
+
+def identity(config) -> dict:
+    """The part of a resolved config that changes numbers, canonical (:func:`_canonical`):
+    a copy without the keys of :data:`IDENTITY_IGNORED`.
+
+    Parameters
+    ----------
+    config : dict or str
+        The resolved config, or its JSON (``attrs["config"]`` of a run file).
+    """
+    cfg = json.loads(config) if isinstance(config, str) else json.loads(json.dumps(config))
+    for section, key in IDENTITY_IGNORED:
+        if isinstance(cfg.get(section), dict):
+            cfg[section].pop(key, None)
+    return _canonical(cfg)
+
+
+def run_id(config) -> str:
+    """The identity of a run: 16 hex digits of the SHA-256 of its canonical config JSON.
+
+    Parameters
+    ----------
+    config : dict or str
+        The resolved config, or its JSON (``attrs["config"]`` of a run file).
+    """
+    text = json.dumps(identity(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differing_keys(old, new) -> list:
+    """The dotted keys (``dynamics.dt``, ``particles.n``) whose values differ between two
+    resolved configs (dicts or JSON), keys that change no number left out; a key present
+    in one config only counts as differing."""
+    def walk(a, b, prefix):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                yield from walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{prefix}{k}.")
+        elif a != b:
+            yield prefix[:-1]
+    return list(walk(identity(old), identity(new), ""))
+
+
+_ABSENT = object()
+
+
+def _differ(old, new) -> str:
+    """``"; keys that differ: a.b, c"`` for a refusal message (empty if none found)."""
+    try:
+        keys = differing_keys(old, new)
+    except (TypeError, ValueError):
+        return ""
+    return f"; keys that differ: {', '.join(keys)}" if keys else ""
+
+
+# ----------------------------------------------------------------------------- writability
+def _create_probe(folder) -> str:
+    """Create an empty temporary file in ``folder`` and return its name (tests patch it)."""
+    fd, name = tempfile.mkstemp(prefix=".mfpc-probe.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return name
+
+
+def check_writable(out, *, create=True, what="--out") -> list:
+    """Check that ``out`` is (or can be made) a folder in which files can be created.
+
+    Creates the missing folders when ``create`` and returns them (deepest first), so a
+    caller can remove them if it writes nothing; on any refusal they are removed here.
+
+    Raises
+    ------
+    RunFolderError
+        ``out`` is empty, lies under a file, cannot be created, or no file can be created
+        in it (read-only, no space, ...).
+    """
+    if str(out).strip() == "":
+        raise RunFolderError(f'{what} "" names no folder; name one, e.g. {what} runs/circle')
+    out = Path(out)
+    missing, p = [], out
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if not p.is_dir():
+        raise RunFolderError(f"{what} {out}: {p} is a file, not a folder; choose another "
+                             f"{what} (a folder, or a path under one)")
+    if missing and not create:
+        raise RunFolderError(f"{what} {out} does not exist")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunFolderError(f"{what} {out}: the folder cannot be created ({e.strerror or e}); "
+                             f"choose a writable {what}") from None
+    try:
+        probe = _create_probe(out)
+    except OSError as e:
+        remove_empty_folders(missing)
+        raise RunFolderError(f"{what} {out}: no file can be created in this folder "
+                             f"({type(e).__name__}: {e.strerror or e}); make it writable or "
+                             f"choose another {what}") from None
+    with contextlib.suppress(FileNotFoundError):  # a lock holder may clean it first
+        os.unlink(probe)
+    return missing
+
+
+def remove_empty_folders(folders):
+    """Remove ``folders`` (deepest first, as :func:`check_writable` returns them) while empty."""
+    for d in folders:  # deepest first
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def holding(out, what="mfpc run"):
+    """Hold ``out``'s :class:`FolderLock` (refusing a busy folder) and clean its leftovers."""
+    lock = FolderLock(out, what=what)
+    try:
+        lock.acquire()
+    except FolderBusy as e:
+        raise RunFolderError(str(e)) from None
+    except OSError as e:
+        raise RunFolderError(f"{out}: cannot create the lock file {lock.path} "
+                             f"({e.strerror or e}); make the folder writable") from None
+    try:
+        remove_leftovers(out, lock)
+        yield lock
+    finally:
+        lock.release()
+
+
+def remove_leftovers(out, lock) -> list:
+    """Delete the temporary files a killed process left in ``out`` and ``out/figures``.
+
+    Only names matching :data:`TMP_PATTERN`, and only while ``lock`` (this folder's
+    :class:`FolderLock`) is held: a live writer's temporaries are never touched.
+    """
+    out = Path(out)
+    if not getattr(lock, "_held", False) or lock.path.parent != out:
+        raise RuntimeError(f"remove_leftovers needs the lock of {out} held")
+    gone = []
+    for folder in (out, out / "figures"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if TMP_PATTERN.match(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink()
+                gone.append(p)
+    return gone
+
+
+# ------------------------------------------------------------------------------ run files
+def file_identity(path, section) -> dict:
+    """The attrs of a run file (no data read); a :class:`RunFolderError` if it is damaged
+    or was not written by ``mfpc run`` for ``section``. Adds ``run_id`` if missing."""
+    path = Path(path)
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            attrs = dict(ds.attrs)
+    except Exception as e:  # noqa: BLE001 - any reading failure: the file is damaged
+        raise RunFolderError(_damaged(path, e)) from None
+    return _identity(path, section, attrs)
+
+
+def _damaged(path, e):
+    return (f"{path} cannot be read as netCDF ({type(e).__name__}: {e}); it is truncated, "
+            f"damaged or not a netCDF file: delete it, or rerun the config with "
+            f"`mfpc run CONFIG --out {path.parent} --force`")
+
+
+def _identity(path, section, attrs):
+    try:
+        cfg = json.loads(attrs["config"])
+        if not isinstance(cfg, dict) or attrs.get("section") != section:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise RunFolderError(
+            f"{path} was not written by `mfpc run` (no mfpc config of [{section}] in its "
+            f"attributes); move it away, or choose another folder") from None
+    attrs.setdefault("run_id", run_id(cfg))
+    return attrs
+
+
+def plan_run(out, config_json, sections, *, force=False):
+    """What ``mfpc run`` does in ``out``: sections to compute, up to date, files to remove.
+
+    Parameters
+    ----------
+    out : Path
+        The (locked) output folder.
+    config_json : str
+        The resolved config of the new run.
+    sections : sequence of str
+        Its runnable sections, in order.
+    force : bool
+        Recompute every section: remove every run file first (also those of sections the
+        new config no longer has), so that a failure leaves no file of the old run.
+
+    Returns
+    -------
+    todo : list of str
+        Sections to compute.
+    status : dict
+        ``{section: (path, "up to date")}`` of the files left as they are.
+    remove : list of Path
+        Files to delete before any work (:func:`remove_stale`).
+
+    Raises
+    ------
+    RunFolderError
+        Without ``force``: a run file of another config (the message lists the keys that
+        differ, :func:`differing_keys`), a foreign or damaged one, or a file of this config
+        from a numerically failed run (``complete = 0``). A file of this config whose
+        sweep lost tasks (``complete = 0`` with ``missing_members``) is computed again:
+        the sweep reruns only the tasks missing from ``DIR/tasks/``.
+    """
+    out, rid = Path(out), run_id(config_json)
+    todo, status, remove = [], {}, []
+    for section, name in RUN_FILES.items():
+        path = out / name
+        if not path.exists():
+            if section in sections:
+                todo.append(section)
+            continue
+        if force:  # removed before any work: a failure leaves no file of the old run
+            remove.append(path)
+            if section in sections:
+                todo.append(section)
+            continue
+        attrs = file_identity(path, section)
+        if section not in sections:
+            raise RunFolderError(
+                f"{path} is from another run (run_id {attrs['run_id']}"
+                f"{_differ(attrs['config'], config_json)}) and this config has no "
+                f"[{section}]; a folder holds one run: pass --force to remove it, or choose "
+                "another --out")
+        if attrs["run_id"] != rid:
+            raise RunFolderError(
+                f"{path} exists and was written from a different config (run_id "
+                f"{attrs['run_id']}, this config {rid}{_differ(attrs['config'], config_json)})"
+                "; pass --force to overwrite it or choose another --out")
+        if not int(attrs.get("complete", 1)) and "missing_members" in attrs:
+            # tasks failed (not the numbers): run the missing ones (analysis.sweep.driver)
+            todo.append(section)
+            continue
+        if not int(attrs.get("complete", 1)):
+            raise RunFolderError(
+                f"{path} is from a failed run of this config (complete = 0: "
+                f"{attrs.get('failure', 'no reason stored')}); the run stopped there and "
+                "nothing after it was computed. Change the config as the failure says and "
+                "rerun with --force (which recomputes every section), or choose another --out")
+        status[section] = (path, "up to date")
+    if todo or force:  # new data: what was derived from the old files is stale
+        remove += [out / n for n in DERIVED] + [out / "figures" / n for n in FIGURE_NAMES]
+    return todo, status, [p for p in remove if p.exists()]
+
+
+def remove_stale(out, paths):
+    """Delete ``paths`` (from :func:`plan_run`) and ``out/figures`` if it is left empty."""
+    for p in paths:
+        p.unlink()
+    figures = Path(out) / "figures"
+    if figures.is_dir() and not any(figures.iterdir()):
+        figures.rmdir()
+
+
+def read_run(out):
+    """Read the run files of ``out`` for ``mfpc report``.
+
+    Returns
+    -------
+    data : dict
+        ``{section: Dataset or None}`` (``particles`` required).
+    notes : list of str
+        Missing optional files.
+    identity : dict
+        ``run_id`` and ``incomplete``: ``[(file name, failure)]`` of files with
+        ``complete = 0``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``particles.nc``.
+    RunFolderError
+        A file is damaged, not written by mfpc, or the files come from different runs.
+    """
+    out = Path(out)
+    data, notes, ids, incomplete = {}, [], {}, []
+    for section, name in RUN_FILES.items():
+        path = out / name
+        if not path.exists():
+            if section == "particles":
+                raise FileNotFoundError(f"{path} does not exist; run `mfpc run CONFIG --out "
+                                        f"{out}` first")
+            notes.append(f"{name} is missing: checks needing it are n.a.")
+            data[section] = None
+            continue
+        try:
+            ds = read_dataset(path)
+        except Exception as e:  # noqa: BLE001 - any reading failure: the file is damaged
+            raise RunFolderError(_damaged(path, e)) from None
+        attrs = _identity(path, section, dict(ds.attrs))
+        ids[name] = attrs["run_id"]
+        if not int(attrs.get("complete", 1)):
+            incomplete.append((name, str(attrs.get("failure", "no reason stored"))))
+        data[section] = ds
+    if len(set(ids.values())) > 1:
+        listed = ", ".join(f"{n} (run_id {i})" for n, i in ids.items())
+        raise RunFolderError(
+            f"{out} holds files of different runs: {listed}; report one run: rerun its "
+            f"config with `mfpc run CONFIG --out {out} --force` (which removes the others)")
+    return data, notes, {"run_id": ids["particles.nc"], "incomplete": incomplete}

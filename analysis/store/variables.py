@@ -1,0 +1,167 @@
+"""Long names and units of what ``mfpc run`` and ``mfpc report`` write beyond
+:data:`particles.engine.results.VARIABLES` (the solvers' own table).
+
+:data:`ANALYSIS` names every variable and coordinate of ``analysis.nc``;
+:func:`cf_meta` adds the names that depend on the problem (grid axes ``y_0``, ``y_1``, ...
+for N > 1). All quantities of the paper are dimensionless (CF unit ``"1"``).
+"""
+from __future__ import annotations
+
+import re
+
+__all__ = ["ANALYSIS", "cf_meta"]
+
+#: name -> (long_name, units) of every variable and coordinate of analysis.nc
+#: (docs/propositions.md says how each statistic is derived)
+ANALYSIS = {
+    # coordinates
+    "solver": ("mean-field solver (grid or characteristics)", "1"),
+    "source": ("measure rho of M[rho]: particles at the largest n, grid or characteristics", "1"),
+    "clt_mode": ("index k of an eigenmode of Sigma_t on L2(mu), largest first", "1"),
+    "m_mode": ("index of an eigenvalue of M[rho] on L2(mu), largest first", "1"),
+    "m_k": ("index k of a leading eigenvalue of M[rho_n], largest first", "1"),
+    # LLN (Prop. 2.2, (2.41))
+    "lln_err": ("mean over seeds of ||f_n - f_0||^2_mu (2.41)", "1"),
+    "lln_err_stderr": ("standard error over seeds of lln_err", "1"),
+    "lln_seeds": ("number of seeds with a finite lln_err", "1"),
+    "lln_slope": ("slope of log lln_err against log n (expected -1, Prop. 2.2)", "1"),
+    "lln_slope_low": ("lower end of the bootstrap interval of lln_slope", "1"),
+    "lln_slope_high": ("upper end of the bootstrap interval of lln_slope", "1"),
+    "lln_slope_fit_low": ("lower end of the Student-t interval of lln_slope", "1"),
+    "lln_slope_fit_high": ("upper end of the Student-t interval of lln_slope", "1"),
+    "lln_prefactor": ("exp(intercept) of the free fit of lln_err against n", "1"),
+    "lln_prefactor_fixed": ("n lln_err, geometric mean over n (slope fixed at -1)", "1"),
+    "lln_prefactor_fixed_low": ("lower end of the bootstrap interval of lln_prefactor_fixed",
+                                "1"),
+    "lln_prefactor_fixed_high": ("upper end of the bootstrap interval of "
+                                 "lln_prefactor_fixed", "1"),
+    "lln_trace_sigma": ("predicted prefactor tr_mu Sigma_t (Prop. 2.1, (2.32))", "1"),
+    # CLT (Prop. 2.1, (2.32))
+    "clt_var_ratio": ("sum_q w_q n Var_seeds(f_n - f_0) / tr_mu Sigma_t (expected 1)", "1"),
+    "clt_var_ratio_stderr": ("standard error of clt_var_ratio under the Gaussian "
+                             "prediction", "1"),
+    "clt_var_ratio_z": ("(clt_var_ratio - 1) / clt_var_ratio_stderr", "1"),
+    "clt_seeds": ("number of seeds with a finite sqrt(n) (f_n - f_0)", "1"),
+    "clt_ks_p": ("Bonferroni-combined KS p-value of the top-k modes against N(0, 1)", "1"),
+    "clt_ks_p_mode": ("KS p-value of one mode xi_k against N(0, 1)", "1"),
+    "clt_mahalanobis_p": ("KS p-value of sum_k xi_k^2 against chi2_k", "1"),
+    "clt_xi": ("whitened component xi_k of sqrt(n) (f_n - f_0) on mode k of Sigma_t", "1"),
+    "clt_eigenvalue": ("eigenvalue lambda_k of Sigma_t on L2(mu)", "1"),
+    "clt_k": ("number of modes of Sigma_t tested (above the rank tolerance)", "1"),
+    # M[rho] ((2.38)-(2.40))
+    "m_spectrum": ("eigenvalues of M[rho] on L2(mu), largest first (2.38)", "1"),
+    "m_min_eigenvalue_source": ("lambda_min / lambda_max of M[rho] per source", "1"),
+    "m_min_eigenvalue": ("lambda_min / lambda_max of M[rho], minimum over sources", "1"),
+    "m_psd_tolerance": ("round-off tolerance of m_min_eigenvalue (M[rho] >= 0)", "1"),
+    "m_identity_residual": ("largest relative gap of identity (2.39) over random r", "1"),
+    "m_tangent_residual": ("relative gap of M[rho_n] and n grad_z f_n . grad_z f_n", "1"),
+    "m_leading": ("leading eigenvalues of M[rho_n], mean over seeds", "1"),
+    "m_leading_ref": ("leading eigenvalues of M[rho_0] (reference)", "1"),
+    "m_leading_rel_err": ("rms relative error of m_leading against m_leading_ref", "1"),
+    "m_leading_slope": ("slope of log m_leading_rel_err against log n (expected -1/2)",
+                        "1"),
+    "m_leading_slope_low": ("lower end of the bootstrap interval of m_leading_slope", "1"),
+    "m_leading_slope_high": ("upper end of the bootstrap interval of m_leading_slope", "1"),
+    # losses ((2.37), (2.43), Prop. 2.3-2.4)
+    "loss_max_increase": ("largest loss increase between save times / l(0), over seeds",
+                          "1"),
+    "loss_0_max_increase": ("largest mean-field loss increase between save times / "
+                            "l_0(0)", "1"),
+    "loss_level": ("loss level of time_to_level", "1"),
+    "time_to_level": ("time for the loss to reach loss_level, mean over seeds", "1"),
+    "time_to_level_stderr": ("standard error over seeds of time_to_level", "1"),
+    "time_to_level_reached": ("number of seeds whose loss reaches loss_level", "1"),
+    "time_to_level_0": ("time for the mean-field loss to reach loss_level", "1"),
+    "time_to_level_slope": ("slope of log time_to_level against log n (expected 0)", "1"),
+    "time_to_level_slope_low": ("lower end of the bootstrap interval of "
+                                "time_to_level_slope", "1"),
+    "time_to_level_slope_high": ("upper end of the bootstrap interval of "
+                                 "time_to_level_slope", "1"),
+    "final_time": ("last save time T", "1"),
+    "final_loss": ("loss at T, mean over seeds", "1"),
+    "final_loss_stderr": ("standard error over seeds of final_loss", "1"),
+    "final_loss_slope": ("slope of log final_loss against log n (self-healing: < -1)", "1"),
+    "final_loss_slope_low": ("lower end of the bootstrap interval of final_loss_slope",
+                             "1"),
+    "final_loss_slope_high": ("upper end of the bootstrap interval of final_loss_slope",
+                              "1"),
+    "loss_floor": ("mean-field loss l_0(T) at the last save time", "1"),
+    "loss_floor_ratio": ("loss_floor / final_loss at the largest n", "1"),
+    # SGD fluctuations (Prop. 3.2, (3.23), (3.34))
+    "fluct_var": ("sum_q w_q Var_seeds f_n(t, x_q)", "1"),
+    "fluct_slope": ("slope of log fluct_var against log n (expected -2 alpha for SGD)",
+                    "1"),
+    "fluct_slope_low": ("lower end of the bootstrap interval of fluct_slope", "1"),
+    "fluct_slope_high": ("upper end of the bootstrap interval of fluct_slope", "1"),
+    "fluct_expected_slope": ("expected slope -2 alpha of fluct_var (NaN: no prediction)",
+                             "1"),
+    # without a mean field (paper Sec. 4; analysis/checks/scaling.py, analysis/checks/highdim.py)
+    "fit": ("what a slope is fitted to: the mean over target realisations or one of them",
+            "1"),
+    "ens_var": ("sum_q w_q Var_seeds f_n(t, x_q): E||f_n - E f_n||^2_mu", "1"),
+    "ens_var_slope": ("slope of log(n ens_var) against log n (LLN: at most 0)", "1"),
+    "ens_var_slope_low": ("lower end of the bootstrap interval of ens_var_slope", "1"),
+    "ens_var_slope_high": ("upper end of the bootstrap interval of ens_var_slope", "1"),
+    "dist_largest": ("mean over seeds of ||f_n - f_bar||^2_mu, f_bar the largest-n mean", "1"),
+    "dist_largest_slope": ("slope of log dist_largest against log n", "1"),
+    "dist_largest_slope_low": ("lower end of the bootstrap interval of dist_largest_slope",
+                               "1"),
+    "dist_largest_slope_high": ("upper end of the bootstrap interval of "
+                                "dist_largest_slope", "1"),
+    "final_loss_mean": ("mean over seeds of the loss (4.8) at the last save time", "1"),
+    "loss_slope": ("slope of log final_loss_mean against log n (Figs. 1, 3)", "1"),
+    "loss_slope_low": ("lower end of the bootstrap interval of loss_slope", "1"),
+    "loss_slope_high": ("upper end of the bootstrap interval of loss_slope", "1"),
+    "signed_pos": ("mean over seeds of <Theta(f) (f - f_n)>_mu at the last save time (4.11)",
+                   "1"),
+    "signed_pos_slope": ("slope of log |signed_pos| against log n (Fig. 3)", "1"),
+    "signed_pos_slope_low": ("lower end of the bootstrap interval of signed_pos_slope", "1"),
+    "signed_pos_slope_high": ("upper end of the bootstrap interval of signed_pos_slope", "1"),
+    "signed_pos_sign_changes": ("sign changes of signed_pos between consecutive n", "1"),
+    "signed_neg": ("mean over seeds of <Theta(-f) (f - f_n)>_mu at the last save time (4.11)",
+                   "1"),
+    "signed_neg_slope": ("slope of log |signed_neg| against log n (Fig. 3)", "1"),
+    "signed_neg_slope_low": ("lower end of the bootstrap interval of signed_neg_slope", "1"),
+    "signed_neg_slope_high": ("upper end of the bootstrap interval of signed_neg_slope", "1"),
+    "signed_neg_sign_changes": ("sign changes of signed_neg between consecutive n", "1"),
+    "m_gram_min_ratio": ("lambda_min/lambda_max of the nonzero spectrum of M[rho_n] "
+                         "(Gram matrix, seed 0, last save time)", "1"),
+    "m_gram_rank": ("numerical rank of the Gram matrix of M[rho_n] (-1: not computed)", "1"),
+    "m_gram_size": ("side min(Q, n (N + 1)) of the spectrum of M[rho_n] (0: not computed)",
+                    "1"),
+    "m_gram_tolerance": ("round-off bound of m_gram_min_ratio for a PSD matrix", "1"),
+    "quench_loss_ratio": ("mean loss at the last save time over that at the quench "
+                          "(largest n)", "1"),
+    "quench_loss_ratio_low": ("lower end of the bootstrap interval of quench_loss_ratio",
+                              "1"),
+    "quench_loss_ratio_high": ("upper end of the bootstrap interval of quench_loss_ratio",
+                               "1"),
+    "quench_time": ("last save time at or before the batch quench", "1"),
+    "quench_n": ("n of the quench_loss_ratio", "1"),
+    # SGD fluctuation prediction (THEORY 4b; analysis/checks/sgd.py)
+    "sgd_theta": ("SGD noise temperature theta_ref = dt / P(0) per n (3.13)", "1"),
+    "sgd_var_ratio": ("sum_q w_q n Var_seeds(f_n - f_0) / tr_mu(Sigma_t + n theta "
+                      "Sigma^SGD_t) (expected 1)", "1"),
+    "sgd_var_ratio_stderr": ("standard error of sgd_var_ratio under the Gaussian "
+                             "prediction", "1"),
+    "sgd_var_ratio_z": ("(sgd_var_ratio - 1) / sgd_var_ratio_stderr", "1"),
+    "sgd_term_ratio": ("n theta tr_mu Sigma^SGD_t / tr_mu Sigma_t (SGD over GD term)", "1"),
+    "sgd_ratio_gd": ("tr_mu Sigma_t / tr_mu(Sigma_t + n theta Sigma^SGD_t): the ratio the "
+                     "GD prediction alone gives", "1"),
+    "sgd_expected_slope": ("slope of log tr_mu(Sigma_t + n theta_n Sigma^SGD_t)/n against "
+                           "log n over the run's n", "1"),
+    "sgd_trace": ("tr_mu Sigma^SGD_t (per unit theta_ref)", "1"),
+    "sgd_growth": ("growth rate of tr_mu Sigma^SGD_t over the save interval ending at t",
+                   "1"),
+    "sgd_loss_0": ("mean-field loss 1/2 ||f_0 - f||^2_mu of the reference f_0", "1"),
+}
+
+
+def cf_meta(ds) -> dict:
+    """``{name: (long_name, units)}`` for the variables of ``ds`` this module knows."""
+    meta = dict(ANALYSIS)
+    for name in ds.variables:
+        m = re.fullmatch(r"y_(\d+)", str(name))
+        if m:
+            meta[name] = (f"unit position, coordinate {m.group(1)} of y (cell centre)", "1")
+    return meta
