@@ -60,7 +60,7 @@ def bench_influence(args):
             walls = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                influence_matrices(p, [0.0, 1.0], ny=ny, nc=nc, dt=0.05)
+                influence_matrices(p, [0.0, 1.0], grid={"y": ny, "c": nc, "dt": 0.05})
                 walls.append(time.perf_counter() - t0)
             w = float(np.median(walls))
             J = ny * nc
@@ -75,7 +75,7 @@ def bench_ensemble(args):
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     p = circle(32)
     for n_y, n_c in args.grids:
-        grid, m0, _, _ = prepare(p, ny=n_y, nc=n_c, c_min=-2.5, c_max=2.5)
+        grid, m0, _, _ = prepare(p, grid={"y": n_y, "c": n_c, "c_min": -2.5, "c_max": 2.5})
         s = GridSolver(p, grid)
         # a state of rho_0 at t = 1 (structure in y and c, as in a run)
         m, _ = advance(s, m0, 0.0, 1.0)
@@ -106,7 +106,8 @@ def bench_example():
           "Q = 64, save times 0, 5, 10, 20, 40")
     p = circle(64)
     t0 = time.perf_counter()
-    ds = clt_covariance_influence(p, [0.0, 5.0, 10.0, 20.0, 40.0], ny=64, nc=12, dt=0.05)
+    ds = clt_covariance_influence(p, [0.0, 5.0, 10.0, 20.0, 40.0],
+                                  grid={"y": 64, "c": 12, "dt": 0.05})
     wall = time.perf_counter() - t0
     tr = ds["clt_var"].mean("x").values
     print(f"wall time {wall:.1f} s; mean_x clt_var at t = 0, 5, 10, 20, 40: "

@@ -101,7 +101,8 @@ def bench_rhs(args):
 def bench_solve(args):
     problem = circle_example()
     t0 = time.perf_counter()
-    ds = solve_grid(problem, [0, 5, 10, 20, 40], ny=256, nc=256, c_min=-7.0, c_max=7.0,
+    ds = solve_grid(problem, [0, 5, 10, 20, 40],
+                    grid={"y": 256, "c": 256, "c_min": -7.0, "c_max": 7.0},
                     progress=False)
     wall = time.perf_counter() - t0
     a = ds.attrs

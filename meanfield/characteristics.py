@@ -28,16 +28,15 @@ from particles.engine.results import dataset as cf_dataset
 from particles.engine.results import run_status, x_coord
 from particles.steppers import ParticleStepper
 
-from meanfield.defaults import CHARACTERISTICS
+from meanfield.defaults import CHARACTERISTICS, CHARACTERISTICS_INTEGRATOR, options
 from meanfield.nodes import c_rule, characteristic_nodes  # noqa: F401 - re-exported
 
 __all__ = ["characteristic_nodes", "c_rule", "solve_characteristics"]
 
 
-def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"],
-                          nc: int = CHARACTERISTICS["nc"], dt: float = 0.05,
-                          integrator: str = CHARACTERISTICS["integrator"],
-                          save_nodes: bool = False, progress: bool | None = False,
+def solve_characteristics(problem, save_times, *, grid=None,
+                          integrator: str = CHARACTERISTICS_INTEGRATOR,
+                          save_nodes: bool = False, progress: bool | None = None,
                           checkpoint=None) -> xr.Dataset:
     r"""Mean-field :math:`f_0(t, x)` along characteristics of (2.9).
 
@@ -45,10 +44,11 @@ def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"
     ----------
     problem : particles.problem.Problem
     save_times : sequence of float
-    ny, nc : int
-        Nodes per y dimension and in c.
-    dt : float
-        Time step of ``integrator`` (RK4 by default: time error negligible).
+    grid : dict, optional
+        The keys of ``[meanfield] characteristics`` over
+        :data:`meanfield.defaults.CHARACTERISTICS`: ``y`` (nodes per y dimension), ``c``
+        (nodes in c) and ``dt`` (the step of ``integrator``; RK4 by default: time error
+        negligible).
     save_nodes : bool
         Also return the nodes ``y_nodes(t, node, y_dim)``, ``c_nodes(t, node)`` and
         ``weight(node)``.
@@ -70,6 +70,8 @@ def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"
         (``attrs["complete"] = 0``).
     """
     ts = check_save_times(save_times)
+    g = options(grid, CHARACTERISTICS, "grid")
+    ny, nc, dt = g["y"], g["c"], g["dt"]
     y, c, w = characteristic_nodes(problem, ny, nc)
     dyn = Dynamics("gd", integrator, dt)
     T, Q, J = len(ts), problem.x.shape[0], len(w)

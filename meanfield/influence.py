@@ -35,7 +35,7 @@ from particles.engine.results import dataset as cf_dataset
 from particles.engine.results import run_status, x_coord
 from particles.steppers import ParticleStepper
 
-from meanfield.defaults import INFLUENCE
+from meanfield.defaults import INFLUENCE, RANK_TOL, options
 from meanfield.nodes import characteristic_nodes
 
 __all__ = ["phi_derivatives", "velocity_vjp", "influence_matrices", "clt_covariance_influence",
@@ -237,11 +237,14 @@ class ForwardRun(NamedTuple):
     f0: np.ndarray
 
 
-def forward_run(problem, ts, *, ny, nc, dt, partial=None, progress=False) -> ForwardRun:
+def forward_run(problem, ts, *, grid=None, partial=None, progress=None) -> ForwardRun:
     """The forward run of the influence method, every step recorded (:class:`ForwardRun`).
 
-    ``partial``: as :func:`influence_matrices`."""
-    y, c, w = characteristic_nodes(problem, ny, nc)
+    ``grid``: the nodes and step (:func:`influence_grid`); ``partial``: as
+    :func:`influence_matrices`."""
+    g = influence_grid(grid)
+    dt = g["dt"]
+    y, c, w = characteristic_nodes(problem, g["y"], g["c"])
     starts, hs = [], []
     f0 = np.full((len(ts), problem.x.shape[0]), np.nan)
     ends = {}
@@ -264,7 +267,7 @@ def forward_run(problem, ts, *, ny, nc, dt, partial=None, progress=False) -> For
 
 
 def adjoint_sweep(problem, fw: ForwardRun, ts, *, rank_tol, after_step=None, partial=None,
-                  progress=False):
+                  progress=None):
     """The reverse sweep of :class:`AdjointStepper` over a :class:`ForwardRun`, injecting
     the cotangents of :math:`f_0(T_k, x)` (SVD-reduced) at every save time.
 
@@ -303,9 +306,15 @@ def adjoint_sweep(problem, fw: ForwardRun, ts, *, rank_tol, after_step=None, par
     return end, bases, rows, ranks[::-1]
 
 
-def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
-                       dt=0.05, rank_tol=INFLUENCE["rank_tol"], partial=None,
-                       progress=False):
+def influence_grid(grid=None) -> dict:
+    """The nodes and step of the influence method (``[fluctuations]`` y, c, dt) over
+    :data:`meanfield.defaults.INFLUENCE`: ``y`` nodes per y dimension, ``c`` in c, and the
+    RK4 step ``dt``."""
+    return options(grid, INFLUENCE, "grid")
+
+
+def influence_matrices(problem, save_times, *, grid=None, rank_tol=RANK_TOL, partial=None,
+                       progress=None):
     r"""D_k = ∂f_0(T_k, x)/∂w for each save time (shape (T, Q, J)) and the nodes.
 
     The forward run is the particle stepper with the node weights (:func:`forward_run`);
@@ -326,16 +335,18 @@ def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE[
     info : dict
     """
     ts = check_save_times(save_times)
-    fw = forward_run(problem, ts, ny=ny, nc=nc, dt=dt, partial=partial, progress=progress)
+    fw = forward_run(problem, ts, grid=grid, partial=partial, progress=progress)
     end, bases, rows, ranks = adjoint_sweep(problem, fw, ts, rank_tol=rank_tol,
                                             partial=partial, progress=progress)
     D = np.stack([bases[k] @ end.gw[rows[k]] for k in range(len(ts))])
-    return D, fw.w, fw.f0, influence_info(fw, ny, nc, dt, rank_tol, ranks)
+    return D, fw.w, fw.f0, influence_info(fw, grid, rank_tol, ranks)
 
 
-def influence_info(fw, ny, nc, dt, rank_tol, ranks) -> dict:
+def influence_info(fw, grid, rank_tol, ranks) -> dict:
     """The ``resolution`` record of the influence method."""
-    return {"nodes": {"y": ny, "c": nc, "total": len(fw.w)}, "dt": dt, "ranks": list(ranks),
+    g = influence_grid(grid)
+    return {"nodes": {"y": g["y"], "c": g["c"], "total": len(fw.w)}, "dt": g["dt"],
+            "ranks": list(ranks),
             "rank_tol": rank_tol, "c_nodes_range": [float(fw.c.min()), float(fw.c.max())]}
 
 
@@ -349,9 +360,8 @@ def c_domain(problem) -> list:
             "constant": lambda p: [p["value"], p["value"]]}[law.law](law.p)
 
 
-def clt_covariance_influence(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
-                             dt=0.05, rank_tol=INFLUENCE["rank_tol"],
-                             progress: bool | None = False) -> xr.Dataset:
+def clt_covariance_influence(problem, save_times, *, grid=None, rank_tol=RANK_TOL,
+                             progress: bool | None = None) -> xr.Dataset:
     r"""Predicted covariance of :math:`\sqrt n (f_n - f_0)(t)` by the influence method.
 
     Returns
@@ -393,10 +403,11 @@ def clt_covariance_influence(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFL
 
     def partial(f0, message):
         Q = len(xc)
-        info = {"nodes": {"y": ny, "c": nc}, "dt": dt, "rank_tol": rank_tol}
+        g = influence_grid(grid)
+        info = {"nodes": {"y": g["y"], "c": g["c"]}, "dt": g["dt"], "rank_tol": rank_tol}
         return dataset(f0, np.full((len(ts), Q, Q), np.nan), info, message)
 
-    D, w, f0, info = influence_matrices(problem, ts, ny=ny, nc=nc, dt=dt, rank_tol=rank_tol,
+    D, w, f0, info = influence_matrices(problem, ts, grid=grid, rank_tol=rank_tol,
                                         partial=partial, progress=progress)
     m = D @ w  # (T, Q)
     cov = np.einsum("tqj,j,tpj->tqp", D, w, D) - m[:, :, None] * m[:, None, :]

@@ -47,8 +47,8 @@ from particles.engine.loop import NumericalFailure, check_save_times, run
 from particles.engine.results import dataset as cf_dataset
 from particles.engine.results import run_status, x_coord
 
-from meanfield.defaults import ENSEMBLE, GRID
-from meanfield.grid.solve import OUTFLOW_WARN, GridSolver, prepare
+from meanfield.defaults import ENSEMBLE, PHI_TOL
+from meanfield.grid.solve import OUTFLOW_WARN, GridSolver, grid_options, prepare
 from meanfield.grid.tangent import (  # noqa: F401 - re-exported
     Linearisation,
     TangentStepper,
@@ -161,21 +161,30 @@ def _default_chunk(cells):
     return max(1, CHUNK_DOUBLES // max(cells, 1))
 
 
+def ensemble_grid(grid=None) -> dict:
+    """The grid options of a tangent-linear ensemble: those of the grid, without ``dt``.
+
+    Raises ValueError for a fixed ``dt`` (the ensemble takes the grid's adaptive steps)
+    or a ``cfl`` outside (0, 1].
+    """
+    g = grid_options(grid)
+    if g["dt"] is not None:
+        raise ValueError(f"grid.dt={g['dt']}: the ensemble takes the adaptive steps of the "
+                         "positivity bound; drop dt")
+    if not 0 < g["cfl"] <= 1:
+        raise ValueError(f"grid.cfl={g['cfl']} must be in (0, 1]: steps above the bound "
+                         "lose positivity")
+    return g
+
+
 def clt_covariance_ensemble(
     problem,
     save_times,
     *,
     members: int = ENSEMBLE["members"],
-    ny=GRID["ny"],
-    nc: int = GRID["nc"],
-    c_min: float = GRID["c_min"],
-    c_max: float = GRID["c_max"],
-    y_range=None,
-    cfl: float = GRID["cfl"],
-    allow_truncation: bool = GRID["allow_truncation"],
+    grid=None,
     root_seed: int = 0,
-    potential: str = GRID["potential"],
-    phi_tol: float = GRID["phi_tol"],
+    phi_tol: float = PHI_TOL,
     chunk: int | None = None,
     progress: bool | None = None,
     checkpoint=None,
@@ -195,9 +204,12 @@ def clt_covariance_ensemble(
         Increasing times ≥ 0.
     members : int
         Ensemble size M ≥ 2; standard errors scale as :math:`M^{-1/2}`.
-    ny, nc, c_min, c_max, y_range, cfl, allow_truncation, potential, phi_tol
-        The grid and step of :func:`meanfield.grid.solve.solve_grid` (no fixed ``dt``: the
-        steps follow the positivity bound of :math:`\rho_0`).
+    grid : dict, optional
+        The grid and step of :func:`meanfield.grid.solve.solve_grid` (the keys of
+        ``[meanfield] grid``; no fixed ``dt``: the steps follow the positivity bound of
+        :math:`\rho_0`).
+    phi_tol : float
+        As :func:`meanfield.grid.solve.solve_grid`.
     root_seed : int
         The generator is :func:`fluctuation_rng` ``(root_seed)``.
     chunk : int, optional
@@ -228,12 +240,10 @@ def clt_covariance_ensemble(
     members = int(members)
     if members < 2:
         raise ValueError(f"members={members}: a sample covariance needs at least 2 members")
-    if not 0 < cfl <= 1:
-        raise ValueError(f"cfl={cfl} must be in (0, 1]: steps above the bound lose positivity")
-    grid, m0, truncated, eps = prepare(problem, ny=ny, nc=nc, c_min=c_min, c_max=c_max,
-                                      y_range=y_range,
-                                      allow_truncation=allow_truncation, phi_tol=phi_tol)
-    solver = GridSolver(problem, grid, potential=potential)
+    g = ensemble_grid(grid)
+    cfl, c_min, c_max = g["cfl"], g["c_min"], g["c_max"]
+    grid, m0, truncated, eps = prepare(problem, g, phi_tol=phi_tol)
+    solver = GridSolver(problem, grid, potential=g["potential"])
     cells = int(np.prod(grid.shape))
     chunk = _default_chunk(cells) if chunk is None else max(1, int(chunk))
     rng = fluctuation_rng(root_seed)

@@ -35,9 +35,9 @@ from particles.engine.loop import NumericalFailure, check_save_times, run
 from particles.engine.results import dataset as cf_dataset
 from particles.engine.results import run_status, x_coord
 
-from meanfield.defaults import ENSEMBLE, GRID
+from meanfield.defaults import ENSEMBLE, GRID, PHI_TOL
 from meanfield.grid.solve import GridSolver, prepare
-from meanfield.linearised import _default_chunk, covariance_stderr, f_half
+from meanfield.linearised import _default_chunk, covariance_stderr, ensemble_grid, f_half
 from meanfield.sgdnoise import theta_attrs, theta_ratio
 from meanfield.grid.tangent import Linearisation, TangentStepper
 
@@ -134,13 +134,9 @@ class ForcedStepper:
 
 
 def sgd_covariance_ensemble(problem, save_times, dynamics=None, *,
-                            members: int = ENSEMBLE["members"], ny=GRID["ny"],
-                            nc: int = GRID["nc"], c_min: float = GRID["c_min"],
-                            c_max: float = GRID["c_max"], y_range=None,
-                            cfl: float = GRID["cfl"],
-                            allow_truncation: bool = GRID["allow_truncation"],
-                            root_seed: int = 0, potential: str = GRID["potential"],
-                            phi_tol: float = GRID["phi_tol"], chunk: int | None = None,
+                            members: int = ENSEMBLE["members"], grid=None,
+                            root_seed: int = 0, phi_tol: float = PHI_TOL,
+                            chunk: int | None = None,
                             progress: bool | None = None) -> xr.Dataset:
     r""":math:`\Sigma^{SGD}_t` per unit :math:`\theta_{ref}` from the forced tangent-linear
     grid ensemble (module doc).
@@ -153,7 +149,7 @@ def sgd_covariance_ensemble(problem, save_times, dynamics=None, *,
         Its batch schedule sets :math:`\theta(s)/\theta_{ref}`; ``None``: constant θ.
     members : int
         Ensemble size M ≥ 2.
-    ny, nc, c_min, c_max, y_range, cfl, allow_truncation, potential, phi_tol, chunk
+    grid, phi_tol, chunk
         As :func:`meanfield.linearised.clt_covariance_ensemble`.
     root_seed : int
         The generator is PCG64 of ``SeedSequence(root_seed, spawn_key=(SGD_KEY,))``.
@@ -169,10 +165,10 @@ def sgd_covariance_ensemble(problem, save_times, dynamics=None, *,
     members = int(members)
     if members < 2:
         raise ValueError(f"members={members}: a sample covariance needs at least 2 members")
-    grid, m0, truncated, eps = prepare(problem, ny=ny, nc=nc, c_min=c_min, c_max=c_max,
-                                      y_range=y_range, allow_truncation=allow_truncation,
-                                      phi_tol=phi_tol)
-    solver = GridSolver(problem, grid, potential=potential)
+    g = ensemble_grid(grid)
+    cfl = g["cfl"]
+    grid, m0, truncated, eps = prepare(problem, g, phi_tol=phi_tol)
+    solver = GridSolver(problem, grid, potential=g["potential"])
     cells = int(np.prod(grid.shape))
     chunk = _default_chunk(cells) if chunk is None else max(1, int(chunk))
     batches = [(s, min(members, s + chunk)) for s in range(0, members, chunk)]

@@ -50,8 +50,9 @@ from particles.engine.loop import check_save_times
 from particles.engine.results import dataset as cf_dataset
 from particles.engine.results import run_status, x_coord
 
-from meanfield.defaults import INFLUENCE
-from meanfield.influence import adjoint_sweep, c_domain, forward_run, influence_info
+from meanfield.defaults import RANK_TOL
+from meanfield.influence import (adjoint_sweep, c_domain, forward_run, influence_grid,
+                                 influence_info)
 
 __all__ = ["theta_ref", "theta_ratio", "theta_attrs", "noise_response", "noise_covariance",
            "sgd_covariance_influence"]
@@ -109,9 +110,9 @@ def noise_covariance(g, W):
     return (g * W) @ g.T - np.outer(m, m)
 
 
-def sgd_covariance_influence(problem, save_times, dynamics=None, *, ny=INFLUENCE["ny"],
-                             nc=INFLUENCE["nc"], dt=0.05, rank_tol=INFLUENCE["rank_tol"],
-                             progress: bool | None = False) -> xr.Dataset:
+def sgd_covariance_influence(problem, save_times, dynamics=None, *, grid=None,
+                             rank_tol=RANK_TOL,
+                             progress: bool | None = None) -> xr.Dataset:
     r"""Predicted CLT covariance :math:`\Sigma_t` and SGD covariance :math:`\Sigma^{SGD}_t`,
     one forward run and one adjoint sweep for both (module doc).
 
@@ -122,7 +123,7 @@ def sgd_covariance_influence(problem, save_times, dynamics=None, *, ny=INFLUENCE
     dynamics : particles.Dynamics, optional
         Its batch schedule sets :math:`\theta(s)/\theta_{ref}` (:func:`theta_ratio`);
         ``None``: a constant θ.
-    ny, nc, dt, rank_tol
+    grid, rank_tol
         As :func:`meanfield.influence.clt_covariance_influence`.
 
     Returns
@@ -146,10 +147,11 @@ def sgd_covariance_influence(problem, save_times, dynamics=None, *, ny=INFLUENCE
 
     def partial(f0, message):
         nan = np.full((T, Q, Q), np.nan)
-        info = {"nodes": {"y": ny, "c": nc}, "dt": dt, "rank_tol": rank_tol}
+        g = influence_grid(grid)
+        info = {"nodes": {"y": g["y"], "c": g["c"]}, "dt": g["dt"], "rank_tol": rank_tol}
         return _dataset(problem, ts, f0, nan, nan, info, dynamics, message)
 
-    fw = forward_run(problem, ts, ny=ny, nc=nc, dt=dt, partial=partial, progress=progress)
+    fw = forward_run(problem, ts, grid=grid, partial=partial, progress=progress)
     nodes = [(s[1], s[2]) for s in fw.starts] + [fw.ends[T - 1]]
     times = [s[0] for s in fw.starts] + [float(ts[-1])]
     acc = {"A": np.zeros((0, 0)), "cache": None}
@@ -189,7 +191,7 @@ def sgd_covariance_influence(problem, save_times, dynamics=None, *, ny=INFLUENCE
     clt = np.einsum("tqj,j,tpj->tqp", D, fw.w, D) - m[:, :, None] * m[:, None, :]
     sgd = np.stack([bases[k] @ A[rows[k], rows[k]] @ bases[k].T for k in range(T)])
     sym = lambda a: 0.5 * (a + a.transpose(0, 2, 1))  # noqa: E731
-    info = influence_info(fw, ny, nc, dt, rank_tol, ranks)
+    info = influence_info(fw, grid, rank_tol, ranks)
     return _dataset(problem, ts, fw.f0, sym(clt), sym(sgd), info, dynamics)
 
 

@@ -63,15 +63,16 @@ def compute():
         if not with_mf:
             continue
         ts = [0.0, 0.5, 1.0]
-        g = solve_grid(exp.problem, ts, ny=64, nc=48, c_min=-3.0, c_max=3.0, progress=False)
+        g = solve_grid(exp.problem, ts,
+                       grid={"y": 64, "c": 48, "c_min": -3.0, "c_max": 3.0}, progress=False)
         out[f"{name}/grid/f_0"] = g["f_0"].values
         out[f"{name}/grid/rho_0"] = g["rho_0"].values
-        ch = solve_characteristics(exp.problem, ts, ny=32, nc=8, dt=0.05)
+        ch = solve_characteristics(exp.problem, ts, grid={"y": 32, "c": 8, "dt": 0.05})
         out[f"{name}/characteristics/f_0"] = ch["f_0_characteristics"].values
-        inf = clt_covariance_influence(exp.problem, ts, ny=16, nc=6, dt=0.05)
+        inf = clt_covariance_influence(exp.problem, ts, grid={"y": 16, "c": 6, "dt": 0.05})
         out[f"{name}/influence/clt_cov"] = inf["clt_cov"].values
-        ens = clt_covariance_ensemble(exp.problem, ts, members=4, ny=64, nc=32, c_min=-3.0,
-                                      c_max=3.0, root_seed=1, progress=False)
+        ens = clt_covariance_ensemble(exp.problem, ts, members=4,
+                                      grid={"y": 64, "c": 32, "c_min": -3.0, "c_max": 3.0}, root_seed=1, progress=False)
         out[f"{name}/ensemble/clt_cov"] = ens["clt_cov"].values
     return out
 

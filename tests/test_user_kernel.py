@@ -83,10 +83,11 @@ def test_grid_fft_data_and_characteristics_agree(problem):
     from meanfield.characteristics import solve_characteristics
     from meanfield.grid.solve import solve_grid
 
-    kw = dict(ny=256, nc=96, c_min=-3.0, c_max=3.0, save_rho=False, progress=False)
-    fft = solve_grid(problem, TS, potential="fft", **kw)
-    data = solve_grid(problem, TS, potential="data", **kw)
-    ch = solve_characteristics(problem, TS, ny=128, nc=12)
+    grid = {"y": 256, "c": 96, "c_min": -3.0, "c_max": 3.0}
+    kw = dict(save_rho=False, progress=False)
+    fft = solve_grid(problem, TS, grid={**grid, "potential": "fft"}, **kw)
+    data = solve_grid(problem, TS, grid={**grid, "potential": "data"}, **kw)
+    ch = solve_characteristics(problem, TS, grid={"y": 128, "c": 12})
     # the two potentials are the same U to round-off of the Fourier series (|ghat_k| of
     # this kernel decays like r^k, r = e^{-acosh 1.5} = 0.38: 1e-17 after 40 modes) and of
     # the node sums (~1e-15); over the few hundred grid steps to t = 2 these add to well
@@ -100,9 +101,9 @@ def test_fluctuation_methods_run_and_agree_at_t0(problem):
     from meanfield.influence import clt_covariance_influence
     from meanfield.linearised import clt_covariance_ensemble
 
-    inf = clt_covariance_influence(problem, TS, ny=32, nc=6)
-    ens = clt_covariance_ensemble(problem, TS, members=16, ny=128, nc=64, c_min=-3.0,
-                                  c_max=3.0, root_seed=1, progress=False)
+    inf = clt_covariance_influence(problem, TS, grid={"y": 32, "c": 6})
+    ens = clt_covariance_ensemble(problem, TS, members=16,
+                                  grid={"y": 128, "c": 64, "c_min": -3.0, "c_max": 3.0}, root_seed=1, progress=False)
     for ds in (inf, ens):
         assert np.all(np.isfinite(ds["clt_cov"].values))
         assert np.all(ds["clt_var"].values >= 0)

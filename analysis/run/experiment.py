@@ -106,13 +106,10 @@ def _meanfield_section(cfg, dynamics, problem):
     following the c law: :func:`default_c_range`)."""
     mf = C.check_section(cfg["meanfield"], MEANFIELD_SCHEMA, "meanfield")
     mf.setdefault("solvers", ["grid", "characteristics"])
-    g = D.GRID
     c_min, c_max = default_c_range(problem.c_law)
-    mf["grid"] = {"y": g["ny"], "c": g["nc"], "c_min": c_min, "c_max": c_max,
-                  "cfl": g["cfl"], "potential": g["potential"],
-                  "allow_truncation": g["allow_truncation"], **mf.get("grid", {})}
-    ch = D.CHARACTERISTICS
-    mf["characteristics"] = {"y": ch["ny"], "c": ch["nc"], "dt": dynamics.dt,
+    grid = {k: v for k, v in D.GRID.items() if v is not None}  # dt: adaptive unless given
+    mf["grid"] = {**grid, "c_min": c_min, "c_max": c_max, **mf.get("grid", {})}
+    mf["characteristics"] = {**D.CHARACTERISTICS, "dt": dynamics.dt,
                              **mf.get("characteristics", {})}
     if mf["grid"]["c_max"] <= mf["grid"]["c_min"]:
         raise ConfigError(f"meanfield.grid: c_min={mf['grid']['c_min']} must be below "
@@ -124,8 +121,8 @@ def _fluctuations_section(cfg, dynamics):
     """``[fluctuations]`` checked, with the defaults of :mod:`meanfield.defaults`."""
     fl = C.check_section(cfg["fluctuations"], FLUCTUATIONS_SCHEMA, "fluctuations")
     sgd = {"sgd": True} if dynamics.scheme == "sgd" else {}  # GD configs keep their run_id
-    return {"method": "influence", "members": D.ENSEMBLE["members"], "y": D.INFLUENCE["ny"],
-            "c": D.INFLUENCE["nc"], "dt": dynamics.dt, **sgd, **fl}
+    return {"method": "influence", "members": D.ENSEMBLE["members"], "y": D.INFLUENCE["y"],
+            "c": D.INFLUENCE["c"], "dt": dynamics.dt, **sgd, **fl}
 
 
 #: dynamics keys that apply to one scheme only: key -> (scheme, what it is)
@@ -294,17 +291,16 @@ def run_meanfield(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
     try:
         if "grid" in mf["solvers"]:
             g = mf["grid"]
-            tau = exp.dynamics.temperature if exp.dynamics.scheme == "langevin" else 0.0
+            temperature = (exp.dynamics.temperature if exp.dynamics.scheme == "langevin"
+                           else 0.0)
             parts.append(solve_grid(
-                exp.problem, exp.save_times, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-                c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"], potential=g["potential"],
-                tau=float(tau),
-                allow_truncation=g["allow_truncation"], dt=g.get("dt"), progress=progress,
+                exp.problem, exp.save_times, grid=g, temperature=float(temperature),
+                progress=progress,
                 checkpoint=checkpoint and checkpoint.part("grid")))
         if "characteristics" in mf["solvers"]:
             ch = mf["characteristics"]
-            parts.append(solve_characteristics(exp.problem, exp.save_times, ny=ch["y"],
-                                               nc=ch["c"], dt=ch["dt"], save_nodes=True,
+            parts.append(solve_characteristics(exp.problem, exp.save_times, grid=ch,
+                                               save_nodes=True,
                                                checkpoint=checkpoint
                                                and checkpoint.part("characteristics")))
     except NumericalFailure as e:
@@ -336,18 +332,17 @@ def run_fluctuations(exp: Experiment, progress=None, checkpoint=None) -> xr.Data
         from meanfield.influence import clt_covariance_influence
         from meanfield.sgdnoise import sgd_covariance_influence
 
+        nodes = {k: fl[k] for k in ("y", "c", "dt")}
         if fl.get("sgd"):
             return sgd_covariance_influence(exp.problem, exp.save_times, exp.dynamics,
-                                            ny=fl["y"], nc=fl["c"], dt=fl["dt"])
-        return clt_covariance_influence(exp.problem, exp.save_times, ny=fl["y"], nc=fl["c"],
-                                        dt=fl["dt"])
+                                            grid=nodes)
+        return clt_covariance_influence(exp.problem, exp.save_times, grid=nodes)
     from meanfield.linearised import clt_covariance_ensemble
     from meanfield.sgdensemble import with_sgd_ensemble
 
     g = exp.config["meanfield"]["grid"]
-    grid = dict(members=fl["members"], ny=g["y"], nc=g["c"], c_min=g["c_min"],
-                c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"],
-                potential=g["potential"], allow_truncation=g["allow_truncation"],
+    # the grid of [meanfield] without its fixed dt: the ensemble takes the adaptive steps
+    grid = dict(members=fl["members"], grid={k: v for k, v in g.items() if k != "dt"},
                 root_seed=(exp.particles or {}).get("root_seed", 0), progress=progress)
     ds = clt_covariance_ensemble(exp.problem, exp.save_times, checkpoint=checkpoint, **grid)
     return with_sgd_ensemble(ds, exp.problem, exp.save_times, exp.dynamics, **grid) \

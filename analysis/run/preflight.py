@@ -115,8 +115,8 @@ def check_meanfield(problem, dynamics, mf, T=None) -> None:
         try:  # the grid's box and shape (no arrays yet)
             from meanfield.grid.solve import make_grid
 
-            make_grid(problem, mf["grid"]["y"], mf["grid"]["c"], mf["grid"]["c_min"],
-                      mf["grid"]["c_max"], y_range(mf["grid"]))
+            g = mf["grid"]
+            make_grid(problem, g["y"], g["c"], g["c_min"], g["c_max"], y_range(g))
         except (ValueError, NotImplementedError) as e:
             raise ConfigError(f"meanfield.grid: {e}") from None
     if T is not None:
@@ -127,18 +127,12 @@ def check_meanfield(problem, dynamics, mf, T=None) -> None:
 
 def y_range(g):
     """``[(low, high)]`` per y coordinate from meanfield.grid y_low/y_high, or None."""
-    if ("y_low" in g) != ("y_high" in g) or len(g.get("y_low", ())) != len(g.get("y_high", ())):
-        raise ConfigError("meanfield.grid: give y_low and y_high together, one number per y "
-                          "coordinate each")
-    return list(zip(g["y_low"], g["y_high"])) if "y_low" in g else None
+    from meanfield.grid.solve import grid_options, y_box
 
-
-#: the config keys that :func:`meanfield.grid.solve.prepare`'s messages name (no phi_tol key)
-GRID_KEYS = {"ny": "meanfield.grid.y", "nc": "meanfield.grid.c", "c_min": "meanfield.grid.c_min",
-             "c_max": "meanfield.grid.c_max", "y_low": "meanfield.grid.y_low",
-             "y_high": "meanfield.grid.y_high",
-             "allow_truncation": "meanfield.grid.allow_truncation = true (in the config)",
-             "phi_tol": None}
+    try:
+        return y_box(grid_options(g, "meanfield.grid"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 #: Largest |y_low|, |y_high|, |c_min|, |c_max| of the grid: the initial laws are O(1)
@@ -173,9 +167,7 @@ def _check_grid(problem, g):
     from meanfield.grid.solve import GridSolver, prepare
 
     try:
-        grid, m0, _, _ = prepare(problem, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-                                 c_max=g["c_max"], allow_truncation=g["allow_truncation"],
-                                 y_range=y_range(g), names=GRID_KEYS)
+        grid, m0, _, _ = prepare(problem, g, where="meanfield.grid", phi_tol_hint=False)
     except (ValueError, NotImplementedError) as e:
         raise ConfigError(f"meanfield.grid: {e}") from None
     if g["potential"] == "fft":

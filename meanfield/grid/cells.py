@@ -111,7 +111,7 @@ def _is_circle(problem) -> bool:
             or getattr(problem.y_law, "domain", None) == "circle")
 
 
-def make_grid(problem, ny=GRID["ny"], nc=GRID["nc"], c_min=GRID["c_min"], c_max=GRID["c_max"],
+def make_grid(problem, ny=GRID["y"], nc=GRID["c"], c_min=GRID["c_min"], c_max=GRID["c_max"],
               y_range=None) -> Grid:
     """The grid of a problem: the circle ``[0, 2π)`` (periodic), else a y box with walls.
 

@@ -40,7 +40,7 @@ from particles.engine.results import dataset as cf_dataset
 from particles.engine.results import run_status, x_coord
 
 from meanfield.grid.cells import Grid, initial_masses, make_grid, phi_resolution
-from meanfield.defaults import GRID
+from meanfield.defaults import GRID, GRID_OPTIONAL, PHI_TOL, options
 from meanfield.grid.solver import GridSolver, StepResult
 from meanfield.grid.stepper import GridState, GridStepper
 from meanfield.grid.potentials import DataPotential, FFTPotential  # noqa: F401 - re-exported
@@ -76,11 +76,22 @@ SCHEME = (
 
 
 # -- time loop ------------------------------------------------------------------------------
-#: How a message names each input of :func:`prepare`: the Python arguments by default;
-#: ``analysis.run.preflight`` passes the config keys (``meanfield.grid.y``, ...).
-ARGUMENT_NAMES = {"ny": "ny", "nc": "nc", "c_min": "c_min", "c_max": "c_max",
-                  "y_low": "y_range (low)", "y_high": "y_range (high)",
-                  "allow_truncation": "allow_truncation=True", "phi_tol": "phi_tol"}
+def grid_options(grid=None, where="grid") -> dict:
+    """The options of a grid (keys of ``[meanfield] grid``) over :data:`~meanfield.defaults.GRID`.
+
+    Raises ValueError naming ``where`` for an unknown key, or ``y_low``/``y_high`` given
+    alone or with different lengths.
+    """
+    g = options(grid, GRID, where, GRID_OPTIONAL)
+    if ("y_low" in g) != ("y_high" in g) or len(g.get("y_low", ())) != len(g.get("y_high", ())):
+        raise ValueError(f"{where}: give y_low and y_high together, one number per y "
+                         "coordinate each")
+    return g
+
+
+def y_box(g):
+    """``[(low, high)]`` per y coordinate from a grid's ``y_low``/``y_high``, or None."""
+    return list(zip(g["y_low"], g["y_high"])) if "y_low" in g else None
 
 
 def _ny_that_resolves(problem, grid, eps, phi_tol, limit=2**24):
@@ -101,38 +112,40 @@ def _ny_that_resolves(problem, grid, eps, phi_tol, limit=2**24):
     return None  # pragma: no cover - the dy^2 law is reached in two or three tries
 
 
-def prepare(problem, *, ny=GRID["ny"], nc=GRID["nc"], c_min=GRID["c_min"],
-            c_max=GRID["c_max"], y_range=None, allow_truncation=GRID["allow_truncation"],
-            phi_tol=GRID["phi_tol"], names=None):
-    """Grid, initial cell masses, truncated mass and φ resolution, with every input check.
+def prepare(problem, grid=None, *, phi_tol=PHI_TOL, where="grid", phi_tol_hint=True):
+    r"""Grid, initial cell masses, truncated mass and φ resolution, with every input check.
 
-    Raises ValueError (saying what to change) for a Dirac c law, more than 1e-8 of
-    :math:`\rho_{in}` outside the grid (unless ``allow_truncation``), a c law narrower
-    than one cell, or a y grid that does not resolve φ (:func:`phi_resolution` above
-    ``phi_tol``). Each hint is a value that passes the check it comes from. ``names``
-    maps the inputs to the names the messages use (:data:`ARGUMENT_NAMES`; a name of
-    ``None`` leaves that hint out, e.g. ``phi_tol`` for a config).
+    ``grid`` has the keys of ``[meanfield] grid`` (:func:`grid_options`). Raises ValueError
+    (saying what to change) for a Dirac c law, more than 1e-8 of :math:`\rho_{in}` outside
+    the grid (unless ``allow_truncation``), a c law narrower than one cell, or a y grid that
+    does not resolve φ (:func:`phi_resolution` above ``phi_tol``). Each hint is a value
+    that passes the check it comes from, named as ``where.key`` (``meanfield.grid.y`` for
+    a config); ``phi_tol_hint`` adds "or raise phi_tol" (a Python argument only).
     """
-    k = {**ARGUMENT_NAMES, **(names or {})}
-    grid = make_grid(problem, ny, nc, c_min, c_max, y_range)
+    g = grid_options(grid, where)
+    c_min, c_max = g["c_min"], g["c_max"]
+    k = {key: f"{where}.{key}" for key in ("y", "c", "c_min", "c_max", "y_low", "y_high")}
+    k["allow_truncation"] = f"{where}.allow_truncation = true"
+    k["phi_tol"] = "phi_tol" if phi_tol_hint else None
+    grid = make_grid(problem, g["y"], g["c"], c_min, c_max, y_box(g))
     m, truncated = initial_masses(problem, grid)
-    if truncated > TRUNCATION_TOL and not allow_truncation:
+    if truncated > TRUNCATION_TOL and not g["allow_truncation"]:
         raise ValueError(_truncation_message(problem, grid, truncated, k))
     law = problem.c_law
     c_std = math.sqrt(max(law.second_moment() - law.mean() ** 2, 0.0))
     if c_std < grid.dc:
         raise ValueError(
-            f"{k['nc']}={grid.nc} is too coarse for the c law (std {c_std:.3g} < cell width "
-            f"{grid.dc:.3g}); use {k['nc']} >= {math.ceil((c_max - c_min) / c_std)} or a "
+            f"{k['c']}={grid.nc} is too coarse for the c law (std {c_std:.3g} < cell width "
+            f"{grid.dc:.3g}); use {k['c']} >= {math.ceil((c_max - c_min) / c_std)} or a "
             f"narrower c range ({k['c_min']}, {k['c_max']})"
         )
     eps = phi_resolution(problem, grid)
     if eps > phi_tol:
         need = _ny_that_resolves(problem, grid, eps, phi_tol)
         use = ("a much finer grid is needed (more than 2^24 y cells): use a smoother kernel"
-               if need is None else f"use {k['ny']} >= {need if grid.N > 1 else need[0]}")
+               if need is None else f"use {k['y']} >= {need if grid.N > 1 else need[0]}")
         raise ValueError(
-            f"{k['ny']}={list(grid.ny) if grid.N > 1 else grid.ny[0]} does not resolve phi: "
+            f"{k['y']}={list(grid.ny) if grid.N > 1 else grid.ny[0]} does not resolve phi: "
             f"its cell-centre values differ from its cell averages by {eps:.2g} (relative) > "
             f"{phi_tol:g}; {use} (tested: it resolves phi)"
             + (f", or raise {k['phi_tol']}" if k["phi_tol"] else "")
@@ -154,7 +167,7 @@ def _truncation_message(problem, grid, truncated, k):
         low = [min(a, b[0]) for a, b in zip(grid.y_low, box)]
         high = [max(a, b[1]) for a, b in zip(grid.y_high, box)]
         fixes.append(f"widen the y box to {k['y_low']} = {low} and {k['y_high']} = {high}")
-    fixes.append(f"or pass {k['allow_truncation']}")
+    fixes.append(f"or set {k['allow_truncation']}")
     return (f"the initial law has mass {truncated:.3g} outside the grid (c in [{grid.c_min:g}, "
             f"{grid.c_max:g}], y in {[(a, b) for a, b in zip(grid.y_low, grid.y_high)]}) > "
             f"{TRUNCATION_TOL:g}; " + "; ".join(fixes))
@@ -181,17 +194,9 @@ def solve_grid(
     problem,
     save_times,
     *,
-    ny=GRID["ny"],
-    nc=GRID["nc"],
-    c_min: float = GRID["c_min"],
-    c_max: float = GRID["c_max"],
-    y_range=None,
-    cfl: float = GRID["cfl"],
-    dt: float | None = None,
-    tau: float = 0.0,
-    potential: str = GRID["potential"],
-    allow_truncation: bool = GRID["allow_truncation"],
-    phi_tol: float = GRID["phi_tol"],
+    grid=None,
+    temperature: float = 0.0,
+    phi_tol: float = PHI_TOL,
     save_rho: bool = True,
     on_step=None,
     progress: bool | None = None,
@@ -204,24 +209,22 @@ def solve_grid(
     problem : particles.problem.Problem
     save_times : sequence of float
         Increasing times ≥ 0; the run stops at the last.
-    ny, nc : int (ny may be a sequence, one per y coordinate)
-        Cells per y coordinate and in c.
-    c_min, c_max : float
-        The c range; mass crossing it leaves (outflow, recorded; a warning past 1e-6).
-    y_range : sequence of (low, high), optional
-        y box of non-periodic problems (default mean ± 6 std of a normal y law).
-    cfl : float in (0, 1]
-        Each step is ``dt = cfl * bound`` (shortened to land on save times), with
-        ``bound`` the positivity bound of :class:`GridSolver`.
-    dt : float, optional
-        Fixed largest step instead (equal substeps between save times); a ValueError if
-        it exceeds the bound at any stage.
-    tau : float
-        Diffusion :math:`\tau(\Delta_y + \partial_c^2)\rho` (Langevin, Sec. 4.1).
-    potential : {"auto", "data", "fft"}
-        How U is computed (:class:`DataPotential`, :class:`FFTPotential`).
-    allow_truncation : bool
-        Accept an initial law with more than 1e-8 of its mass outside the grid.
+    grid : dict, optional
+        The keys of ``[meanfield] grid`` (``docs/config.md``) over
+        :data:`meanfield.defaults.GRID`: ``y`` (cells per y coordinate: an int or one per
+        coordinate) and ``c`` (cells in c); ``c_min``, ``c_max`` (the c range; mass
+        crossing it leaves: outflow, recorded, a warning past 1e-6); ``y_low``, ``y_high``
+        (the y box of non-periodic problems, one number per coordinate; default mean ± 6
+        std of a normal y law); ``cfl`` in (0, 1] (each step is ``cfl * bound``, shortened
+        to land on save times, ``bound`` the positivity bound of :class:`GridSolver`);
+        ``dt`` (a fixed largest step instead: equal substeps between save times; a
+        ValueError if it exceeds the bound at any stage); ``potential`` in {"auto",
+        "data", "fft"} (how U is computed: :class:`DataPotential`, :class:`FFTPotential`);
+        ``allow_truncation`` (accept an initial law with more than 1e-8 of its mass
+        outside the grid).
+    temperature : float
+        Diffusion :math:`\tau(\Delta_y + \partial_c^2)\rho` with τ the temperature of
+        Langevin training (``dynamics.temperature``, Sec. 4.1).
     phi_tol : float
         Largest accepted :func:`phi_resolution` of the y grid.
     save_rho : bool
@@ -258,14 +261,15 @@ def solve_grid(
     Mean-field equation (2.9), network (2.34), loss (1.2); CCH scheme (THEORY §8).
     """
     ts = check_save_times(save_times)
+    g = grid_options(grid)
+    cfl, dt, c_min, c_max = g["cfl"], g["dt"], g["c_min"], g["c_max"]
     if not 0 < cfl <= 1:
-        raise ValueError(f"cfl={cfl} must be in (0, 1]: steps above the bound lose positivity")
+        raise ValueError(f"grid.cfl={cfl} must be in (0, 1]: steps above the bound lose "
+                         "positivity")
     if dt is not None and not dt > 0:
-        raise ValueError(f"dt={dt} must be > 0 (or None for the adaptive step)")
-    grid, m, truncated, eps = prepare(problem, ny=ny, nc=nc, c_min=c_min, c_max=c_max,
-                                      y_range=y_range, allow_truncation=allow_truncation,
-                                      phi_tol=phi_tol)
-    solver = GridSolver(problem, grid, tau=tau, potential=potential)
+        raise ValueError(f"grid.dt={dt} must be > 0 (or None for the adaptive step)")
+    grid, m, truncated, eps = prepare(problem, g, phi_tol=phi_tol)
+    solver = GridSolver(problem, grid, temperature=temperature, potential=g["potential"])
     T = len(ts)
     out = {"f_0": np.full((T, problem.x.shape[0]), np.nan), "loss_0": np.full(T, np.nan),
            "mass": np.full(T, np.nan), "outflow": np.full(T, np.nan)}
@@ -305,7 +309,7 @@ def solve_grid(
             "truncated_mass": truncated,
             "phi_resolution": eps,
             "potential": solver.U_of_g.name,
-            "tau": float(tau),
+            "temperature": float(temperature),
             "cfl": float(cfl),
             "dt_fixed": float(dt) if dt is not None else "adaptive",
             "dt_min": float(d.min()),

@@ -52,18 +52,18 @@ class GridSolver:
     ----------
     problem : particles.problem.Problem
     grid : Grid
-    tau : float
-        Diffusion (Langevin temperature), ≥ 0.
+    temperature : float
+        Diffusion τ(Δ_y + ∂_c²)ρ at the Langevin temperature τ ≥ 0 (``dynamics.temperature``).
     potential : {"auto", "data", "fft"}
     block : int
         Elements per cache block of the sweeps (a tuning knob; results do not depend on it).
     """
 
-    def __init__(self, problem, grid: Grid, *, tau: float = 0.0, potential: str = "auto",
-                 block: int = 2**15):
-        if tau < 0:
-            raise ValueError(f"tau={tau} must be >= 0")
-        self.problem, self.grid, self.tau = problem, grid, float(tau)
+    def __init__(self, problem, grid: Grid, *, temperature: float = 0.0,
+                 potential: str = "auto", block: int = 2**15):
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature} must be >= 0")
+        self.problem, self.grid, self.tau = problem, grid, float(temperature)
         self.data = DataPotential(problem, grid)
         self.U_of_g = _choose_potential(problem, grid, potential)
         self.c = grid.c_centres

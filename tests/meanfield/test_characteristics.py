@@ -28,7 +28,7 @@ def test_initial_f0_is_exact(circle):
     from scipy import special
 
     p = circle_problem(2.0, 64, cos=[0.0, 1.0], c_law=CLaw("normal", mean=0.4, std=1.0))
-    ds = solve_characteristics(p, [0.0], ny=32, nc=4)
+    ds = solve_characteristics(p, [0.0], grid={"y": 32, "c": 4})
     np.testing.assert_allclose(ds["f_0_characteristics"].values[0],
                                0.4 * special.ive(0, 2.0), rtol=1e-13)
     y, c, w = characteristic_nodes(p, 32, 4)
@@ -42,10 +42,12 @@ def test_geometric_convergence_in_node_counts(circle):
     # every doubling (and 1e-9 at the finest) rules out any order below log2(10) = 3.3,
     # i.e. anything slower than the spectral rates of the trapezoid and Gauss rules.
     ts = [0.0, 2.0]
-    ref = solve_characteristics(circle, ts, ny=128, nc=24)["f_0_characteristics"].values[-1]
+    ref = solve_characteristics(circle, ts,
+                                grid={"y": 128, "c": 24})["f_0_characteristics"].values[-1]
     errs = []
     for m in (1, 2, 4, 8):
-        f = solve_characteristics(circle, ts, ny=8 * m, nc=2 * m)["f_0_characteristics"].values[-1]
+        f = solve_characteristics(circle, ts,
+                                  grid={"y": 8 * m, "c": 2 * m})["f_0_characteristics"].values[-1]
         errs.append(np.max(np.abs(f - ref)))
     ratios = np.array(errs[:-1]) / np.array(errs[1:])
     assert np.all(ratios > 10), errs
@@ -53,5 +55,5 @@ def test_geometric_convergence_in_node_counts(circle):
 
 
 def test_characteristics_loss_non_increasing(circle):
-    ds = solve_characteristics(circle, np.linspace(0, 10, 21), ny=32, nc=8)
+    ds = solve_characteristics(circle, np.linspace(0, 10, 21), grid={"y": 32, "c": 8})
     assert np.all(np.diff(ds["loss_0_characteristics"].values) <= 1e-14)

@@ -15,19 +15,20 @@ from particles.presets import circle_problem
 from tests.particles.test_checkpoint import Clock, Killed, assert_same
 
 SAVE_TIMES = [0.0, 0.2, 0.5]
-GRID = {"ny": 64, "nc": 24, "c_min": -2.5, "c_max": 2.5}
+GRID = {"y": 64, "c": 24, "c_min": -2.5, "c_max": 2.5}
 SOLVERS = {
-    "grid-adaptive": lambda p, **kw: solve_grid(p, SAVE_TIMES, cfl=0.9, progress=False,
-                                                **GRID, **kw),
-    "grid-fixed-dt": lambda p, **kw: solve_grid(p, SAVE_TIMES, dt=0.02, progress=False,
-                                                **GRID, **kw),
-    "grid-diffusion": lambda p, **kw: solve_grid(p, SAVE_TIMES, tau=0.01, progress=False,
-                                                 **GRID, **kw),
-    "characteristics": lambda p, **kw: solve_characteristics(p, SAVE_TIMES, ny=16, nc=4,
+    "grid-adaptive": lambda p, **kw: solve_grid(p, SAVE_TIMES, grid={**GRID, "cfl": 0.9},
+                                                progress=False, **kw),
+    "grid-fixed-dt": lambda p, **kw: solve_grid(p, SAVE_TIMES, grid={**GRID, "dt": 0.02},
+                                                progress=False, **kw),
+    "grid-diffusion": lambda p, **kw: solve_grid(p, SAVE_TIMES, grid=GRID, temperature=0.01,
+                                                 progress=False, **kw),
+    "characteristics": lambda p, **kw: solve_characteristics(p, SAVE_TIMES,
+                                                             grid={"y": 16, "c": 4},
                                                              save_nodes=True, **kw),
     "ensemble": lambda p, **kw: clt_covariance_ensemble(p, [0.0, 0.1, 0.2], members=3,
-                                                        chunk=2, root_seed=5,
-                                                        progress=False, **GRID, **kw),
+                                                        chunk=2, root_seed=5, grid=GRID,
+                                                        progress=False, **kw),
 }
 
 

@@ -48,7 +48,7 @@ def test_clt_variance_short_times():
     # n = 256, 200 seeds, t <= 5: se is 7-9 %; 3 se tolerance (two-sided 0.3 % per time).
     p = bounded_circle()
     ts = [0.0, 2.0, 5.0]
-    pred = clt_covariance_influence(p, ts, ny=64, nc=12)
+    pred = clt_covariance_influence(p, ts, grid={"y": 64, "c": 12})
     D = measured(p, 256, 200, ts, pred["f_0_influence"].values, root_seed=21)
     check_variance(D, pred, p.w)
 
@@ -64,8 +64,8 @@ def test_clt_variance_up_to_t40(n):
     p = bounded_circle()
     ts = [0.0, 5.0, 10.0, 20.0, 30.0, 40.0]
     S = 640
-    pred = clt_covariance_influence(p, ts, ny=128, nc=24)
-    coarse = clt_covariance_influence(p, ts, ny=64, nc=12)
+    pred = clt_covariance_influence(p, ts, grid={"y": 128, "c": 24})
+    coarse = clt_covariance_influence(p, ts, grid={"y": 64, "c": 12})
     P = np.einsum("tq,q->t", pred["clt_var"].values, p.w)
     Pc = np.einsum("tq,q->t", coarse["clt_var"].values, p.w)
     res = np.abs(P - Pc) / P
@@ -82,7 +82,7 @@ def test_gaussian_projections_and_mahalanobis():
     # the k components must follow chi^2_k (KS p > 0.01 / 2 per time).
     p = bounded_circle()
     ts = [2.0, 5.0]
-    pred = clt_covariance_influence(p, [0.0] + ts, ny=64, nc=12).isel(t=slice(1, None))
+    pred = clt_covariance_influence(p, [0.0] + ts, grid={"y": 64, "c": 12}).isel(t=slice(1, None))
     D = measured(p, 256, 300, ts, pred["f_0_influence"].values, root_seed=33)
     sw = np.sqrt(p.w)
     level = 0.01
@@ -106,7 +106,7 @@ def test_self_healing():
     # be below a tenth of its t = 0 value (the decay, not its exact size, is the claim).
     p = circle_problem(2.0, 32, cos=[0.3], sin=[0.0, 0.5], c_law=CLaw("uniform", low=-1, high=1))
     ts = [0.0, 20.0, 80.0]
-    pred = clt_covariance_influence(p, ts, ny=32, nc=8, dt=0.1)
+    pred = clt_covariance_influence(p, ts, grid={"y": 32, "c": 8, "dt": 0.1})
     tr = np.einsum("tq,q->t", pred["clt_var"].values, p.w)
     assert np.all(np.diff(tr) < 0) and tr[-1] < 0.02 * tr[0], tr
     ds = simulate(p, [256], 160, Dynamics("gd", "rk4", 0.1), ts, root_seed=8, save_state=False)

@@ -55,10 +55,10 @@ def test_users_kernel_runs_through_the_solvers():
                 sin=[0.0, 0.0, 0.4]), YUniformCircle(), CLaw("uniform", low=-1, high=1),
                 name="rational")
     ts = [0.0, 1.0]
-    g = solve_grid(p, ts, ny=128, nc=64, c_min=-2.0, c_max=2.0, potential="fft",
+    g = solve_grid(p, ts, grid={"y": 128, "c": 64, "c_min": -2.0, "c_max": 2.0, "potential": "fft"},
                    progress=False, save_rho=False)["f_0"].values
-    ch = solve_characteristics(p, ts, ny=64, nc=12)["f_0_characteristics"].values
+    ch = solve_characteristics(p, ts, grid={"y": 64, "c": 12})["f_0_characteristics"].values
     assert np.abs(g - ch).max() <= 1e-3 * np.abs(ch).max()
-    cov = clt_covariance_influence(p, ts, ny=32, nc=8)["clt_var"].values
+    cov = clt_covariance_influence(p, ts, grid={"y": 32, "c": 8})["clt_var"].values
     # a variance D diag(w) D^T - (Dw)^2 of O(0.1): negative only by round-off, ~eps * 0.1
     assert np.all(np.isfinite(cov)) and np.all(cov >= -1e-12)

@@ -63,7 +63,7 @@ def constant_problem(f_star=-0.5, mean=0.5, std=0.25):
 @pytest.mark.parametrize("block", [2**15, 40])
 def test_rhs_matches_reference_circle(circle, rng, tau, block):
     g = make_grid(circle, 16, 12, -3.0, 3.0)
-    s = GridSolver(circle, g, tau=tau, potential="data", block=block)
+    s = GridSolver(circle, g, temperature=tau, potential="data", block=block)
     m = rng.uniform(0.0, 1.0, g.shape)
     m[3:6] = 0.0  # empty rows and columns exercise the limiter at its switch points
     m[:, 4] = 0.0
@@ -79,7 +79,7 @@ def test_rhs_matches_reference_circle(circle, rng, tau, block):
 def test_rhs_matches_reference_3d_walls(rng, tau, block):
     p = tanh_problem()
     g = make_grid(p, (6, 5), 7, -2.0, 2.0)
-    s = GridSolver(p, g, tau=tau, block=block)
+    s = GridSolver(p, g, temperature=tau, block=block)
     m = rng.uniform(0.0, 1.0, g.shape)
     m[2] = 0.0
     ref, rate = fv.rhs_reference(m, s.potential(m), g.dy + (g.dc,), g.c_centres, s.bcs, tau)
@@ -96,7 +96,7 @@ def test_rhs_matches_reference_many_blocks_along_first_axis(circle, rng, periodi
     else:
         p = tanh_problem()
         g = make_grid(p, (40, 5), 6, -2.0, 2.0)
-    s = GridSolver(p, g, tau=0.1, block=16)
+    s = GridSolver(p, g, temperature=0.1, block=16)
     assert len(s._sweeps[0].blocks) == 3
     m = rng.uniform(0.0, 1.0, g.shape) * (rng.uniform(size=g.shape) > 0.2)
     ref, rate = fv.rhs_reference(m, s.potential(m), g.dy + (g.dc,), g.c_centres, s.bcs, 0.1)
@@ -129,7 +129,7 @@ def test_one_step_positive_and_conservative(seed, cfl, zero_frac, scale, tau):
     # Any non-negative masses, any dt = cfl * bound below the smallest stage bound: the
     # SSP-RK3 step stays >= 0 and what the grid loses is exactly the recorded outflow.
     g = make_grid(_SMALL, 12, 10, -2.0, 2.0)
-    s = GridSolver(_SMALL, g, tau=tau, potential="data", block=50)
+    s = GridSolver(_SMALL, g, temperature=tau, potential="data", block=50)
     r = np.random.default_rng(seed)
     m = scale * r.uniform(0, 1, g.shape) * (r.uniform(size=g.shape) >= zero_frac) / g.shape[0]
     dt = cfl * s.cfl_bound(m)
@@ -144,7 +144,8 @@ def test_mass_positivity_and_loss_circle(circle):
     # rho_in has c in [-1.5, 1.5], far from c = ±7: nothing reaches the boundary by t = 4,
     # so the total mass is conserved to round-off (telescoping fluxes; ~1e-16 per step).
     steps = []
-    ds = solve_grid(circle, np.linspace(0, 4, 21), ny=128, nc=128, c_min=-7, c_max=7,
+    ds = solve_grid(circle, np.linspace(0, 4, 21),
+                    grid={"y": 128, "c": 128, "c_min": -7, "c_max": 7},
                     on_step=lambda t, m: steps.append((t, m.min(), m.sum())))
     t, mins, sums = map(np.array, zip(*steps))
     assert np.all(mins >= 0.0)
@@ -165,8 +166,9 @@ def test_mass_positivity_and_loss_circle(circle):
 @pytest.mark.parametrize("tau", [0.0, 0.01])
 def test_mass_positivity_3d_tanh(tau):
     steps = []
-    ds = solve_grid(tanh_problem(), [0.0, 1.0, 2.0, 4.0], ny=52, nc=32, c_min=-3, c_max=3,
-                    tau=tau, on_step=lambda t, m: steps.append((m.min(), m.sum())))
+    ds = solve_grid(tanh_problem(), [0.0, 1.0, 2.0, 4.0],
+                    grid={"y": 52, "c": 32, "c_min": -3, "c_max": 3},
+                    temperature=tau, on_step=lambda t, m: steps.append((m.min(), m.sum())))
     mins, sums = map(np.array, zip(*steps))
     assert ds["rho_0"].dims == ("t", "y_0", "y_1", "c")
     assert np.all(mins >= 0.0)
@@ -187,7 +189,8 @@ def test_outflow_and_diffusion_conserve_mass(circle, tau):
     # plus recorded outflow stays 1 to round-off; positivity holds with diffusion too.
     steps = []
     with pytest.warns(UserWarning, match="widen c_min/c_max"):
-        ds = solve_grid(circle, [0.0, 2.0, 4.0], ny=64, nc=64, c_min=-2, c_max=2, tau=tau,
+        ds = solve_grid(circle, [0.0, 2.0, 4.0],
+                        grid={"y": 64, "c": 64, "c_min": -2, "c_max": 2}, temperature=tau,
                         on_step=lambda t, m: steps.append(m.min()))
     assert min(steps) >= 0.0
     assert ds["outflow"].values[-1] > 1e-4
@@ -206,7 +209,7 @@ def test_second_order_on_exact_solution():
     s1 = -(mean - f_star) * (1 - np.exp(-1.0))
     h, err = [], []
     for nc in (32, 64, 128, 256):
-        ds = solve_grid(p, [0.0, 1.0], ny=4, nc=nc, c_min=-3.0, c_max=3.0)
+        ds = solve_grid(p, [0.0, 1.0], grid={"y": 4, "c": nc, "c_min": -3.0, "c_max": 3.0})
         edges = np.linspace(-3.0, 3.0, nc + 1)
         exact = np.diff(stats.norm.cdf(edges, mean + s1, std)) / 4  # cell masses
         dc = 6.0 / nc
@@ -226,11 +229,11 @@ def test_second_order_in_y_and_c_against_characteristics():
 
     p = circle_problem(2.0, 64, cos=[0.0, 0.0, 0.5], sin=[0.0, 1.0, 0.0, -0.3],
                        c_law=CLaw("normal", mean=0.0, std=0.5))
-    ref = solve_characteristics(p, [0.0, 1.0], ny=128, nc=48, dt=0.01)
+    ref = solve_characteristics(p, [0.0, 1.0], grid={"y": 128, "c": 48, "dt": 0.01})
     ref = ref["f_0_characteristics"].values[-1]
     h, err = [], []
     for n in (32, 64, 128, 256):
-        ds = solve_grid(p, [0.0, 1.0], ny=n, nc=n, c_min=-4, c_max=4, phi_tol=0.1)
+        ds = solve_grid(p, [0.0, 1.0], grid={"y": n, "c": n, "c_min": -4, "c_max": 4}, phi_tol=0.1)
         h.append(1.0 / n)
         err.append(np.sqrt(np.mean((ds["f_0"].values[-1] - ref) ** 2)))
     fit = fit_power_law(h, err)
@@ -254,7 +257,7 @@ def test_closed_f0_dynamics_2_37(circle):
     # with h = 0.01 (error ~ h² f_0''' ~ 1e-5). Tolerance 1e-2 covers the O(dy², dc²)
     # difference between the scheme's fluxes and the continuum formula.
     t, h = 1.0, 0.01
-    ds = solve_grid(circle, [t - h, t, t + h], ny=128, nc=128, c_min=-4, c_max=4)
+    ds = solve_grid(circle, [t - h, t, t + h], grid={"y": 128, "c": 128, "c_min": -4, "c_max": 4})
     dfdt = (ds["f_0"].values[2] - ds["f_0"].values[0]) / (2 * h)
     g = make_grid(circle, 128, 128, -4, 4)
     mass = ds["rho_0"].values[1] * g.cell_volume  # (ny, nc)
@@ -275,8 +278,8 @@ def test_grid_agrees_with_characteristics(circle):
     from meanfield.characteristics import solve_characteristics
 
     ts = [0.0, 2.0]
-    grid = solve_grid(circle, ts, ny=128, nc=128, c_min=-4, c_max=4)
-    ch = solve_characteristics(circle, ts, ny=64, nc=24, dt=0.02)
+    grid = solve_grid(circle, ts, grid={"y": 128, "c": 128, "c_min": -4, "c_max": 4})
+    ch = solve_characteristics(circle, ts, grid={"y": 64, "c": 24, "dt": 0.02})
     a = grid["f_0"].values[-1]
     b = ch["f_0_characteristics"].values[-1]
     np.testing.assert_allclose(a, b, rtol=0, atol=5e-3 * np.abs(b).max())
@@ -284,16 +287,17 @@ def test_grid_agrees_with_characteristics(circle):
 
 # -- bad input --------------------------------------------------------------------------------
 def test_coarse_y_grid_is_refused(circle):
-    with pytest.raises(ValueError, match=r"does not resolve phi.*use ny >= \d+"):
-        solve_grid(circle, [0, 1], ny=16, nc=64)
+    with pytest.raises(ValueError, match=r"grid.y=16 does not resolve phi.*use grid.y >= \d+"):
+        solve_grid(circle, [0, 1], grid={"y": 16, "c": 64})
     g = make_grid(circle, 128, 8)
     assert phi_resolution(circle, g) < 1e-3 < phi_resolution(circle, make_grid(circle, 16, 8))
 
 
 def test_truncated_c_range_is_refused(circle):
-    with pytest.raises(ValueError, match="widen c_min/c_max.*allow_truncation=True"):
-        solve_grid(circle, [0, 1], ny=64, nc=64, c_min=-1.0, c_max=1.0)
-    ds = solve_grid(circle, [0.0], ny=64, nc=64, c_min=-1.0, c_max=1.0, allow_truncation=True)
+    with pytest.raises(ValueError, match="widen grid.c_min/c_max.*grid.allow_truncation = true"):
+        solve_grid(circle, [0, 1], grid={"y": 64, "c": 64, "c_min": -1.0, "c_max": 1.0})
+    ds = solve_grid(circle, [0.0],
+                    grid={"y": 64, "c": 64, "c_min": -1.0, "c_max": 1.0, "allow_truncation": True})
     np.testing.assert_allclose(ds.attrs["truncated_mass"], 1 / 3, rtol=1e-12)
     np.testing.assert_allclose(ds["mass"].values[0], 2 / 3, rtol=1e-12)
 
@@ -301,18 +305,20 @@ def test_truncated_c_range_is_refused(circle):
 def test_dirac_c_law_is_refused():
     p = circle_problem(2.0, 32, cos=[0, 1], c_law=CLaw("constant", value=0.5))
     with pytest.raises(ValueError, match="Dirac.*'normal' or 'uniform'"):
-        solve_grid(p, [0, 1], ny=64, nc=64)
+        solve_grid(p, [0, 1], grid={"y": 64, "c": 64})
 
 
 def test_dt_above_cfl_bound_is_refused(circle):
     g = make_grid(circle, 64, 64, -4, 4)
     bound = GridSolver(circle, g).cfl_bound(initial_masses(circle, g)[0])
     with pytest.raises(ValueError, match=r"exceeds the CFL .*use dt <= "):
-        solve_grid(circle, [0, 1], ny=64, nc=64, c_min=-4, c_max=4, dt=2 * bound)
-    ds = solve_grid(circle, [0, 0.2], ny=64, nc=64, c_min=-4, c_max=4, dt=0.5 * bound)
+        solve_grid(circle, [0, 1],
+                   grid={"y": 64, "c": 64, "c_min": -4, "c_max": 4, "dt": 2 * bound})
+    ds = solve_grid(circle, [0, 0.2],
+                    grid={"y": 64, "c": 64, "c_min": -4, "c_max": 4, "dt": 0.5 * bound})
     assert ds.attrs["dt_max"] <= 0.5 * bound
     with pytest.raises(ValueError, match="cfl"):
-        solve_grid(circle, [0, 1], ny=64, nc=64, cfl=1.5)
+        solve_grid(circle, [0, 1], grid={"y": 64, "c": 64, "cfl": 1.5})
 
 
 # -- initial data and particles on the grid ------------------------------------------------

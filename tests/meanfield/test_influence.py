@@ -21,7 +21,7 @@ def test_sigma_0_closed_form(c_law):
     # Sigma_0(x, x') = E[c^2] K(x, x') - E[c]^2 E phi(x) E phi(x') with
     # K = e^{-2 kappa} I_0(2 kappa |cos((x - x')/2)|), E phi = e^{-kappa} I_0(kappa) (THEORY §7).
     p = _circle(c_law, Q=16)
-    ds = clt_covariance_influence(p, [0.0], ny=32, nc=6)
+    ds = clt_covariance_influence(p, [0.0], grid={"y": 32, "c": 6})
     x = p.x
     K = circle_K(p.kernel)[0](x, x)
     ref = c_law.second_moment() * K - (c_law.mean() * special.ive(0, 2.0)) ** 2
@@ -59,7 +59,7 @@ def test_influence_is_the_derivative_of_the_discrete_flow():
     p = _circle(CLaw("uniform", low=-1.5, high=1.5))
     ts = [0.0, 1.0, 2.0]
     y, c, w = characteristic_nodes(p, 8, 3)
-    D, w2, f0, _ = influence_matrices(p, ts, ny=8, nc=3, dt=0.1)
+    D, w2, f0, _ = influence_matrices(p, ts, grid={"y": 8, "c": 3, "dt": 0.1})
     np.testing.assert_array_equal(w, w2)
 
     def f_of(wv):
@@ -78,7 +78,7 @@ def test_influence_is_the_derivative_of_the_discrete_flow():
 
 def test_covariance_symmetric_psd():
     p = _circle(CLaw("uniform", low=-1.5, high=1.5))
-    ds = clt_covariance_influence(p, [0.0, 2.0, 5.0], ny=16, nc=4, dt=0.1)
+    ds = clt_covariance_influence(p, [0.0, 2.0, 5.0], grid={"y": 16, "c": 4, "dt": 0.1})
     cov = ds["clt_cov"].values
     np.testing.assert_array_equal(cov, cov.transpose(0, 2, 1))
     ev = np.linalg.eigvalsh(cov)

@@ -42,11 +42,13 @@ def line():
 
 @pytest.fixture(scope="module")
 def characteristics(line):
-    return solve_characteristics(line, TS, ny=48, nc=16, dt=0.05)["f_0_characteristics"].values
+    return solve_characteristics(line, TS,
+                                 grid={"y": 48, "c": 16, "dt": 0.05})["f_0_characteristics"].values
 
 
 def _grid(problem, ny, nc):
-    ds = solve_grid(problem, TS, ny=ny, nc=nc, c_min=-3.0, c_max=3.0, y_range=[(-4.0, 4.0)],
+    ds = solve_grid(problem, TS,
+                    grid={"y": ny, "c": nc, "c_min": -3.0, "c_max": 3.0, "y_low": [-4.0], "y_high": [4.0]},
                     progress=False, save_rho=False)
     return ds["f_0"].values, ds
 

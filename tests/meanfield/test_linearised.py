@@ -190,7 +190,7 @@ def test_members_keep_their_mass():
     # reaches the outflow faces of the c range [-1.5, 1.5] of rho_in by t = 1, so
     # sum(dm) itself stays 0.
     p = circle()
-    grid, m, trunc, _ = prepare(p, ny=64, nc=24, c_min=-3.0, c_max=3.0)
+    grid, m, trunc, _ = prepare(p, grid={"y": 64, "c": 24, "c_min": -3.0, "c_max": 3.0})
     assert trunc == 0.0
     s = GridSolver(p, grid)
     dm = sample_perturbations(m, 4, fluctuation_rng(0))
@@ -225,9 +225,10 @@ def test_ensemble_at_t0_matches_sigma_0():
     # variance, within 3 se with se^2 = 2 tr(Sigma^2) / ((M - 1) Q^2).
     p = circle()
     M = 300
-    ds = clt_covariance_ensemble(p, [0.0], members=M, ny=64, nc=48, c_min=-3.0, c_max=3.0,
+    ds = clt_covariance_ensemble(p, [0.0], members=M,
+                                 grid={"y": 64, "c": 48, "c_min": -3.0, "c_max": 3.0},
                                  root_seed=5, progress=False)
-    grid, m, _, _ = prepare(p, ny=64, nc=48, c_min=-3.0, c_max=3.0)
+    grid, m, _, _ = prepare(p, grid={"y": 64, "c": 48, "c_min": -3.0, "c_max": 3.0})
     s = GridSolver(p, grid)
     A = (s.data.Phi[:, :, None] * s.c).reshape(p.x.shape[0], -1)
     mv = m.reshape(-1)
@@ -244,7 +245,8 @@ def test_ensemble_at_t0_matches_sigma_0():
 
 def test_dataset_layout_and_chunk_independence():
     p = circle(Q=16)
-    kw = dict(members=6, ny=64, nc=24, c_min=-3.0, c_max=3.0, root_seed=2, progress=False)
+    kw = dict(members=6, grid={"y": 64, "c": 24, "c_min": -3.0, "c_max": 3.0}, root_seed=2,
+              progress=False)
     ds = clt_covariance_ensemble(p, [0.0, 0.3], **kw)
     ds2 = clt_covariance_ensemble(p, [0.0, 0.3], chunk=4, **kw)
     np.testing.assert_array_equal(ds["clt_cov"].values, ds2["clt_cov"].values)
@@ -260,7 +262,7 @@ def test_dataset_layout_and_chunk_independence():
     assert json.loads(a["c_domain"]) == [-3.0, 3.0] and a["truncated_mass"] == 0.0
     assert json.loads(a["resolution"])["nc"] == 24
     # f_1/2 helper: the sampled fields at t = 0 reproduce clt_cov at t = 0
-    grid, m, _, _ = prepare(p, ny=64, nc=24, c_min=-3.0, c_max=3.0)
+    grid, m, _, _ = prepare(p, grid={"y": 64, "c": 24, "c_min": -3.0, "c_max": 3.0})
     fh = f_half(GridSolver(p, grid), sample_perturbations(m, 6, fluctuation_rng(2)))
     np.testing.assert_allclose(np.cov(fh.T), ds["clt_cov"].values[0], rtol=1e-12, atol=1e-15)
 
@@ -268,17 +270,18 @@ def test_dataset_layout_and_chunk_independence():
 def test_truncated_grid_is_reported():
     p = circle(c_law=CLaw("normal", mean=0.0, std=1.0), Q=16)
     with pytest.raises(ValueError, match="allow_truncation"):
-        clt_covariance_ensemble(p, [0.0], members=3, ny=64, nc=16, c_min=-2.0, c_max=2.0)
-    ds = clt_covariance_ensemble(p, [0.0], members=3, ny=64, nc=16, c_min=-2.0, c_max=2.0,
-                                 allow_truncation=True, progress=False)
+        clt_covariance_ensemble(p, [0.0], members=3,
+                                grid={"y": 64, "c": 16, "c_min": -2.0, "c_max": 2.0})
+    ds = clt_covariance_ensemble(p, [0.0], members=3,
+                                 grid={"y": 64, "c": 16, "c_min": -2.0, "c_max": 2.0, "allow_truncation": True}, progress=False)
     np.testing.assert_allclose(ds.attrs["truncated_mass"], 2 * special.ndtr(-2.0), rtol=1e-10)
 
 
 def test_outflow_of_rho_0_warns():
     p = circle(Q=16)
     with pytest.warns(UserWarning, match="widen c_min/c_max"):
-        ds = clt_covariance_ensemble(p, [0.0, 1.0], members=2, ny=64, nc=32, c_min=-1.6,
-                                     c_max=1.6, progress=False)
+        ds = clt_covariance_ensemble(p, [0.0, 1.0], members=2,
+                                     grid={"y": 64, "c": 32, "c_min": -1.6, "c_max": 1.6}, progress=False)
     assert ds.attrs["outflow"] > 1e-6
 
 
@@ -298,10 +301,10 @@ def _check_against_influence(ts, members, root_seed):
     # 3 se (12-14 % at M = 400). c in [-4, 4]: rho_0 reaches c = -3.7 by t = 10 and
     # nothing may leave (outflow asserted 0).
     p = circle()
-    ens = clt_covariance_ensemble(p, ts, members=members, ny=64, nc=64, c_min=-4.0,
-                                  c_max=4.0, root_seed=root_seed, progress=False)
+    ens = clt_covariance_ensemble(p, ts, members=members,
+                                  grid={"y": 64, "c": 64, "c_min": -4.0, "c_max": 4.0}, root_seed=root_seed, progress=False)
     assert ens.attrs["outflow"] == 0.0
-    inf = clt_covariance_influence(p, ts, ny=64, nc=12, dt=0.05)
+    inf = clt_covariance_influence(p, ts, grid={"y": 64, "c": 12, "dt": 0.05})
     S = ens["clt_cov"].values
     Q = S.shape[1]
     se = np.sqrt(2 * np.einsum("tab,tab->t", S, S) / (members - 1)) / Q

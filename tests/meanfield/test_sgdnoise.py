@@ -51,9 +51,10 @@ def test_adjoint_matches_forced_ensemble():
     # Sigma_t (docs/methods_fluctuations.md, accuracy table: <= 1.5 % to t = 10).
     p = bounded_circle()
     ts = [0.0, 0.5, 1.0]
-    a = sgd_covariance_influence(p, ts, ny=48, nc=10)
+    a = sgd_covariance_influence(p, ts, grid={"y": 48, "c": 10})
     M = 512
-    e = sgd_covariance_ensemble(p, ts, members=M, ny=64, nc=48, c_min=-2.5, c_max=2.5,
+    e = sgd_covariance_ensemble(p, ts, members=M,
+                                grid={"y": 64, "c": 48, "c_min": -2.5, "c_max": 2.5},
                                 root_seed=3)
     ta, te = trace(a["sgd_var"].values, p.w), trace(e["sgd_var"].values, p.w)
     assert ta[0] == 0.0 and te[0] == 0.0
@@ -72,8 +73,8 @@ def test_large_batch_gives_back_gd():
     # influence method's Sigma_t itself (same forward run and adjoint, to round-off).
     p = bounded_circle()
     ts = [0.0, 0.5, 1.0]
-    a = sgd_covariance_influence(p, ts, ny=24, nc=6)
-    g = clt_covariance_influence(p, ts, ny=24, nc=6)
+    a = sgd_covariance_influence(p, ts, grid={"y": 24, "c": 6})
+    g = clt_covariance_influence(p, ts, grid={"y": 24, "c": 6})
     np.testing.assert_allclose(a["clt_cov"].values, g["clt_cov"].values, rtol=1e-12,
                                atol=1e-14)
     n = 1024
@@ -91,7 +92,7 @@ def test_schedule_enters_linearly():
     # Sigma_off + r (Sigma_const - Sigma_off) (linear in the weight; t1 on the step grid).
     p = bounded_circle()
     ts = [0.0, 1.0, 2.0]
-    kw = dict(ny=24, nc=6, dt=0.1)
+    kw = dict(grid={"y": 24, "c": 6, "dt": 0.1})
     const = sgd_covariance_influence(p, ts, Dynamics("sgd", "euler", 0.1, batch=4), **kw)
     off = sgd_covariance_influence(
         p, ts, Dynamics("sgd", "euler", 0.1, batch=[[0.0, 4], [1.0, 4 * 10**15]]), **kw)
@@ -114,7 +115,7 @@ def test_self_quench_representable_target():
     # 0.0325 to 1.3e-4 by t = 40, tr Sigma^SGD peaks at 2.5e-3 and is 1.2e-4 at t = 40.
     p = bounded_circle(Q=32, cos=(0.0, 0.3), sin=(0.0, 0.2))
     ts = [0.0, 1.0, 10.0, 20.0, 40.0]
-    a = sgd_covariance_influence(p, ts, ny=24, nc=6, dt=0.2)
+    a = sgd_covariance_influence(p, ts, grid={"y": 24, "c": 6, "dt": 0.2})
     loss = p.loss(a["f_0_influence"].values)
     tr = trace(a["sgd_var"].values, p.w)
     rate = np.diff(tr) / np.diff(ts)
@@ -140,7 +141,7 @@ def test_particles_agree_short_times():
     # n = 128, P = 2 (n theta = 3.2: the SGD term about as large as Sigma_t by t = 5),
     # 200 seeds, t <= 5: se 8-10 %; 3 se. The GD prediction alone would be 30-50 % off.
     p = bounded_circle()
-    pred = sgd_covariance_influence(p, [0.0, 2.0, 5.0], ny=32, nc=8)
+    pred = sgd_covariance_influence(p, [0.0, 2.0, 5.0], grid={"y": 32, "c": 8})
     dyn = Dynamics("sgd", "euler", 0.05, batch=2)
     ratio, se = measured_ratio(p, pred, 128, dyn, 200, 31)
     assert np.all(np.abs(ratio - 1) <= 3 * se), (ratio, se)
@@ -157,7 +158,7 @@ def test_particles_agree_up_to_t20(n, batch):
     # time up to t = 20 within 3 se.
     p = bounded_circle()
     dyn = Dynamics("sgd", "euler", 0.05, batch=batch)
-    pred = sgd_covariance_influence(p, [0.0, 2.0, 5.0, 10.0, 20.0], dyn, ny=48, nc=10)
+    pred = sgd_covariance_influence(p, [0.0, 2.0, 5.0, 10.0, 20.0], dyn, grid={"y": 48, "c": 10})
     ratio, se = measured_ratio(p, pred, n, dyn, 800, 40 + n)
     assert np.all(se < 0.06), se
     assert np.all(np.abs(ratio - 1) <= 3 * se), (ratio, se)

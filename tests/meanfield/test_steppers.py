@@ -51,7 +51,7 @@ def test_characteristics_capture_restore(circle, tmp_path):
 
 
 def test_grid_capture_restore(circle, tmp_path):
-    grid, m0, _, _ = prepare(circle, ny=64, nc=24, c_min=-2.5, c_max=2.5)
+    grid, m0, _, _ = prepare(circle, grid={"y": 64, "c": 24, "c_min": -2.5, "c_max": 2.5})
 
     def make():
         return GridStepper(GridSolver(circle, grid), cfl=0.9)
@@ -62,7 +62,7 @@ def test_grid_capture_restore(circle, tmp_path):
 
 
 def test_tangent_ensemble_capture_restore(circle, tmp_path):
-    grid, m0, _, _ = prepare(circle, ny=64, nc=24, c_min=-2.5, c_max=2.5)
+    grid, m0, _, _ = prepare(circle, grid={"y": 64, "c": 24, "c_min": -2.5, "c_max": 2.5})
     batches = [(0, 2), (2, 3)]
     dms = [sample_perturbations(m0, b - a, fluctuation_rng(3)) for a, b in batches]
 
@@ -118,7 +118,7 @@ def assert_partial(err, solver, kept):
 def test_characteristics_failure_keeps_partial(circle):
     # RK4 at dt = 50 overflows before t = 1e4 (and not before t = 1)
     with pytest.raises(NumericalFailure) as e:
-        solve_characteristics(circle, [0.0, 1.0, 1e4], ny=16, nc=4, dt=50.0)
+        solve_characteristics(circle, [0.0, 1.0, 1e4], grid={"y": 16, "c": 4, "dt": 50.0})
     part = assert_partial(e, "characteristics",
                           lambda p: p["f_0_characteristics"].isel(t=[0, 1]).values)
     assert np.isnan(part["f_0_characteristics"].isel(t=-1).values).all()
@@ -126,7 +126,7 @@ def test_characteristics_failure_keeps_partial(circle):
 
 def test_influence_forward_failure_keeps_partial(circle):
     with pytest.raises(NumericalFailure) as e:
-        clt_covariance_influence(circle, [0.0, 1.0, 1e4], ny=16, nc=4, dt=50.0)
+        clt_covariance_influence(circle, [0.0, 1.0, 1e4], grid={"y": 16, "c": 4, "dt": 50.0})
     part = assert_partial(e, "influence (forward)",
                           lambda p: p["f_0_influence"].isel(t=[0, 1]).values)
     assert np.isnan(part["clt_cov"].values).all()
@@ -143,7 +143,7 @@ def test_influence_adjoint_failure_keeps_partial(circle, monkeypatch):
 
     monkeypatch.setattr(inf, "_rk4_vjp", poisoned)
     with pytest.raises(NumericalFailure) as e:
-        clt_covariance_influence(circle, [0.0, 0.5], ny=16, nc=4, dt=0.1)
+        clt_covariance_influence(circle, [0.0, 0.5], grid={"y": 16, "c": 4, "dt": 0.1})
     # the forward run is complete: f_0 at every save time is kept
     assert_partial(e, "influence (adjoint)", lambda p: p["f_0_influence"].values)
 
@@ -170,7 +170,7 @@ def test_grid_failure_keeps_partial(circle, monkeypatch):
     # 40 right-hand sides reach past t = 0.1 (>= 3 per step, cfl-bounded steps ~ 0.02)
     _poison_after(monkeypatch, GridSolver, "evaluate", 40)
     with pytest.raises(NumericalFailure) as e:
-        solve_grid(circle, [0.0, 0.1, 5.0], ny=64, nc=24, c_min=-2.5, c_max=2.5,
+        solve_grid(circle, [0.0, 0.1, 5.0], grid={"y": 64, "c": 24, "c_min": -2.5, "c_max": 2.5},
                    progress=False)
     part = assert_partial(e, "grid", lambda p: p["f_0"].isel(t=[0, 1]).values)
     assert np.isnan(part["f_0"].isel(t=-1).values).all()
@@ -182,18 +182,19 @@ def test_ensemble_failure_keeps_partial(circle, monkeypatch):
 
     _poison_after(monkeypatch, Linearisation, "apply", 40, out_index=0)
     with pytest.raises(NumericalFailure) as e:
-        clt_covariance_ensemble(circle, [0.0, 0.05, 5.0], members=4, ny=64, nc=24,
-                                c_min=-2.5, c_max=2.5, progress=False)
+        clt_covariance_ensemble(circle, [0.0, 0.05, 5.0], members=4,
+                                grid={"y": 64, "c": 24, "c_min": -2.5, "c_max": 2.5}, progress=False)
     part = assert_partial(e, "ensemble", lambda p: p["clt_cov"].isel(t=[0, 1]).values)
     assert np.isnan(part["clt_cov"].isel(t=-1).values).all()
 
 
 def test_every_solver_dataset_follows_cf(circle):
     ts = [0.0, 0.2]
-    for ds in (solve_grid(circle, ts, ny=64, nc=24, c_min=-2.5, c_max=2.5, progress=False),
-               solve_characteristics(circle, ts, ny=16, nc=4, save_nodes=True),
-               clt_covariance_influence(circle, ts, ny=16, nc=4),
-               clt_covariance_ensemble(circle, ts, members=3, ny=64, nc=24, c_min=-2.5,
-                                       c_max=2.5, progress=False)):
+    for ds in (solve_grid(circle, ts,
+                          grid={"y": 64, "c": 24, "c_min": -2.5, "c_max": 2.5}, progress=False),
+               solve_characteristics(circle, ts, grid={"y": 16, "c": 4}, save_nodes=True),
+               clt_covariance_influence(circle, ts, grid={"y": 16, "c": 4}),
+               clt_covariance_ensemble(circle, ts, members=3,
+                                       grid={"y": 64, "c": 24, "c_min": -2.5, "c_max": 2.5}, progress=False)):
         assert check_cf(ds) == [], ds.attrs["title"]
         assert ds.attrs["complete"] == 1

@@ -26,10 +26,10 @@ def test_grid_and_characteristics_agree_on_the_example(example):
     mf = example.config["meanfield"]
     ts = [t for t in example.save_times if t <= 20.0]
     g = mf["grid"]
-    grid = solve_grid(example.problem, ts, ny=g["y"], nc=g["c"], c_min=g["c_min"],
-                      c_max=g["c_max"], save_rho=False)
-    ch = solve_characteristics(example.problem, ts, ny=mf["characteristics"]["y"],
-                               nc=mf["characteristics"]["c"])
+    grid = solve_grid(example.problem, ts,
+                      grid={"y": g["y"], "c": g["c"], "c_min": g["c_min"], "c_max": g["c_max"]}, save_rho=False)
+    ch = solve_characteristics(example.problem, ts,
+                               grid={"y": mf["characteristics"]["y"], "c": mf["characteristics"]["c"]})
     err = np.max(np.abs(grid["f_0"].values - ch["f_0_characteristics"].values), axis=1)
     assert np.all(err <= 2e-3), err
     assert float(grid["outflow"].values[-1]) < 1e-12  # nothing left through the c range
@@ -46,7 +46,7 @@ def test_lln_particles_stay_close_to_f0(example):
     from meanfield.influence import clt_covariance_influence
 
     n, S, ts = 65536, 4, [0.0, 1.0, 2.0]
-    pred = clt_covariance_influence(example.problem, ts, ny=64, nc=12)
+    pred = clt_covariance_influence(example.problem, ts, grid={"y": 64, "c": 12})
     ds = simulate(example.problem, [n], S, Dynamics("gd", "rk4", 0.05), ts, root_seed=3,
                   save_state=False)
     z = (ds["f_n"].values[0] - pred["f_0_influence"].values[None]) / np.sqrt(

@@ -190,7 +190,7 @@ def ucircle():
 def grid_run(circle, **kw):
     from meanfield.grid.solve import solve_grid
 
-    return solve_grid(circle, [0.0, 0.1, 1.0], ny=64, nc=24, c_min=-2.5, c_max=2.5,
+    return solve_grid(circle, [0.0, 0.1, 1.0], grid={"y": 64, "c": 24, "c_min": -2.5, "c_max": 2.5},
                       progress=False, **kw)
 
 
@@ -271,8 +271,8 @@ def test_ensemble_forward_run_keeps_its_divergence_watch(ucircle, monkeypatch):
     _grow_after(monkeypatch, 10, 1.5)
     with pytest.raises(NumericalFailure, match=r"^ensemble: diverging at t=\S+ \(forward "
                                                 r"run: mass \+ outflow"):
-        clt_covariance_ensemble(ucircle, [0.0, 0.1, 1.0], members=4, ny=64, nc=24,
-                                c_min=-2.5, c_max=2.5, root_seed=1, progress=False)
+        clt_covariance_ensemble(ucircle, [0.0, 0.1, 1.0], members=4,
+                                grid={"y": 64, "c": 24, "c_min": -2.5, "c_max": 2.5}, root_seed=1, progress=False)
 
 
 def test_noisy_loss_is_evaluated_rarely(ucircle, monkeypatch):
