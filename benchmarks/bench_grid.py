@@ -50,7 +50,7 @@ def circle_example():
 
 
 def tanh_example():
-    return Problem(kind="tanh1d", kernel=SigmoidUnit(d=1, activation="tanh"),
+    return Problem(name="tanh1d", kernel=SigmoidUnit(d=1, activation="tanh"),
                    measure=UniformBox(d=1, Q=16, low=-1, high=1),
                    target=lambda x: 0.5 * np.sin(2 * x[..., 0]),
                    y_law=YNormal(2, 0.0, 0.5), c_law=CLaw("uniform", low=-1, high=1))

@@ -64,8 +64,8 @@ class Problem:
         The closed or prescribed (F, K) of (2.1), if the problem has one
         (:func:`particles.closed_forms.kernel_form`).
     name : str
-        Name used in attrs (``"circle"``, ``"rbf"``, ``"parts"``, ...); ``kind`` is an
-        alias kept for old callers.
+        The problem's name, as ``[problem] kind`` of a config (``"circle"``, ``"rbf"``,
+        ...; ``"parts"`` for a problem composed from part tables); written in attrs.
     info : dict
         Extra entries for the attrs.
     kernel_form_reason : str
@@ -73,9 +73,7 @@ class Problem:
     """
 
     def __init__(self, kernel=None, measure=None, target=None, y_law=None, c_law=None,
-                 kernel_form=None, name=None, info=None, *, kind=None, kernel_form_reason=None):
-        if name is None:
-            name = kind if kind is not None else "parts"
+                 kernel_form=None, name="parts", info=None, *, kernel_form_reason=None):
         self.name = str(name)
         self.kernel, self.measure, self.target = kernel, measure, target
         self.y_law, self.c_law = y_law, c_law
@@ -85,11 +83,6 @@ class Problem:
             "" if kernel_form is not None
             else f"problem {self.name!r} has no closed (F, K) form")
         self._f_x = np.asarray(self.target(self.measure.nodes), float)
-
-    @property
-    def kind(self) -> str:
-        """The problem's name (a preset's ``kind``, or ``"parts"``), as in configs."""
-        return self.name
 
     def replace(self, **changes) -> "Problem":
         """A new problem with some parts changed. A changed kernel, measure or target
@@ -174,7 +167,7 @@ class Problem:
 
     def params(self) -> dict:
         return {
-            "kind": self.kind,
+            "kind": self.name,
             "kernel": type(self.kernel).__name__,
             **{f"kernel.{k}": v for k, v in self.kernel.params().items()},
             **{f"measure.{k}": v for k, v in self.measure.params().items()},

@@ -32,7 +32,7 @@ def circle():
 
 
 def tanh_problem(Q=8):
-    return Problem(kind="tanh1d", kernel=SigmoidUnit(d=1, activation="tanh"),
+    return Problem(name="tanh1d", kernel=SigmoidUnit(d=1, activation="tanh"),
                    measure=UniformBox(d=1, Q=Q, low=-1, high=1),
                    target=lambda x: 0.5 * np.sin(2 * x[..., 0]),
                    y_law=YNormal(2, 0.0, 0.5), c_law=CLaw("uniform", low=-1, high=1))
@@ -53,7 +53,7 @@ class ConstantKernel(Kernel):
 
 
 def constant_problem(f_star=-0.5, mean=0.5, std=0.25):
-    return Problem(kind="constant", kernel=ConstantKernel(), measure=CircleUniform(4),
+    return Problem(name="constant", kernel=ConstantKernel(), measure=CircleUniform(4),
                    target=FourierTarget(cos=[f_star]), y_law=YUniformCircle(),
                    c_law=CLaw("normal", mean=mean, std=std))
 

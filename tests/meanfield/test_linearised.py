@@ -35,7 +35,7 @@ def circle(c_law=UNIFORM, Q=32):
 
 
 def tanh_problem():
-    return Problem(kind="tanh1d", kernel=SigmoidUnit(d=1, activation="tanh"),
+    return Problem(name="tanh1d", kernel=SigmoidUnit(d=1, activation="tanh"),
                    measure=UniformBox(d=1, Q=8, low=-1, high=1),
                    target=lambda x: 0.5 * np.sin(2 * x[..., 0]),
                    y_law=YNormal(2, 0.0, 0.5), c_law=CLaw("uniform", low=-1, high=1))
