@@ -160,7 +160,7 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
     data, notes, identity = read_run(out)
     particles, meanfield, fluct = (data[s] for s in ("particles", "meanfield", "fluctuations"))
     cfg = json.loads(particles.attrs["config"])
-    every = particles  # all target realisations (analysis.run.realisations)
+    every = particles  # all target realisations (analysis.sweep.realisations)
     if "realisation" in particles.dims:
         notes.append(f"{particles.sizes['realisation']} target realisations: the scaling rows "
                      "fit each and their mean; the other checks read realisation 0")

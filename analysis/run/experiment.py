@@ -35,7 +35,7 @@ from analysis.run import budget, preflight
 from analysis.sweep import tasks
 from analysis.sweep.executors import check_options, make_executor
 from analysis.run.inputs import load_config, read_init_file
-from analysis.run.realisations import check_realisations, realisation_problem, stack_realisations
+from analysis.sweep.realisations import check_realisations, realisation_problem, stack_realisations
 from analysis.run.schema import (DYNAMICS_SCHEMA, FLUCTUATIONS_SCHEMA, MEANFIELD_SCHEMA,  # noqa: F401
                      PARTICLES_SCHEMA)
 from analysis.store.runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,

@@ -45,7 +45,7 @@ from particles.engine.config import ConfigError
 
 from analysis.sweep.executors import SerialExecutor
 from analysis.store.io import atomic_path, write_dataset
-from analysis.run.realisations import stack_realisations
+from analysis.sweep.realisations import stack_realisations
 from analysis.store.runfolder import TASKS_DIR, RunFolderError, differing_keys, run_id
 from analysis.sweep.tasks import (SECTION_ORDER, _ranges, done_path, failed_path, load_result, plan_tasks,
                     task_label)
@@ -191,7 +191,7 @@ def missing_members(tasks) -> str:
 
 def merge_particles(parts, config) -> xr.Dataset:
     """The ``(n, seed)`` ensemble of its particle tasks, stacked over target realisations
-    when there are several (:func:`analysis.run.realisations.stack_realisations`; a
+    when there are several (:func:`analysis.sweep.realisations.stack_realisations`; a
     realisation none of whose tasks finished is NaN)."""
     R = int(config["particles"].get("realisations", 1))
     if R == 1:

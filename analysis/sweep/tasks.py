@@ -38,7 +38,7 @@ from particles import NumericalFailure
 from particles.engine.checkpoint import Checkpoint
 
 from analysis.store.io import atomic_path
-from analysis.run.realisations import realisation_problem
+from analysis.sweep.realisations import realisation_problem
 from analysis.store.runfolder import identity
 
 __all__ = ["plan_tasks", "task_id", "task_label", "default_seeds_per_task",
@@ -150,7 +150,7 @@ def sub_experiment(exp, task: dict):
     init = exp.init
     if init is not None:
         init = tuple(a[list(task["seeds"])] for a in init)
-    if task.get("realisation") is not None:  # its target (analysis.run.realisations)
+    if task.get("realisation") is not None:  # its target (analysis.sweep.realisations)
         r = int(task["realisation"])
         return dataclasses.replace(exp, particles={**parts, "realisation": r}, init=init,
                                    problem=realisation_problem(exp, r))

@@ -10,7 +10,7 @@ import xarray as xr
 
 from analysis.cli import main
 from analysis.run.experiment import resolve, run_particles
-from analysis.run.realisations import realisation_config
+from analysis.sweep.realisations import realisation_config
 from analysis.sweep.tasks import plan_tasks, task_label
 from particles.build import build_problem
 from particles.simulate import simulate

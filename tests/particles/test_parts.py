@@ -278,6 +278,26 @@ def test_no_import_cycle_and_floors_only_import_downwards():
     assert "particles.highdim" not in graph
 
 
+#: the rooms of the house, lowest first (docs/engine.md draws them): a module imports only
+#: its own room and the rooms below it; two rooms on one level never import each other
+ROOMS = {"particles.engine": 0, "particles": 1, "meanfield.defaults": 2, "meanfield.grid": 3,
+         "meanfield": 4, "analysis.store": 5, "analysis.sweep": 6, "analysis.checks": 6,
+         "analysis.run": 7, "analysis.report": 7, "analysis": 8}
+
+
+def room(module):
+    """The room of a module: the longest prefix in :data:`ROOMS`."""
+    return max((r for r in ROOMS if module == r or module.startswith(r + ".")), key=len)
+
+
+def test_rooms_only_import_rooms_below():
+    paths = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for pkg in ("particles", "meanfield", "analysis") for p in (ROOT / pkg).rglob("*.py")}
+    wrong = [(m, dep) for m, p in paths.items() for dep in _imports(p, m)
+             if room(dep) != room(m) and not ROOMS[room(dep)] < ROOMS[room(m)]]
+    assert not wrong, wrong
+
+
 @pytest.mark.slow
 def test_every_module_imports_alone():
     """Each module in a fresh interpreter (an import-order dependence fails here)."""
