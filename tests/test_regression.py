@@ -5,7 +5,9 @@ before problems were composed from parts and every solver ran on one time loop (
 The presets (``kind = "circle" | "sigmoid" | "sphere"``) must expand to parts that give the
 same numbers to round-off: 1e-12 relative to each array's largest entry (a change of
 arithmetic order moves results by a few ulps, ~1e-15; any change of method moves them by
-far more than 1e-12).
+far more than 1e-12). ``circle/ensemble/clt_cov`` alone is pinned from later code (see
+``tests/regression.py``); :func:`test_tangent_choices_do_not_hinge_on_round_off` holds
+the property that makes it reproducible on every machine.
 """
 import numpy as np
 import pytest
