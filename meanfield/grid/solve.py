@@ -296,33 +296,8 @@ def solve_grid(
             out["rho_0"][j] = st.m / grid.cell_volume
 
     def dataset(failure=None):
-        d = np.asarray(stats_["dt"]) if stats_["dt"] else np.zeros(1)
-        attrs = {
-            "scheme": SCHEME,
-            "order": "2 in space on smooth solutions (limiter: 1 at extrema), 3 in time",
-            "grid": json.dumps(grid.params()),
-            "ny": json.dumps(list(grid.ny)),
-            "nc": grid.nc,
-            "c_min": grid.c_min,
-            "c_max": grid.c_max,
-            "y_dims": json.dumps(list(grid.y_dims)),
-            "truncated_mass": truncated,
-            "phi_resolution": eps,
-            "potential": solver.U_of_g.name,
-            "temperature": float(temperature),
-            "cfl": float(cfl),
-            "dt_fixed": float(dt) if dt is not None else "adaptive",
-            "dt_min": float(d.min()),
-            "dt_max": float(d.max()),
-            "dt_mean": float(d.mean()),
-            "n_steps": len(stats_["dt"]),
-            "cfl_max": float(max(stats_["cfl"])) if stats_["cfl"] else 0.0,
-            "problem": json.dumps(problem.params()),
-            "c_law": json.dumps(problem.c_law.params()),
-            "y_law": json.dumps(problem.y_law.params()),
-            **run_status(failure),
-        }
-        return _dataset(problem, grid, ts, out, attrs)
+        attrs = _attrs(problem, grid, solver, g, temperature, truncated, eps, stats_)
+        return _dataset(problem, grid, ts, out, {**attrs, **run_status(failure)})
 
     if checkpoint is not None:
         checkpoint.track(**{f"out_{k}": v for k, v in out.items()}, stats=stats_)
@@ -330,6 +305,35 @@ def solve_grid(
     run(stepper, stepper.init(m), ts, observe, after_step=after_step, progress=progress,
         desc="grid", partial=dataset, checkpoint=checkpoint)
     return dataset()
+
+
+def _attrs(problem, grid, solver, g, temperature, truncated, eps, stats_) -> dict:
+    """The attrs of a grid run: scheme, grid, initial truncation, steps taken."""
+    d = np.asarray(stats_["dt"]) if stats_["dt"] else np.zeros(1)
+    return {
+        "scheme": SCHEME,
+        "order": "2 in space on smooth solutions (limiter: 1 at extrema), 3 in time",
+        "grid": json.dumps(grid.params()),
+        "ny": json.dumps(list(grid.ny)),
+        "nc": grid.nc,
+        "c_min": grid.c_min,
+        "c_max": grid.c_max,
+        "y_dims": json.dumps(list(grid.y_dims)),
+        "truncated_mass": truncated,
+        "phi_resolution": eps,
+        "potential": solver.U_of_g.name,
+        "temperature": float(temperature),
+        "cfl": float(g["cfl"]),
+        "dt_fixed": float(g["dt"]) if g["dt"] is not None else "adaptive",
+        "dt_min": float(d.min()),
+        "dt_max": float(d.max()),
+        "dt_mean": float(d.mean()),
+        "n_steps": len(stats_["dt"]),
+        "cfl_max": float(max(stats_["cfl"])) if stats_["cfl"] else 0.0,
+        "problem": json.dumps(problem.params()),
+        "c_law": json.dumps(problem.c_law.params()),
+        "y_law": json.dumps(problem.y_law.params()),
+    }
 
 
 def _dataset(problem, grid, ts, out, attrs):
