@@ -49,7 +49,7 @@ def test_tangent_choices_do_not_hinge_on_round_off():
     from tests.regression import shrunk_config
 
     problem = resolve(shrunk_config("circle")).problem
-    grid, m0, _, _ = prepare(problem, ny=64, nc=32, c_min=-3.0, c_max=3.0)
+    grid, m0, _, _ = prepare(problem, grid={"y": 64, "c": 32, "c_min": -3.0, "c_max": 3.0})
     solver = GridSolver(problem, grid)
     _, m1 = stage_linearisations(solver, m0, 0.5 * solver.cfl_bound(m0))
     dm = sample_perturbations(m0, 4, fluctuation_rng(1))

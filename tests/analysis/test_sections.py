@@ -106,15 +106,15 @@ def test_defaults_come_from_meanfield_defaults(tmp_path, monkeypatch):
     here to values no literal in analysis has) at resolve time."""
     from meanfield import defaults as D
 
-    monkeypatch.setitem(D.GRID, "ny", 72)
-    monkeypatch.setitem(D.GRID, "nc", 40)
+    monkeypatch.setitem(D.GRID, "y", 72)
+    monkeypatch.setitem(D.GRID, "c", 40)
     monkeypatch.setitem(D.GRID, "c_min", -3.5)
     monkeypatch.setitem(D.GRID, "c_max", 3.25)
     monkeypatch.setitem(D.GRID, "cfl", 0.7)
-    monkeypatch.setitem(D.CHARACTERISTICS, "ny", 33)
-    monkeypatch.setitem(D.CHARACTERISTICS, "nc", 7)
-    monkeypatch.setitem(D.INFLUENCE, "ny", 17)
-    monkeypatch.setitem(D.INFLUENCE, "nc", 5)
+    monkeypatch.setitem(D.CHARACTERISTICS, "y", 33)
+    monkeypatch.setitem(D.CHARACTERISTICS, "c", 7)
+    monkeypatch.setitem(D.INFLUENCE, "y", 17)
+    monkeypatch.setitem(D.INFLUENCE, "c", 5)
     monkeypatch.setitem(D.ENSEMBLE, "members", 9)
     cfg = small()
     cfg["meanfield"] = {}
