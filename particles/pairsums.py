@@ -1,4 +1,4 @@
-r"""Blocked pair sums :math:`\sum_m k(y_i, y'_m) R_m` of the fused (F, K) form (issue 10).
+r"""Blocked pair sums :math:`\sum_m k(y_i, y'_m) R_m` of the fused (F, K) form.
 
 The tiles, threads and contractions behind :mod:`particles.kernelforms`:
 :func:`exp_contract` (:math:`\sum_m e^{U_i\cdot V_m} R_m` for any thin factors),
