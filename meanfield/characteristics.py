@@ -37,7 +37,7 @@ __all__ = ["characteristic_nodes", "c_rule", "solve_characteristics"]
 def solve_characteristics(problem, save_times, *, ny: int = CHARACTERISTICS["ny"],
                           nc: int = CHARACTERISTICS["nc"], dt: float = 0.05,
                           integrator: str = CHARACTERISTICS["integrator"],
-                          save_nodes: bool = False, progress: bool | None = False,
+                          save_nodes: bool = False, progress: bool | None = None,
                           checkpoint=None) -> xr.Dataset:
     r"""Mean-field :math:`f_0(t, x)` along characteristics of (2.9).
 

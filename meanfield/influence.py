@@ -237,10 +237,11 @@ class ForwardRun(NamedTuple):
     f0: np.ndarray
 
 
-def forward_run(problem, ts, *, ny, nc, dt, partial=None, progress=False) -> ForwardRun:
+def forward_run(problem, ts, *, ny, nc, dt, partial=None, progress=None) -> ForwardRun:
     """The forward run of the influence method, every step recorded (:class:`ForwardRun`).
 
-    ``partial``: as :func:`influence_matrices`."""
+    ``partial``: as :func:`influence_matrices`; ``progress``: the progress bar (``None``
+    shows it only on a terminal)."""
     y, c, w = characteristic_nodes(problem, ny, nc)
     starts, hs = [], []
     f0 = np.full((len(ts), problem.x.shape[0]), np.nan)
@@ -264,12 +265,13 @@ def forward_run(problem, ts, *, ny, nc, dt, partial=None, progress=False) -> For
 
 
 def adjoint_sweep(problem, fw: ForwardRun, ts, *, rank_tol, after_step=None, partial=None,
-                  progress=False):
+                  progress=None):
     """The reverse sweep of :class:`AdjointStepper` over a :class:`ForwardRun`, injecting
     the cotangents of :math:`f_0(T_k, x)` (SVD-reduced) at every save time.
 
     ``after_step(old, new)`` is called after every reverse step (both
-    :class:`AdjointState`; ``new.k`` indexes ``fw.starts``).
+    :class:`AdjointState`; ``new.k`` indexes ``fw.starts``); ``progress``: the progress
+    bar (``None`` shows it only on a terminal).
 
     Returns
     -------
@@ -305,7 +307,7 @@ def adjoint_sweep(problem, fw: ForwardRun, ts, *, rank_tol, after_step=None, par
 
 def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
                        dt=0.05, rank_tol=INFLUENCE["rank_tol"], partial=None,
-                       progress=False):
+                       progress=None):
     r"""D_k = ∂f_0(T_k, x)/∂w for each save time (shape (T, Q, J)) and the nodes.
 
     The forward run is the particle stepper with the node weights (:func:`forward_run`);
@@ -316,6 +318,8 @@ def influence_matrices(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE[
     ----------
     partial : callable ``(f0, message) -> xarray.Dataset``, optional
         Builds the partial result of a failure from ``f0`` (T, Q) observed so far.
+    progress : bool or None
+        Progress bar; ``None`` shows it only on a terminal.
 
     Returns
     -------
@@ -351,8 +355,10 @@ def c_domain(problem) -> list:
 
 def clt_covariance_influence(problem, save_times, *, ny=INFLUENCE["ny"], nc=INFLUENCE["nc"],
                              dt=0.05, rank_tol=INFLUENCE["rank_tol"],
-                             progress: bool | None = False) -> xr.Dataset:
+                             progress: bool | None = None) -> xr.Dataset:
     r"""Predicted covariance of :math:`\sqrt n (f_n - f_0)(t)` by the influence method.
+
+    ``progress``: the progress bar (``None`` shows it only on a terminal).
 
     Returns
     -------

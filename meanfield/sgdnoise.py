@@ -111,7 +111,7 @@ def noise_covariance(g, W):
 
 def sgd_covariance_influence(problem, save_times, dynamics=None, *, ny=INFLUENCE["ny"],
                              nc=INFLUENCE["nc"], dt=0.05, rank_tol=INFLUENCE["rank_tol"],
-                             progress: bool | None = False) -> xr.Dataset:
+                             progress: bool | None = None) -> xr.Dataset:
     r"""Predicted CLT covariance :math:`\Sigma_t` and SGD covariance :math:`\Sigma^{SGD}_t`,
     one forward run and one adjoint sweep for both (module doc).
 
@@ -124,6 +124,8 @@ def sgd_covariance_influence(problem, save_times, dynamics=None, *, ny=INFLUENCE
         ``None``: a constant θ.
     ny, nc, dt, rank_tol
         As :func:`meanfield.influence.clt_covariance_influence`.
+    progress : bool or None
+        Progress bar; ``None`` shows it only on a terminal.
 
     Returns
     -------
