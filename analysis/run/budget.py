@@ -150,7 +150,7 @@ def steps_check(t_last, dynamics, mf=None, fl=None):
 
 
 #: elements of the work buffers a fused step keeps per thread (tiles of the pull-backs,
-#: ``particles.kernels.expblocks.KEEP`` and its kin, with room), and threads counted
+#: ``particles.engine.parallel.KEEP`` plus its tiles, with room), and threads counted
 FUSED_WORK, FUSED_THREADS = 2**22, 2
 
 

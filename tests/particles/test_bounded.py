@@ -68,12 +68,8 @@ def _peak(fn):
 def small_budget(monkeypatch):
     """Budgets of a few hundred kB: every step here is blocked, rebuilt tiles included; fresh
     per-thread buffers so that earlier tests' larger ones do not count."""
-    monkeypatch.setattr(expblocks, "BLOCK", 2**12)
-    monkeypatch.setattr(expblocks, "KEEP", 2**15)
-    monkeypatch.setattr(SigmoidUnit, "_BLOCK", 2**12)
-    monkeypatch.setattr(SigmoidUnit, "_KEEP", 2**15)
-    monkeypatch.setattr(CircleKernel, "_BLOCK", 2**12)
-    monkeypatch.setattr(CircleKernel, "_KEEP", 2**15)
+    monkeypatch.setattr(parallel, "TILE", 2**12)
+    monkeypatch.setattr(parallel, "KEEP", 2**15)
     monkeypatch.setattr(dynamics_mod, "DRAW_BUDGET", 2**15)
     monkeypatch.setattr(SigmoidUnit, "_work", ThreadBuffer())
     monkeypatch.setattr(expblocks, "_work", ThreadBuffer())
