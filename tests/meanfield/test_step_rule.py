@@ -1,10 +1,10 @@
 """One step-count and landing rule (:func:`particles.engine.loop.substeps`, :func:`lands`):
 every stepper's step agrees with it, and no module writes a second one."""
 
-import math
 import pathlib
 import re
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import numpy as np
 from hypothesis import given
@@ -90,8 +90,6 @@ def test_the_loop_takes_the_rules_steps(gaps, dt):
 
         def check(self, state):
             return None
-
-    from typing import NamedTuple
 
     class S(NamedTuple):
         t: float
