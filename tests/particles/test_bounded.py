@@ -1,7 +1,7 @@
-"""Memory bounded by blocks whatever n, P and Q (issue 10).
+"""Memory bounded by blocks whatever n, P and Q.
 
-A fused step holds its kept buffer (``KEEP`` elements per calling thread), one or two
-cache-sized tiles per thread (``BLOCK``), the SGD batches drawn ahead
+A fused step holds its kept buffer (``parallel.KEEP`` elements per calling thread), one
+or two cache-sized tiles per thread (``parallel.TILE``), the SGD batches drawn ahead
 (``dynamics.DRAW_BUDGET``) and arrays of O((n + Q)·d); never an (n, Q) array. With the
 budgets shrunk (so that blocking, rebuilt tiles and threads are exercised):
 

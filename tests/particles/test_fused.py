@@ -2,8 +2,8 @@
 
 Dot-product units (``test_units_*``): :meth:`SigmoidUnit.pullback` for sigmoid, tanh and
 relu, with shared nodes (Q, d) and per-member SGD batches (B, P, d), n = 0 and 1, and the
-blocked path (tiny ``_BLOCK`` / ``_KEEP``: ragged blocks, blocks built again in the
-backward pass) against the unblocked one.
+blocked path (tiny ``parallel.TILE`` / ``parallel.KEEP``: ragged blocks, blocks built
+again in the backward pass) against the unblocked one.
 
 Tolerance: both sides compute the same sums in another order (pre-activation with the
 bias inside the product, blocked BLAS sums over units and nodes), so they agree to a few
@@ -71,7 +71,7 @@ def test_units_blocked_matches_unblocked(monkeypatch, activation, batched, block
 
 def test_units_memory_is_bounded_by_the_budget(monkeypatch):
     """With a small budget the step never holds an (n, Q) array: the work buffer stays
-    within _KEEP + 2 _BLOCK elements, and the peak of new allocations within the outputs
+    within KEEP + 2 TILE elements, and the peak of new allocations within the outputs
     (80 kB) plus 200 kB (the buffer, 10 kB; the block lists, O(n / rows) Python tuples,
     about 60 kB here), below one (n, Q) array (n Q = 10^5 doubles, 800 kB; the generic
     pull-back peaks at 7.2 MB here)."""
