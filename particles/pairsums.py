@@ -125,8 +125,9 @@ def circle_contract(y, y2, w, kappa, *, block=None, threads=None):
         return k, g
     U = np.stack([np.cos(y / 2), np.sin(y / 2)], axis=-1)  # (B, n, 2)
     c2, s2 = np.cos(y2 / 2), np.sin(y2 / 2)
-    # five work arrays per tile: a quarter of a tile's pairs keeps them in cache together
-    elements = (max(1, tile_elements(2) // 4) if block is None
+    # five work arrays per tile, a sixteenth of a tile each: 320 KiB together, in cache
+    # beside the factors (this sum is bound by the Bessel functions, not the tile size)
+    elements = (max(1, tile_elements(2) // 16) if block is None
                 else tile_elements(2, block))
     mblocks, rblocks, cblocks = _tiles(B, n, m, elements)
     wk = w[..., None]

@@ -42,9 +42,11 @@ __all__ = ["get_threads", "set_threads", "threads", "map_blocks", "ThreadBuffer"
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
               "MFPC_THREADS": "1"}
-#: Elements of one tile of pair values built while it stays in cache (2**15 float64 =
-#: 256 KiB: a tile and its factors in a per-core L2; docs/benchmarks.md, "One block size").
-TILE = 2**15
+#: Most elements of one tile of pair values built while it stays in cache (2**17 float64
+#: = 1 MiB, a per-core L2 here). The BLAS bound of :func:`tile_elements` binds first for
+#: every factor width k >= 3: 87381 elements for k = 3, 37449 for k = 7, 23831 for k = 11
+#: (docs/benchmarks.md, "One block size and one thread pool").
+TILE = 2**17
 #: OpenBLAS runs a gemm on one thread while m·n·k < 2**18 (65536 × its
 #: GEMM_MULTITHREAD_THRESHOLD of 4); a tile's products stay below it. A thin gemm that
 #: wakes the BLAS threads cost 20-70x more on a busy 2-core machine (measured:

@@ -153,7 +153,7 @@ def test_far_from_origin_line_form():
 def test_no_n_by_n_by_d_array(key, d):
     """n = 600: an (n, n) float64 array is 2.9 MB, an (n, n, d) one d times more; the fused
     velocity's peak traced allocation stays below half of one (n, n) array (its tiles are
-    at most TILE = 2**15 pairs, 256 KiB, plus O(n·d) vectors), while the reference's
+    at most SINGLE_GEMM // k pairs, under 1 MiB, plus O(n·d) vectors), while the reference's
     is above the (n, n, d) size, so the check can fail."""
     kernel, form = _form(key, d)
     n = 600
