@@ -14,8 +14,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from particles.engine import parallel
-
 from meanfield.grid import fv
 from meanfield.grid.cells import Grid
 from meanfield.grid.potentials import DataPotential, _choose_potential
@@ -57,13 +55,12 @@ class GridSolver:
     tau : float
         Diffusion (Langevin temperature), ≥ 0.
     potential : {"auto", "data", "fft"}
-    block : int, optional
-        Elements per cache block of the sweeps (default the one tile size
-        :data:`particles.engine.parallel.TILE`; results do not depend on it).
+    block : int
+        Elements per cache block of the sweeps (a tuning knob; results do not depend on it).
     """
 
     def __init__(self, problem, grid: Grid, *, tau: float = 0.0, potential: str = "auto",
-                 block: int | None = None):
+                 block: int = 2**15):
         if tau < 0:
             raise ValueError(f"tau={tau} must be >= 0")
         self.problem, self.grid, self.tau = problem, grid, float(tau)
@@ -72,7 +69,6 @@ class GridSolver:
         self.c = grid.c_centres
         shape = grid.shape
         self.bcs = tuple(fv.PERIODIC if p else fv.WALL for p in grid.y_periodic) + (fv.OUTFLOW,)
-        block = parallel.TILE if block is None else block
         self._sweeps = [fv.AxisSweep(shape, ax, bc, block) for ax, bc in enumerate(self.bcs)]
         self._k = [np.empty(shape) for _ in range(3)]
         self._stage = [np.empty(shape) for _ in range(2)]
