@@ -241,7 +241,8 @@ def forward_run(problem, ts, *, grid=None, partial=None, progress=None) -> Forwa
     """The forward run of the influence method, every step recorded (:class:`ForwardRun`).
 
     ``grid``: the nodes and step (:func:`influence_grid`); ``partial``: as
-    :func:`influence_matrices`."""
+    :func:`influence_matrices`; ``progress``: the progress bar (``None`` shows it only on
+    a terminal)."""
     g = influence_grid(grid)
     dt = g["dt"]
     y, c, w = characteristic_nodes(problem, g["y"], g["c"])
@@ -272,7 +273,8 @@ def adjoint_sweep(problem, fw: ForwardRun, ts, *, rank_tol, after_step=None, par
     the cotangents of :math:`f_0(T_k, x)` (SVD-reduced) at every save time.
 
     ``after_step(old, new)`` is called after every reverse step (both
-    :class:`AdjointState`; ``new.k`` indexes ``fw.starts``).
+    :class:`AdjointState`; ``new.k`` indexes ``fw.starts``); ``progress``: the progress
+    bar (``None`` shows it only on a terminal).
 
     Returns
     -------
@@ -325,6 +327,8 @@ def influence_matrices(problem, save_times, *, grid=None, rank_tol=RANK_TOL, par
     ----------
     partial : callable ``(f0, message) -> xarray.Dataset``, optional
         Builds the partial result of a failure from ``f0`` (T, Q) observed so far.
+    progress : bool or None
+        Progress bar; ``None`` shows it only on a terminal.
 
     Returns
     -------
@@ -363,6 +367,8 @@ def c_domain(problem) -> list:
 def clt_covariance_influence(problem, save_times, *, grid=None, rank_tol=RANK_TOL,
                              progress: bool | None = None) -> xr.Dataset:
     r"""Predicted covariance of :math:`\sqrt n (f_n - f_0)(t)` by the influence method.
+
+    ``progress``: the progress bar (``None`` shows it only on a terminal).
 
     Returns
     -------

@@ -149,7 +149,7 @@ def sgd_covariance_ensemble(problem, save_times, dynamics=None, *,
         Its batch schedule sets :math:`\theta(s)/\theta_{ref}`; ``None``: constant θ.
     members : int
         Ensemble size M ≥ 2.
-    grid, phi_tol, chunk
+    grid, phi_tol, chunk, progress
         As :func:`meanfield.linearised.clt_covariance_ensemble`.
     root_seed : int
         The generator is PCG64 of ``SeedSequence(root_seed, spawn_key=(SGD_KEY,))``.

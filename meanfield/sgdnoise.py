@@ -125,6 +125,8 @@ def sgd_covariance_influence(problem, save_times, dynamics=None, *, grid=None,
         ``None``: a constant θ.
     grid, rank_tol
         As :func:`meanfield.influence.clt_covariance_influence`.
+    progress : bool or None
+        Progress bar; ``None`` shows it only on a terminal.
 
     Returns
     -------

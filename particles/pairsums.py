@@ -1,76 +1,38 @@
-r"""Blocked pair sums :math:`\sum_m k(y_i, y'_m) R_m` of the fused (F, K) form (issue 10).
+r"""Blocked pair sums :math:`\sum_m k(y_i, y'_m) R_m` of the fused (F, K) form.
 
 The tiles, threads and contractions behind :mod:`particles.kernelforms`:
 :func:`exp_contract` (:math:`\sum_m e^{U_i\cdot V_m} R_m` for any thin factors),
 :func:`exp_contract_sym` (the same for a symmetric exponent, each pair of tiles
 exponentiated once) and :func:`circle_contract` (the circle's Bessel closed form). No
-array larger than a tile of ``block`` pair values is built; tiles are sized for the cache
-and their products kept below OpenBLAS's threading threshold (as in
-:mod:`particles.kernels.expblocks`); threads run over blocks (numpy releases the GIL in
-``exp`` and the products). No Python loop runs over single particles or members.
+array larger than a tile of pair values is built. The tile sizes, the thread pool and
+the accumulators of a symmetric sum are the one policy of :mod:`particles.engine.parallel`
+(:data:`~particles.engine.parallel.TILE` capped by
+:func:`~particles.engine.parallel.tile_elements`, threads from
+:data:`~particles.engine.parallel.MIN_WORK` pair terms through
+:func:`~particles.engine.parallel.map_blocks`, :data:`~particles.engine.parallel.PARTS`
+accumulators); the block partition never depends on the number of threads, so the sums
+are bitwise the same for any number. No Python loop runs over single particles or members.
 """
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 from scipy import special
 
-from particles.engine.parallel import ThreadBuffer, get_threads
+from particles.engine import parallel
+from particles.engine.parallel import ThreadBuffer, map_blocks, tile_elements
 
-__all__ = ["exp_contract", "exp_contract_sym", "circle_contract", "BLOCK", "PARTS"]
-
-
-#: Elements of one tile of pair values (256 KiB: in L2 with its factors).
-BLOCK = 2**15
-#: OpenBLAS runs a gemm on one thread while m·n·k < 2**18; a tile's products stay below.
-SINGLE = 2**18
-#: Threads over row blocks (numpy releases the GIL in ``exp`` and the products): used
-#: when a member block has at least ``PARALLEL`` pairs, so small steps pay no start-up;
-#: how many is :func:`particles.engine.parallel.get_threads` (``MFPC_THREADS``, ``threads(k)``).
-PARALLEL = 2**18
-#: Accumulators of a large symmetric sum (:func:`exp_contract_sym`): a fixed number, run
-#: on as many threads as allowed, summed in order, so that the result is bitwise the same
-#: whatever the number of threads.
-PARTS = 2
+__all__ = ["exp_contract", "exp_contract_sym", "circle_contract"]
 
 #: This thread's tile buffer.
 _work = ThreadBuffer()
 
 
-def _in_threads(work, rblocks, threads):
-    """``work(part)`` on ``threads`` contiguous parts of the list ``rblocks`` (row blocks
-    or tile pairs), each part in its own thread, the first in the caller's."""
-    cuts = [k * len(rblocks) // threads for k in range(threads + 1)]
-    parts = [rblocks[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
-    if len(parts) < 2:
-        work(rblocks)
-        return
-    errors = []
-
-    def guarded(part):
-        try:
-            work(part)
-        except BaseException as e:  # pragma: no cover - re-raised below
-            errors.append(e)
-
-    others = [threading.Thread(target=guarded, args=(p,)) for p in parts[1:]]
-    for t in others:
-        t.start()
-    guarded(parts[0])
-    for t in others:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
-def _threads(threads, pairs):
-    """The threads asked for, or by default :func:`~particles.engine.parallel.get_threads` for
-    ``PARALLEL`` pairs or more (else 1)."""
-    if threads is not None:
-        return max(1, int(threads))
-    return get_threads() if pairs >= PARALLEL else 1
+def _run(fn, blocks, work, threads):
+    """``fn(*block)`` for every block (each writes its own outputs), on the pool."""
+    for _ in map_blocks(fn, blocks, work, threads):
+        pass
 
 
 def _tiles(B, n, m, elements):
@@ -93,11 +55,12 @@ def exp_contract(U, V, R, *, block=None, threads=None):
     V : ndarray, shape (B, k, m)
     R : ndarray, shape (B, m, r)
     block : int, optional
-        Pair values per tile (default ``BLOCK``, capped so the products stay on one BLAS
-        thread); tests force ragged tiles with tiny values.
+        Pair values per tile (default :data:`~particles.engine.parallel.TILE`, capped so
+        the products stay on one BLAS thread); tests force ragged tiles with tiny values.
     threads : int, optional
-        Threads over the row blocks (default: ``get_threads()`` when a member has at least
-        ``PARALLEL`` pairs, else 1).
+        At most this many threads over the row blocks (default
+        :func:`~particles.engine.parallel.get_threads`; threads only from
+        :data:`~particles.engine.parallel.MIN_WORK` pairs).
 
     Returns
     -------
@@ -108,26 +71,23 @@ def exp_contract(U, V, R, *, block=None, threads=None):
     S = np.zeros((B, n, r))
     if n == 0 or m == 0 or B == 0:
         return S
-    elements = min(BLOCK if block is None else int(block), SINGLE // max(k, r, 1))
+    elements = tile_elements(max(k, r), block)
     mblocks, rblocks, cblocks = _tiles(B, n, m, elements)
     matmul, exp = np.matmul, np.exp
 
-    def work(rows):
-        buf = _work(max(1, elements))
-        St = np.empty((B, min(n, max(1, elements)), r))
+    def rows(i0, i1):
+        buf = _work(elements)
         for b0, b1 in mblocks:
+            out = np.empty((b1 - b0, i1 - i0, r))
+            acc = S[b0:b1, i0:i1]
             for j0, j1 in cblocks:
-                Vj, Rj = V[b0:b1, :, j0:j1], R[b0:b1, j0:j1]
-                for i0, i1 in rows:
-                    T = buf[: (b1 - b0) * (i1 - i0) * (j1 - j0)].reshape(
-                        b1 - b0, i1 - i0, j1 - j0)
-                    matmul(U[b0:b1, i0:i1], Vj, out=T)
-                    exp(T, out=T)
-                    out = St[: b1 - b0, : i1 - i0]
-                    matmul(T, Rj, out=out)
-                    S[b0:b1, i0:i1] += out
+                T = buf[: (b1 - b0) * (i1 - i0) * (j1 - j0)].reshape(b1 - b0, i1 - i0, j1 - j0)
+                matmul(U[b0:b1, i0:i1], V[b0:b1, :, j0:j1], out=T)
+                exp(T, out=T)
+                matmul(T, R[b0:b1, j0:j1], out=out)
+                acc += out
 
-    _in_threads(work, rblocks, _threads(threads, n * m))
+    _run(rows, rblocks, B * n * m, threads)
     return S
 
 
@@ -165,18 +125,20 @@ def circle_contract(y, y2, w, kappa, *, block=None, threads=None):
         return k, g
     U = np.stack([np.cos(y / 2), np.sin(y / 2)], axis=-1)  # (B, n, 2)
     c2, s2 = np.cos(y2 / 2), np.sin(y2 / 2)
-    # five work arrays per tile: a quarter of BLOCK pairs keeps them in cache together
-    elements = max(1, min(BLOCK // 4 if block is None else int(block), SINGLE // 2))
+    # five work arrays per tile, a sixteenth of a tile each: 320 KiB together, in cache
+    # beside the factors (this sum is bound by the Bessel functions, not the tile size)
+    elements = (max(1, tile_elements(2) // 16) if block is None
+                else tile_elements(2, block))
     mblocks, rblocks, cblocks = _tiles(B, n, m, elements)
     wk = w[..., None]
-    _in_threads(lambda rows: _circle_tiles(U, c2, s2, wk, kappa, k, g, mblocks, rows,
-                                           cblocks, elements),
-                rblocks, _threads(threads, n * m))
+    _run(lambda i0, i1: _circle_tiles(U, c2, s2, wk, kappa, k, g, mblocks, i0, i1, cblocks,
+                                      elements),
+         rblocks, B * n * m, threads)
     return k, g
 
 
-def _circle_tiles(U, c2, s2, wk, kappa, k, g, mblocks, rblocks, cblocks, elements):
-    """The tiles of :func:`circle_contract` over the given row blocks (one thread)."""
+def _circle_tiles(U, c2, s2, wk, kappa, k, g, mblocks, i0, i1, cblocks, elements):
+    """The tiles of :func:`circle_contract` on the row block ``i0:i1`` (one thread)."""
     buf = _work(5 * elements)
     for b0, b1 in mblocks:
         for j0, j1 in cblocks:
@@ -185,27 +147,26 @@ def _circle_tiles(U, c2, s2, wk, kappa, k, g, mblocks, rblocks, cblocks, element
             V[:, 0, :mj], V[:, 1, :mj] = c2[b0:b1, j0:j1], s2[b0:b1, j0:j1]
             V[:, 0, mj:], V[:, 1, mj:] = -s2[b0:b1, j0:j1], c2[b0:b1, j0:j1]
             wj = wk[b0:b1, j0:j1]
-            for i0, i1 in rblocks:
-                size = (b1 - b0) * (i1 - i0) * mj
-                CS = buf[: 2 * size].reshape(b1 - b0, i1 - i0, 2 * mj)
-                np.matmul(U[b0:b1, i0:i1], V, out=CS)
-                cz, sz = CS[..., :mj], CS[..., mj:]
-                z = buf[2 * size : 3 * size].reshape(cz.shape)
-                e = buf[3 * size : 4 * size].reshape(cz.shape)
-                t = buf[4 * size : 5 * size].reshape(cz.shape)
-                np.sign(cz, out=t)
-                sz *= t  # sign(cos) sin
-                np.abs(cz, out=z)
-                z *= 2 * kappa
-                np.subtract(z, 2 * kappa, out=e)
-                np.exp(e, out=e)
-                special.i0e(z, out=t)
-                t *= e
-                k[b0:b1, i0:i1] += np.matmul(t, wj)[..., 0]
-                special.i1e(z, out=t)
-                t *= e
-                t *= sz
-                g[b0:b1, i0:i1] -= kappa * np.matmul(t, wj)[..., 0]
+            size = (b1 - b0) * (i1 - i0) * mj
+            CS = buf[: 2 * size].reshape(b1 - b0, i1 - i0, 2 * mj)
+            np.matmul(U[b0:b1, i0:i1], V, out=CS)
+            cz, sz = CS[..., :mj], CS[..., mj:]
+            z = buf[2 * size : 3 * size].reshape(cz.shape)
+            e = buf[3 * size : 4 * size].reshape(cz.shape)
+            t = buf[4 * size : 5 * size].reshape(cz.shape)
+            np.sign(cz, out=t)
+            sz *= t  # sign(cos) sin
+            np.abs(cz, out=z)
+            z *= 2 * kappa
+            np.subtract(z, 2 * kappa, out=e)
+            np.exp(e, out=e)
+            special.i0e(z, out=t)
+            t *= e
+            k[b0:b1, i0:i1] += np.matmul(t, wj)[..., 0]
+            special.i1e(z, out=t)
+            t *= e
+            t *= sz
+            g[b0:b1, i0:i1] -= kappa * np.matmul(t, wj)[..., 0]
 
 
 def exp_contract_sym(U, V, R, *, block=None, threads=None):
@@ -213,8 +174,9 @@ def exp_contract_sym(U, V, R, *, block=None, threads=None):
     U_j\cdot V_{\cdot i}` (the units' own sums, m = n): each tile of pairs (I, J) with
     I < J is exponentiated once and serves both :math:`S_I \mathrel{+}= T R_J` and
     :math:`S_J \mathrel{+}= T^\top R_I`, so a step takes n(n + t)/2 ``exp`` (t the tile
-    side) instead of n². Square tiles of at most ``block`` pairs; from ``PARALLEL`` pairs
-    the tile pairs are cut into :data:`PARTS` contiguous parts (whatever the number of
+    side) instead of n². Square tiles of at most ``block`` pairs; from
+    :data:`~particles.engine.parallel.MIN_WORK` pair terms (B n²) the tile pairs are cut
+    into :data:`~particles.engine.parallel.PARTS` contiguous parts (whatever the number of
     threads), each with its own accumulator, summed in order at the end: the threads only
     choose who runs a part, so the result is bitwise the same for any number of threads.
 
@@ -226,25 +188,26 @@ def exp_contract_sym(U, V, R, *, block=None, threads=None):
     S = np.zeros((B, n, r))
     if n == 0 or B == 0:
         return S
-    elements = max(1, min(BLOCK if block is None else int(block), SINGLE // max(k, r, 1)))
+    elements = tile_elements(max(k, r), block)
     t = max(1, min(n, math.isqrt(elements)))
     mem = max(1, min(B, elements // (t * t)))
     mblocks = [(b, min(b + mem, B)) for b in range(0, B, mem)]
     edges = [(i, min(i + t, n)) for i in range(0, n, t)]
     pairs = [(I, J) for a, I in enumerate(edges) for J in edges[a:]]
     matmul, exp = np.matmul, np.exp
-    nparts = min(PARTS, len(pairs)) if n * n // 2 >= PARALLEL else 1
+    work = B * n * n  # pair terms summed: each tile off the diagonal serves two
+    nparts = min(parallel.PARTS, len(pairs)) if work >= parallel.MIN_WORK else 1
     cuts = [p * len(pairs) // nparts for p in range(nparts + 1)]
     parts = [pairs[a:b] for a, b in zip(cuts, cuts[1:])]
     accs = [S] + [np.zeros((B, n, r)) for _ in parts[1:]]
 
-    def work(p):
-        part, Sl = parts[p], accs[p]
+    def part(p):
+        Sl = accs[p]
         buf = _work(elements)
         St = np.empty((mem, t, r))
         for b0, b1 in mblocks:
             bb = b1 - b0
-            for (i0, i1), (j0, j1) in part:
+            for (i0, i1), (j0, j1) in parts[p]:
                 T = buf[: bb * (i1 - i0) * (j1 - j0)].reshape(bb, i1 - i0, j1 - j0)
                 matmul(U[b0:b1, i0:i1], V[b0:b1, :, j0:j1], out=T)
                 exp(T, out=T)
@@ -256,8 +219,7 @@ def exp_contract_sym(U, V, R, *, block=None, threads=None):
                     matmul(np.swapaxes(T, 1, 2), R[b0:b1, i0:i1], out=out)
                     Sl[b0:b1, j0:j1] += out
 
-    _in_threads(lambda ps: [work(p) for p in ps], list(range(nparts)),
-                min(nparts, _threads(threads, n * n // 2)))
+    _run(part, [(p,) for p in range(nparts)], work, threads)
     for Sl in accs[1:]:
         S += Sl
     return S

@@ -19,7 +19,8 @@ import xarray as xr
 from particles.dynamics import Dynamics
 from particles.engine.loop import NumericalFailure, check_save_times, run  # noqa: F401 - re-exported
 from particles.engine.results import dataset as cf_dataset
-from particles.engine.results import VARIABLES, run_status, x_coord
+from particles.engine.results import run_status, x_coord
+from particles.engine.variables import VARIABLES
 from particles.steppers import ParticleStepper
 
 __all__ = ["simulate", "member_rng", "NumericalFailure"]

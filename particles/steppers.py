@@ -37,9 +37,9 @@ from typing import NamedTuple
 import numpy as np
 
 from particles.dynamics import Batches, Dynamics, State, step
-from particles.engine.loop import Divergence
+from particles.engine.loop import Divergence, lands, substeps
 
-__all__ = ["ParticleState", "ParticleStepper", "substeps", "Watch", "GD_RTOL", "ATOL",
+__all__ = ["ParticleState", "ParticleStepper", "Watch", "GD_RTOL", "ATOL",
            "NOISY_FACTOR", "STATE_FACTOR"]
 
 #: GD: largest relative rise of the loss over its running minimum. Round-off of the loss
@@ -87,11 +87,6 @@ class ParticleState(NamedTuple):
     draws: Batches | None = None
 
 
-def substeps(t0, t1, dt):
-    """Number of equal steps of size <= dt from t0 to t1."""
-    return max(0, math.ceil((t1 - t0) / dt - 1e-9))
-
-
 class ParticleStepper:
     r"""Fixed equal substeps of :func:`particles.dynamics.step` between save times.
 
@@ -133,8 +128,7 @@ class ParticleStepper:
 
     def propose(self, state, t_start, t_end):
         self._t_end = t_end  # the save time the step heads for (checked on landing)
-        m = substeps(t_start, t_end, self.dynamics.dt)
-        return (t_end - t_start) / m if m else 0.0
+        return substeps(t_start, t_end, self.dynamics.dt)[1]
 
     def _stride(self, state):
         """Steps between two loss evaluations on the nodes (SGD, kernel form)."""
@@ -163,8 +157,8 @@ class ParticleStepper:
             watch = Watch(l0.copy(), l0.copy(), cref, lref, 0)
         steps = watch.steps + 1
         # a step that lands on a save time is checked at its end, before it is observed
-        lands = self._t_end is not None and self._t_end - new.t <= 0.5 * h
-        if lands or (not seen and steps % self._stride(state) == 0):
+        landing = self._t_end is not None and lands(new.t, self._t_end, h)
+        if landing or (not seen and steps % self._stride(state) == 0):
             seen.append(self._loss(new.y, new.c))
         for loss in seen:
             if self._broken(watch) is not None:

@@ -11,12 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from particles.engine.config import require
+from particles.engine.parallel import SINGLE_GEMM
 
 __all__ = ["FourierTarget", "TeacherNetwork", "ThreeSpin", "GaussianMixture", "FileTarget"]
-
-#: OpenBLAS runs a gemm on one thread while m·n·k < 2**18 (as
-#: :data:`particles.kernels.expblocks.SINGLE`).
-SINGLE_GEMM = 2**18
 
 
 class FourierTarget:
@@ -116,7 +113,8 @@ class ThreeSpin:
 
         One matrix product with the (d², d) matrix of (4.6) on the outer products
         :math:`x_q x_r`, in chunks of rows that bound the memory and keep each product
-        below OpenBLAS's threading threshold (m·n·k < :data:`SINGLE_GEMM`: a product that
+        below OpenBLAS's threading threshold (m·n·k <
+        :data:`particles.engine.parallel.SINGLE_GEMM`: a product that
         wakes the BLAS threads costs several times more on a busy machine, measured 8 ms
         against 1 ms for an SGD batch of 1600 points in d = 10).
         """

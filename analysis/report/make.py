@@ -41,7 +41,7 @@ from analysis.checks.mkernel import mkernel_checks
 from analysis.checks.power import VERDICTS, bootstrap_min_seeds, judge, slope_alternatives
 from analysis.store.runfolder import check_writable, holding, read_run
 from analysis.checks.sgd import gd_rows_na, sgd_checks, sgd_rows
-from analysis.store.variables import cf_meta
+from particles.engine.variables import cf_meta
 
 __all__ = ["make_report", "Row", "rows", "render", "REPORT_SPAWN_KEY"]
 

@@ -150,7 +150,7 @@ def steps_check(t_last, dynamics, mf=None, fl=None):
 
 
 #: elements of the work buffers a fused step keeps per thread (tiles of the pull-backs,
-#: ``particles.kernels.expblocks.KEEP`` and its kin, with room), and threads counted
+#: ``particles.engine.parallel.KEEP`` plus its tiles, with room), and threads counted
 FUSED_WORK, FUSED_THREADS = 2**22, 2
 
 
@@ -216,11 +216,16 @@ def particles_need(problem, dynamics, parts, T) -> Need:
 
 
 def _largest_batch(batch, nmax):
-    """The largest SGD batch size P of ``dynamics.batch`` (a number, the scaling
-    P = ceil(P0 n^(2 alpha)), or a schedule of either)."""
+    """The largest SGD batch size P of ``dynamics.batch`` at n = ``nmax`` (a number, the
+    scaling of :func:`particles.dynamics.scaled_batch`, or a schedule of either);
+    ``inf`` for a scaling beyond the floats."""
+    from particles.dynamics import scaled_batch
+
     if isinstance(batch, dict):
-        P = batch["P0"] * float(nmax) ** (2 * batch["alpha"])
-        return math.ceil(P) if math.isfinite(P) else math.inf
+        try:
+            return scaled_batch(batch, nmax)
+        except (OverflowError, ValueError):  # P0 n^(2 alpha) is inf or nan
+            return math.inf
     if isinstance(batch, list):
         return max(_largest_batch(v, nmax) for _, v in batch)
     return float(batch)

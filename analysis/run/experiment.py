@@ -41,7 +41,7 @@ from analysis.run.schema import (DYNAMICS_SCHEMA, FLUCTUATIONS_SCHEMA, MEANFIELD
 from analysis.store.runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
                         run_id)
 from analysis.sweep.driver import SectionFailure, TasksFailed, check_tasks, run_sweep
-from analysis.store.variables import cf_meta
+from particles.engine.variables import cf_meta
 
 __all__ = ["load_config", "resolve", "run_config", "run_experiment", "run_task", "Experiment",
            "ConfigError", "SectionFailure", "TasksFailed", "TITLES"]

@@ -353,9 +353,7 @@ def _dataset(problem, grid, ts, out, attrs):
     coords.update(grid.coords())
     if "rho_0" in out:
         data["rho_0"] = (("t",) + grid.dims, out["rho_0"])
-    meta = {name: (f"unit position coordinate y_{k} (cell centre)", "1")
-            for k, name in enumerate(grid.y_dims) if name != "y"}
-    return cf_dataset(data, coords, attrs, title="mfpc mean-field limit (grid)", meta=meta)
+    return cf_dataset(data, coords, attrs, title="mfpc mean-field limit (grid)")
 
 
 # -- particles on the grid ----------------------------------------------------------------

@@ -1,12 +1,16 @@
 r"""The grid stepper: SSP-RK3 steps of the CCH scheme for (2.9) under :func:`particles.engine.loop.run`.
 
-Adaptive steps (``dt=None``): each step is ``h = (t_end - t)/k`` with the smallest ``k``
-giving ``h <= cfl * bound(m)`` (the positivity bound of :class:`GridSolver` with the
-support widened by two cells); a step whose later stages have a smaller bound is redone
-shorter (the stepper then returns a state whose time says so). Fixed steps (``dt``): equal
-substeps ``<= dt`` between save times and a ValueError when one exceeds the bound.
+Both step sizes come from the one rule :func:`particles.engine.loop.substeps`. Adaptive
+steps (``dt=None``): each step is ``h = (t_end - t)/k``, the equal substeps of what is left
+of the interval at most ``cfl * bound(m)`` (the positivity bound of :class:`GridSolver`
+with the support widened by two cells; one step of what is left when it is shorter than
+``1e-9`` of that); a step whose later stages have a smaller bound is redone shorter (the
+stepper then returns a state whose time says so). Fixed steps (``dt``): the equal
+substeps ``<= dt`` of the interval, each step spreading what is left over the steps left
+(so the last one ends on the save time up to round-off), and a ValueError when one exceeds
+the bound.
 
-Divergence that stays finite (issue 9; :class:`GridWatch`): the scheme is conservative and,
+Divergence that stays finite (:class:`GridWatch`): the scheme is conservative and,
 below its bound, positive, so the total mass plus the outflow may not grow and no cell may
 turn negative beyond :data:`MASS_RTOL` of the mass; the mean-field loss (1.2) may not
 exceed :data:`LOSS_FACTOR` times its running minimum (a factor, not round-off: with
@@ -22,8 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from particles.engine.loop import Divergence
-from particles.steppers import ATOL, substeps
+from particles.engine.loop import Divergence, substeps
+from particles.steppers import ATOL
 
 from meanfield.defaults import GRID
 from meanfield.grid.solver import GridSolver
@@ -94,11 +98,14 @@ class GridStepper:
         if not left > 0:
             return 0.0
         if self.dt is not None:
-            n = substeps(t_start, t_end, self.dt)  # > 0 since left > 0
+            _, h = substeps(t_start, t_end, self.dt)  # > 0 since left > 0
             # steps left in this interval: exact integer up to round-off in t
-            return left / max(round(left / ((t_end - t_start) / n)), 1)
+            return left / max(round(left / h), 1)
         b = self.solver.step_bound(state.m)
-        return left / max(1, math.ceil(left / (self.cfl * b) - 1e-9)) if b < math.inf else left
+        if not b < math.inf:
+            return left
+        k, h = substeps(state.t, t_end, self.cfl * b)
+        return h if k else left
 
     def step(self, state, h):
         s, m = self.solver, state.m
@@ -116,7 +123,7 @@ class GridStepper:
                 )
             if attempt == 30:  # pragma: no cover - the bound moves by O(h) per stage
                 raise RuntimeError(f"no step below the positivity bound at t={state.t:.6g}")
-            h = left / math.ceil(left / (self.cfl * res.bound) - 1e-9)
+            h = substeps(0.0, left, self.cfl * res.bound)[1]  # span: left exactly
         w = state.watch
         if w is None:
             l0 = s.loss(m)

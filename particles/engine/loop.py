@@ -11,9 +11,10 @@ grid, the tangent-linear grid ensemble) declares its state and its step; the dri
     What to lower when the state stops being finite (``"lower dynamics.dt"``).
 ``propose(state, t_start, t_end) -> h``
     The next step from ``state`` inside the save interval ``[t_start, t_end]``; ``0``
-    when nothing is left to do. Fixed-step steppers return the equal substep
-    ``(t_end - t_start)/m``, ``m = ceil((t_end - t_start)/dt - 1e-9)``, computed from the
-    interval alone (so the numbers do not depend on where a run was restored).
+    when nothing is left to do. Fixed-step steppers return the equal substep ``h`` of
+    :func:`substeps` (``m = ceil((t_end - t_start)/dt - 1e-9)``, ``h = (t_end -
+    t_start)/m``), computed from the interval alone (so the numbers do not depend on
+    where a run was restored).
 ``step(state, h) -> state``
     One step; it may take a shorter one (the grid's redo) and says so by the time of
     the state it returns. States are ``NamedTuple`` with a float field ``t``.
@@ -30,17 +31,20 @@ grid, the tangent-linear grid ensemble) declares its state and its step; the dri
     ``restore`` on a freshly built stepper continues bitwise as a run that never stopped;
     :mod:`particles.engine.checkpoint` writes them inside long runs (``run(..., checkpoint=)``).
 
-A run lands on a save time when what is left is at most half the step just taken; the
-state's time is then set to the save time exactly.
+A run lands on a save time when what is left is at most half the step just taken
+(:func:`lands`); the state's time is then set to the save time exactly. These two
+functions are the only step-count and landing rule: the driver and every stepper call
+them.
 """
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["NumericalFailure", "Divergence", "run", "check_save_times"]
+__all__ = ["NumericalFailure", "Divergence", "run", "check_save_times", "substeps", "lands"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,31 @@ class NumericalFailure(RuntimeError):
 class Divergence(str):
     """What a stepper's ``check`` returns for a state that is finite but diverging: the
     text says what grew, from what, to what, and which rule it broke."""
+
+
+def substeps(t_start, t_end, dt):
+    """The equal steps of size at most ``dt`` from ``t_start`` to ``t_end``.
+
+    ``m = ceil((t_end - t_start)/dt - 1e-9)`` (at least 0; the ``1e-9`` keeps an interval
+    that is a whole number of steps up to round-off from taking one more) and ``h =
+    (t_end - t_start)/m``.
+
+    Returns
+    -------
+    m : int
+        The number of steps; 0 when the interval is shorter than ``1e-9 dt`` (or empty).
+    h : float
+        Their size; 0.0 when ``m`` is 0.
+    """
+    span = t_end - t_start
+    m = max(0, math.ceil(span / dt - 1e-9))
+    return m, (span / m if m else 0.0)
+
+
+def lands(t, t_end, h):
+    """Whether a step of size ``h`` that ended at ``t`` has landed on the save time
+    ``t_end``: what is left is at most half of it."""
+    return t_end - t <= 0.5 * h
 
 
 def check_save_times(save_times, t_end=None):
@@ -149,7 +178,7 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
                     taken = float(new.t) - float(state.t)
                     if after_step is not None:
                         after_step(state, new)
-                    landed = t1 - float(new.t) <= 0.5 * taken
+                    landed = lands(float(new.t), t1, taken)
                     state = new
                     bar.update(taken)
                     steps += 1

@@ -1,12 +1,20 @@
-r"""Threads over the blocks of a large step (numpy releases the GIL in its loops and BLAS).
+r"""The one thread pool and the one block-size policy of every blocked step.
 
-The fused pull-backs (:mod:`particles.kernels.expblocks`, the circle's series path) cut a
-step into blocks whose partition depends only on the problem's sizes and the kernels'
-block constants, never on the number of threads. :func:`map_blocks` runs a function over
-those blocks, on one thread or on a pool, and hands the results back **in block order**
-on the calling thread, so that every sum over blocks is taken in the same order whatever
-the number of threads: the results are bitwise identical for 1, 2 or more threads
-(``tests/particles/test_threads.py``).
+Block sizes. Every blocked computation (the fused pull-backs of
+:mod:`particles.kernels.expblocks`, the circle's series path, the pair sums of
+:mod:`particles.pairsums`) cuts its pair values (units × nodes, or units × units) into
+tiles of at most :data:`TILE` elements, fewer where a tile's matrix products would wake
+the BLAS threads (:func:`tile_elements`, :data:`SINGLE_GEMM`); a pull-back keeps at most
+:data:`KEEP` elements between its two passes (node blocks at least :data:`QMIN` wide);
+a large symmetric pair sum takes :data:`PARTS` accumulators. These constants are the only
+block sizes; the partition depends on them and on the problem's sizes only, never on the
+number of threads.
+
+Threads. :func:`map_blocks` runs a function over those blocks, on one thread or on one
+kept pool, and hands the results back **in block order** on the calling thread, so that
+every sum over blocks is taken in the same order whatever the number of threads: the
+results are bitwise identical for 1, 2 or more threads
+(``tests/particles/test_threads.py``, ``tests/particles/test_fused_kform.py``).
 
 The number of threads a step may use is ``get_threads()``: from :func:`set_threads` or the
 context manager :func:`threads`, else the environment variable ``MFPC_THREADS``, else
@@ -24,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["get_threads", "set_threads", "threads", "map_blocks", "ThreadBuffer", "MIN_WORK",
+__all__ = ["get_threads", "set_threads", "threads", "map_blocks", "ThreadBuffer",
+           "tile_elements", "TILE", "SINGLE_GEMM", "KEEP", "QMIN", "PARTS", "MIN_WORK",
            "TASK_WORK", "ONE_THREAD"]
 
 #: The environment of a worker process that must use one core (sweep executors start their
@@ -33,7 +42,27 @@ __all__ = ["get_threads", "set_threads", "threads", "map_blocks", "ThreadBuffer"
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
               "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1",
               "MFPC_THREADS": "1"}
-#: Fewest elements of work (pairs of units and nodes) for which a step uses threads.
+#: Most elements of one tile of pair values built while it stays in cache (2**17 float64
+#: = 1 MiB, a per-core L2 here). The BLAS bound of :func:`tile_elements` binds first for
+#: every factor width k >= 3: 87381 elements for k = 3, 37449 for k = 7, 23831 for k = 11
+#: (docs/benchmarks.md, "One block size and one thread pool").
+TILE = 2**17
+#: OpenBLAS runs a gemm on one thread while m·n·k < 2**18 (65536 × its
+#: GEMM_MULTITHREAD_THRESHOLD of 4); a tile's products stay below it. A thin gemm that
+#: wakes the BLAS threads cost 20-70x more on a busy 2-core machine (measured:
+#: (128, 7) @ (7, 1024) 24 ms threaded against 0.3 ms on one thread).
+SINGLE_GEMM = 2**18
+#: Elements of pair values a pull-back keeps from its forward sum to its contraction
+#: (2**20 float64 = 8 MiB per calling thread); beyond, tiles are built again.
+KEEP = 2**20
+#: Fewest node columns per block of a pull-back (narrower blocks make the products too
+#: thin).
+QMIN = 32
+#: Accumulators of a symmetric pair sum of at least :data:`MIN_WORK` pair terms
+#: (:func:`particles.pairsums.exp_contract_sym`): a fixed number, whatever the threads.
+PARTS = 2
+#: Fewest elements of work (pairs of units and nodes, or pair terms) for which a step
+#: uses threads.
 MIN_WORK = 2**20
 #: Elements of work gathered in one task handed to the pool (about 1 ms): consecutive
 #: blocks are grouped so that the hand-over cost stays near 5% of the work.
@@ -69,6 +98,20 @@ class ThreadBuffer:
     def size(self) -> int:
         buf = getattr(self._local, "buf", None)
         return 0 if buf is None else buf.size
+
+
+def tile_elements(k, block=None) -> int:
+    """Elements of one tile whose products with factors ``k`` wide stay on one BLAS
+    thread: ``min(block or TILE, SINGLE_GEMM // k)``, at least 1.
+
+    Parameters
+    ----------
+    k : int
+        The widest factor of the tile's products (inner or outer dimension).
+    block : int, optional
+        A smaller tile instead of :data:`TILE` (tests force ragged tiles with it).
+    """
+    return max(1, min(TILE if block is None else int(block), SINGLE_GEMM // max(int(k), 1)))
 
 
 def _default_threads() -> int:
@@ -140,7 +183,7 @@ def _task(fn, chunk, err):
         return [fn(*blk) for blk in chunk]
 
 
-def map_blocks(fn, blocks, work):
+def map_blocks(fn, blocks, work, threads=None):
     """``fn(*block)`` for every block, yielded in block order on the calling thread.
 
     Parameters
@@ -152,13 +195,15 @@ def map_blocks(fn, blocks, work):
         The block partition, fixed independently of the number of threads.
     work : int
         Elements of work in all (threads only when at least :data:`MIN_WORK`).
+    threads : int, optional
+        At most this many threads instead of :func:`get_threads`.
 
     Yields
     ------
     object
         ``fn(*block)``, in the order of ``blocks``.
     """
-    k = get_threads()
+    k = get_threads() if threads is None else max(1, int(threads))
     if (k == 1 or work < MIN_WORK or len(blocks) < 2
             or threading.current_thread().name.startswith(_PREFIX)):
         for blk in blocks:

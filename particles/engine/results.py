@@ -8,7 +8,8 @@ file ``mfpc run`` and ``mfpc report`` write, ``tests/test_results.py``):
 * global attributes ``Conventions = "CF-1.8"``, ``title``, ``history`` (UTC time and the
   command), ``source`` (mfpc and its version), ``references`` (the paper);
 * ``long_name`` and ``units`` (``"1"`` where dimensionless) on every variable and
-  coordinate, from :data:`VARIABLES` unless the caller gives them;
+  coordinate, from the one table :mod:`particles.engine.variables` unless the caller
+  gives them;
 * no ``_FillValue`` on coordinates (their encoding says so);
 * integer coordinates and integer variables (counts, indices) stored as 32-bit integers.
 
@@ -27,7 +28,9 @@ from datetime import datetime, timezone
 import numpy as np
 import xarray as xr
 
-__all__ = ["VARIABLES", "REFERENCES", "dataset", "finish", "versions", "history_line",
+from particles.engine.variables import long_name_units
+
+__all__ = ["REFERENCES", "dataset", "finish", "versions", "history_line",
            "x_coord", "run_status",
            "check_cf"]
 
@@ -37,53 +40,6 @@ REFERENCES = (
     "approximation error, arXiv:1805.00915 (2018)"
 )
 
-#: name -> (long_name, units) of every variable and coordinate the solvers write. All
-#: quantities of the paper are dimensionless; ``"1"`` is the CF unit of a pure number.
-VARIABLES = {
-    # coordinates
-    "n": ("number of units (particles) n of the network (1.1)", "1"),
-    "seed": ("ensemble member index (spawn key of its SeedSequence)", "1"),
-    "t": ("training time (paper's time: E = n l, THEORY section 2)", "1"),
-    "x": ("input node x of the data measure mu", "1"),
-    "x_": ("input node x' of the data measure mu (second argument)", "1"),
-    "y": ("unit position y (cell centre)", "1"),
-    "c": ("unit weight (charge) c (cell centre)", "1"),
-    "particle": ("unit index", "1"),
-    "y_dim": ("coordinate index of y", "1"),
-    "x_dim": ("coordinate index of x", "1"),
-    "node": ("characteristic node index", "1"),
-    "member": ("ensemble member index", "1"),
-    # particles.nc
-    "f_n": ("network f_n on the x nodes (1.1)", "1"),
-    "loss": ("loss 1/2 ||f_n - f||^2_mu (1.2)", "1"),
-    "f_target": ("target f on the x nodes", "1"),
-    "x_weight": ("quadrature weight of the x node in <.,.>_mu", "1"),
-    "x_nodes": ("coordinates of the x nodes", "1"),
-    "y_unit": ("unit positions y_i", "1"),
-    "c_unit": ("unit weights c_i", "1"),
-    # meanfield.nc
-    "f_0": ("mean-field network f_0 on the x nodes (2.34)", "1"),
-    "loss_0": ("mean-field loss 1/2 ||f_0 - f||^2_mu (1.2)", "1"),
-    "rho_0": ("density of rho_0 (cell mass / cell volume)", "1"),
-    "mass": ("total mass of rho_0 on the grid", "1"),
-    "outflow": ("cumulative mass out through the grid boundaries", "1"),
-    "f_0_characteristics": ("mean-field network f_0 along characteristics (2.34)", "1"),
-    "loss_0_characteristics": ("mean-field loss along characteristics (1.2)", "1"),
-    "y_nodes": ("positions Y_j of the characteristic nodes", "1"),
-    "c_nodes": ("weights C_j of the characteristic nodes", "1"),
-    "weight": ("quadrature weight w_j of the characteristic node in rho_in", "1"),
-    # fluctuations.nc
-    "clt_cov": ("predicted covariance of sqrt(n) (f_n - f_0)(t) (Prop. 2.1)", "1"),
-    "clt_var": ("predicted variance of sqrt(n) (f_n - f_0)(t, x) (Prop. 2.1)", "1"),
-    "clt_cov_stderr": ("standard error of clt_cov from the ensemble size", "1"),
-    "f_0_influence": ("f_0 along characteristics (forward run of the influence method)", "1"),
-    "f_0_grid": ("f_0 on the grid (forward run of the linearised ensemble)", "1"),
-    "sgd_cov": ("predicted SGD covariance Sigma^SGD_t of f_n - f_0 per unit n theta_ref: "
-                "n Cov = Sigma_t + n theta_ref Sigma^SGD_t (THEORY 4b; (3.29), (3.31))", "1"),
-    "sgd_var": ("predicted SGD variance Sigma^SGD_t(x, x) per unit n theta_ref "
-                "(THEORY 4b; (3.29), (3.31))", "1"),
-    "sgd_cov_stderr": ("standard error of sgd_cov from the ensemble size", "1"),
-}
 
 
 @functools.lru_cache(maxsize=1)
@@ -131,13 +87,13 @@ def history_line(command: str | None = None) -> str:
 def _meta(name, var, meta):
     if "long_name" in var.attrs and "units" in var.attrs:
         return var.attrs["long_name"], var.attrs["units"]
-    for table in (meta or {}, VARIABLES):
-        if name in table:
-            long_name, units = table[name]
-            return var.attrs.get("long_name", long_name), var.attrs.get("units", units)
+    got = (meta or {}).get(name) or long_name_units(name)
+    if got is not None:
+        long_name, units = got
+        return var.attrs.get("long_name", long_name), var.attrs.get("units", units)
     raise KeyError(
-        f"variable {name!r} has no long_name/units: add it to particles.engine.results.VARIABLES "
-        "or pass them in meta"
+        f"variable {name!r} has no long_name/units: add it to "
+        "particles.engine.variables.VARIABLES or pass them in meta"
     )
 
 
@@ -151,7 +107,8 @@ def finish(ds: xr.Dataset, *, title: str, meta: dict | None = None,
     title : str
         What the file holds, in a line.
     meta : dict, optional
-        ``{name: (long_name, units)}`` for variables not in :data:`VARIABLES`.
+        ``{name: (long_name, units)}`` for variables not in
+        :data:`particles.engine.variables.VARIABLES`.
     command : str, optional
         The command for ``history`` (default: this process's argv).
     """

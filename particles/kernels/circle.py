@@ -6,7 +6,8 @@ import math
 import numpy as np
 from scipy import special
 
-from particles.engine.parallel import map_blocks
+from particles.engine import parallel
+from particles.engine.parallel import map_blocks, tile_elements
 from particles.kernels import expblocks
 from particles.kernels.base import Kernel, pullback_arrays
 
@@ -95,14 +96,6 @@ class CircleKernel(Kernel):
         r"""Exact :math:`\hat g_k = e^{-\kappa}I_k(\kappa)`, k = 0..kmax (Jacobi–Anger)."""
         return special.ive(np.arange(int(kmax) + 1), self.kappa)
 
-    #: Elements of one tile of E processed while it stays in cache
-    #: (2**17 float64 = 1 MiB, inside a per-core L2).
-    _BLOCK = 2**17
-    #: Elements of E kept from pass 1 to pass 2 (2**20 float64 = 8 MiB): a block of
-    #: nodes as wide as this allows for all n particles (see
-    #: :func:`.expblocks.blocked_pullback`).
-    _KEEP = 2**20
-
     def pullback(self, y, a, x, w, f_x):
         r"""Fused pass with one transcendental per (particle, node) pair and pass.
 
@@ -115,7 +108,8 @@ class CircleKernel(Kernel):
         :math:`[w r, w r\sin x, w r\cos x]`, which is :func:`.expblocks.exp_pullback`
         with the node coordinates :math:`(\sin x, \cos x)`: blocks of nodes, cache-sized
         tiles of particles, ``E`` kept between the passes in a reused per-thread buffer
-        of ``_KEEP`` elements (tiles built again beyond it), threads over tiles.
+        of :data:`~particles.engine.parallel.KEEP` elements (tiles built again beyond
+        it), threads over tiles.
 
         When ``E`` does not fit the kept buffer and the kernel has few Fourier modes
         (:math:`2K + 1 < Q`), the forward pass is the Jacobi–Anger series instead
@@ -142,12 +136,11 @@ class CircleKernel(Kernel):
             X, xx, w = X[0], xx[0], w if w.ndim == 1 else w[0]
         if f_x.ndim == 2 and f_x.shape[0] != B:
             f_x = f_x[0]
-        if 2 * self._modes() + 1 < Q and n * Q > self._KEEP:
+        if 2 * self._modes() + 1 < Q and n * Q > parallel.KEEP:
             # E does not fit the kept buffer: the series forward pass saves the second exp
             return self._pullback_series(a, xx, w, f_x, X, Y)
         xc = np.stack([np.sin(xx), np.cos(xx)], axis=-1)  # R = [w r, w r sin x, w r cos x]
-        f, G = expblocks.exp_pullback(Y, X, xc, a, w, f_x, block=self._BLOCK,
-                                      keep=self._KEEP)
+        f, G = expblocks.exp_pullback(Y, X, xc, a, w, f_x)
         return f, G[..., 0], self._g_y(Y, G)
 
     def _g_y(self, Y, G):
@@ -179,7 +172,8 @@ class CircleKernel(Kernel):
         (:math:`\epsilon_0 = 1`, else 2), truncated where the tail is below 1e-17
         (:meth:`_modes`); :math:`\cos ky_j, \sin ky_j` come from the Chebyshev
         recurrence :math:`u_k = 2\cos y\,u_{k-1} - u_{k-2}` (O(n·K), no transcendental),
-        in blocks of particles (``_KEEP`` elements, the kept buffer's budget, which
+        in blocks of particles (:data:`~particles.engine.parallel.KEEP` elements, the
+        kept buffer's budget, which
         this path does not otherwise use: memory bounded, not O(n·K)),
         summed in block order. With ``r`` known first, a single pass over tiles of ``E``
         (build, ``exp``, contract with the (Q, 3) matrix; threads over tiles, each
@@ -189,7 +183,7 @@ class CircleKernel(Kernel):
         Q = xx.shape[-1]
         K = self._modes()
         AB = np.zeros((B, 2 * (K + 1)))
-        chunk = max(1, self._KEEP // (2 * (K + 1)), self._BLOCK // (2 * (K + 1)))
+        chunk = max(1, parallel.KEEP // (2 * (K + 1)), parallel.TILE // (2 * (K + 1)))
         CS = np.empty((B, 2, K + 1, min(n, chunk)))  # cos k y, sin k y on one block
         for s in range(0, n, chunk):
             e = min(s + chunk, n)
@@ -214,7 +208,7 @@ class CircleKernel(Kernel):
         np.multiply(w, f - f_x, out=R[..., 0])
         np.multiply(R[..., 0], sx, out=R[..., 1])
         np.multiply(R[..., 0], cx, out=R[..., 2])
-        rows = max(1, min(n, self._BLOCK // max(Q, 1)))
+        rows = max(1, min(n, tile_elements(3) // max(Q, 1)))  # (rows, Q) @ (Q, 3)
         tiles = [(s, min(s + rows, n)) for s in range(0, n, rows)]
         G = np.empty((B, n, 3))
         matmul, exp = np.matmul, np.exp

@@ -12,13 +12,15 @@ of the tile :math:`T_{iq} = \varphi(x_q, y_i)` with the block's weighted residua
 
 without materialising T: the nodes are cut into blocks of ``Qb`` columns. For each block
 T is built in cache-sized tiles of particles (one small matrix product, then ``h`` in
-place; small enough that no BLAS thread is woken, :data:`SINGLE`), ``f`` on the block
+place; small enough that no BLAS thread is woken), ``f`` on the block
 is summed tile by tile in tile order, and since ``r`` on the block needs only the
 block's ``f``, the tiles are contracted with the block's residual at once. ``Qb`` is
 chosen so that the block (n, Qb) fits the kept buffer (``keep`` elements): one ``h`` per
 pair in all. For n > ``keep / qmin`` the block keeps only its last particles and rebuilds
 the other tiles (a second ``h`` on a cache-resident tile): memory stays bounded by
-``keep`` elements plus O((n + Q)·k) whatever n and Q.
+``keep`` elements plus O((n + Q)·k) whatever n and Q. The sizes are the one block-size
+policy of :mod:`particles.engine.parallel` (:data:`~particles.engine.parallel.TILE`,
+:data:`~particles.engine.parallel.KEEP`, :data:`~particles.engine.parallel.QMIN`).
 
 Threads (:mod:`particles.engine.parallel`): the tiles of a block are shared out over threads in
 both passes; the partition into blocks and tiles depends only on n, Q and the block
@@ -31,21 +33,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from particles.engine.parallel import ThreadBuffer, map_blocks
+from particles.engine import parallel
+from particles.engine.parallel import ThreadBuffer, map_blocks, tile_elements
 
 __all__ = ["exp_pullback", "blocked_pullback"]
-
-#: Elements of one tile of E built and exponentiated while in cache (128 KiB).
-BLOCK = 2**14
-#: OpenBLAS runs a gemm on one thread while m·n·k < 2**18 (65536 × its
-#: GEMM_MULTITHREAD_THRESHOLD of 4); a tile's products stay below it. A thin gemm that
-#: wakes the BLAS threads cost 20-70x more on this busy 2-core machine (measured:
-#: (128, 7) @ (7, 1024) 24 ms threaded against 0.3 ms on one thread).
-SINGLE = 2**18
-#: Elements of E kept between the forward sum and the contraction (8 MiB).
-KEEP = 2**20
-#: Fewest node columns per block (narrower blocks make the products too thin).
-QMIN = 32
 
 #: This thread's kept buffer of E (the default ``work`` of :func:`blocked_pullback`).
 _work = ThreadBuffer()
@@ -67,7 +58,7 @@ def plan(n, Q, k, *, block, keep, qmin):
     Qb, rows, kept : int
     """
     Qb = min(Q, max(qmin, keep // max(n, 1), 1))
-    tile = min(block, SINGLE // max(k, 1))
+    tile = tile_elements(k, block)
     rows = max(1, min(n, tile // Qb))
     kept = min(n, max(rows, keep // Qb))  # particles head..n stay in the kept buffer
     return Qb, rows, kept
@@ -94,8 +85,9 @@ def blocked_pullback(U, V, a, w, f_x, act, prepare, contract, k_out, *, block=No
         ``contract(T, ctx)``: the tile's share of G, a fresh (rows, k_out) array.
     k_out : int
     block, keep, qmin : int, optional
-        Tile elements, kept elements, fewest node columns (default ``BLOCK``, ``KEEP``,
-        ``QMIN``).
+        Tile elements, kept elements, fewest node columns (default the policy's
+        ``TILE``, ``KEEP``, ``QMIN`` of :mod:`particles.engine.parallel`; tests force
+        many blocks with small ones).
     work : callable, optional
         ``work(size)``: the caller's kept buffer (default this module's, per thread).
 
@@ -104,9 +96,8 @@ def blocked_pullback(U, V, a, w, f_x, act, prepare, contract, k_out, *, block=No
     f : ndarray, shape (B, Q)
     G : ndarray, shape (B, n, k_out)
     """
-    block = BLOCK if block is None else block
-    keep = KEEP if keep is None else keep
-    qmin = QMIN if qmin is None else qmin
+    keep = parallel.KEEP if keep is None else keep
+    qmin = parallel.QMIN if qmin is None else qmin
     work = _work if work is None else work
     B, n = U.shape[:2]
     Q = V.shape[-1]
@@ -174,7 +165,7 @@ def exp_pullback(U, V, xc, a, w, f_x, *, block=None, keep=None, qmin=None):
     a : ndarray, shape (B, n)
     w, f_x : ndarray, shape (Q,) or (B, Q)
     block, keep, qmin : int, optional
-        Override ``BLOCK``, ``KEEP``, ``QMIN`` (tests force many blocks).
+        As :func:`blocked_pullback`.
 
     Returns
     -------

@@ -130,14 +130,6 @@ class SigmoidUnit(Kernel):
                              np.ones(s.shape + (1,))], axis=-1)
         return h, dh[..., None] * xe, d2h[..., None, None] * xe[..., :, None] * xe[..., None, :]
 
-    #: Elements of one tile of the (units, nodes) arrays processed while it stays in
-    #: cache (2**15 float64 = 256 KiB: a tile of h and its h' fit a per-core L2; capped
-    #: by :data:`.expblocks.SINGLE` so that no BLAS thread is woken).
-    _BLOCK = 2**15
-    #: Elements of h kept from the forward pass to the backward pass (2**22 float64 =
-    #: 32 MiB): a block of nodes is as wide as this allows for all n units (at least
-    #: :data:`.expblocks.QMIN` nodes; beyond, the first units' tiles are built again).
-    _KEEP = 2**22
     #: Per-thread kept buffers of :meth:`pullback` (one per calling thread, so concurrent
     #: calls never share them; a class attribute, so they are not pickled with the kernel).
     _work = ThreadBuffer()
@@ -160,7 +152,8 @@ class SigmoidUnit(Kernel):
 
         Blocked by :func:`.expblocks.blocked_pullback` (blocks of nodes, cache-sized
         tiles of units, ``h`` kept between the passes in a reused per-thread buffer of
-        ``_KEEP`` elements, threads over tiles): memory is O((n + Q)·N) per member plus
+        :data:`~particles.engine.parallel.KEEP` elements, threads over tiles; the sizes
+        of :mod:`particles.engine.parallel`): memory is O((n + Q)·N) per member plus
         the buffer, whatever n and Q; members (shared nodes (Q, d) or per-member batches
         (B, Q, d)) are looped, units never. Nothing returned is a view of a buffer. Held
         against :func:`particles.kernels.pullback_reference` in
@@ -190,6 +183,5 @@ class SigmoidUnit(Kernel):
             return out
 
         f, G = expblocks.blocked_pullback(y, X1T, a, w, f_x, act, prepare, contract, N + 1,
-                                          block=self._BLOCK, keep=self._KEEP,
                                           work=self._work)
         return f, G[..., 0], G[..., 1:]

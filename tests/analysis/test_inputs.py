@@ -430,3 +430,20 @@ def test_problem_nodes_that_cannot_fit(tmp_path, capsys, eight_gib, example, pat
         t = t[k]
     t[path[-1]] = 10**10  # 2 x 1e10 x (d + 3) x 8 B >= 600 GiB, before anything is built
     refused(tmp_path, capsys, cfg, key, "8 GiB available")
+
+
+def test_budget_batch_is_the_dynamics_batch():
+    """The memory tally sizes SGD batches by the rule the run uses (``scaled_batch``,
+    ``round = "floor"`` included): n = 1001, P0 = 0.2 gives floor 200 against ceil 201."""
+    import math
+
+    from analysis.run import budget
+    from particles.dynamics import scaled_batch
+
+    floor = {"P0": 0.2, "alpha": 0.5, "round": "floor"}
+    for spec in (floor, {"P0": 0.2, "alpha": 0.5}, {"P0": 1e-6, "alpha": 0.25}):
+        assert budget._largest_batch(spec, 1001) == scaled_batch(spec, 1001)
+    assert budget._largest_batch(floor, 1001) == 200
+    assert budget._largest_batch([[0, floor], [1.0, {"P0": 0.04, "alpha": 1,
+                                                      "round": "floor"}]], 1001) == 40080
+    assert budget._largest_batch({"P0": 1e300, "alpha": 100}, 1001) == math.inf

@@ -12,7 +12,8 @@ from analysis.cli import main
 from analysis.run.experiment import ConfigError, resolve
 from analysis.checks.power import VERDICTS
 from analysis.checks.sgd import sgd_checks, sgd_rows
-from particles.engine.results import VARIABLES, check_cf
+from particles.engine.results import check_cf
+from particles.engine.variables import VARIABLES
 
 from tests.analysis.test_cli import write_toml
 

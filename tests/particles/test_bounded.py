@@ -1,7 +1,7 @@
-"""Memory bounded by blocks whatever n, P and Q (issue 10).
+"""Memory bounded by blocks whatever n, P and Q.
 
-A fused step holds its kept buffer (``KEEP`` elements per calling thread), one or two
-cache-sized tiles per thread (``BLOCK``), the SGD batches drawn ahead
+A fused step holds its kept buffer (``parallel.KEEP`` elements per calling thread), one
+or two cache-sized tiles per thread (``parallel.TILE``), the SGD batches drawn ahead
 (``dynamics.DRAW_BUDGET``) and arrays of O((n + Q)·d); never an (n, Q) array. With the
 budgets shrunk (so that blocking, rebuilt tiles and threads are exercised):
 
@@ -68,12 +68,8 @@ def _peak(fn):
 def small_budget(monkeypatch):
     """Budgets of a few hundred kB: every step here is blocked, rebuilt tiles included; fresh
     per-thread buffers so that earlier tests' larger ones do not count."""
-    monkeypatch.setattr(expblocks, "BLOCK", 2**12)
-    monkeypatch.setattr(expblocks, "KEEP", 2**15)
-    monkeypatch.setattr(SigmoidUnit, "_BLOCK", 2**12)
-    monkeypatch.setattr(SigmoidUnit, "_KEEP", 2**15)
-    monkeypatch.setattr(CircleKernel, "_BLOCK", 2**12)
-    monkeypatch.setattr(CircleKernel, "_KEEP", 2**15)
+    monkeypatch.setattr(parallel, "TILE", 2**12)
+    monkeypatch.setattr(parallel, "KEEP", 2**15)
     monkeypatch.setattr(dynamics_mod, "DRAW_BUDGET", 2**15)
     monkeypatch.setattr(SigmoidUnit, "_work", ThreadBuffer())
     monkeypatch.setattr(expblocks, "_work", ThreadBuffer())

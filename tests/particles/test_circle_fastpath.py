@@ -4,6 +4,7 @@ import threading
 import numpy as np
 import pytest
 
+from particles.engine import parallel
 from particles.kernels import CircleKernel, pullback_reference
 
 
@@ -45,15 +46,15 @@ def test_matches_reference(B, n, Q, batched):
 @pytest.mark.parametrize("batched", [False, True], ids=["x(Q,1)", "x(B,P,1)"])
 def test_many_blocks_match_reference(monkeypatch, kappa, block, keep, batched):
     """Small blocks force ragged blocks, rebuilt in pass 2 unless kept."""
-    monkeypatch.setattr(CircleKernel, "_BLOCK", block)
-    monkeypatch.setattr(CircleKernel, "_KEEP", keep)
+    monkeypatch.setattr(parallel, "TILE", block)
+    monkeypatch.setattr(parallel, "KEEP", keep)
     rng = np.random.default_rng(block + keep)
     _assert_matches(CircleKernel(kappa), _case(rng, 3, 50, 16, batched))
 
 
 def test_buffer_reuse_across_shapes_does_not_alias_results(monkeypatch):
-    monkeypatch.setattr(CircleKernel, "_BLOCK", 64)
-    monkeypatch.setattr(CircleKernel, "_KEEP", 200)
+    monkeypatch.setattr(parallel, "TILE", 64)
+    monkeypatch.setattr(parallel, "KEEP", 200)
     kernel = CircleKernel(2.0)
     rng = np.random.default_rng(1)
     big = _case(rng, 2, 50, 33, False)
@@ -67,8 +68,8 @@ def test_buffer_reuse_across_shapes_does_not_alias_results(monkeypatch):
 
 
 def test_threads_do_not_share_the_buffer(monkeypatch):
-    monkeypatch.setattr(CircleKernel, "_BLOCK", 64)  # many blocks: long use of the buffer
-    monkeypatch.setattr(CircleKernel, "_KEEP", 200)
+    monkeypatch.setattr(parallel, "TILE", 64)  # many blocks: long use of the buffer
+    monkeypatch.setattr(parallel, "KEEP", 200)
     kernel = CircleKernel(2.0)
     rng = np.random.default_rng(2)
     cases = [_case(rng, 2, 40 + 10 * i, 16 + 17 * (i % 2), bool(i % 2)) for i in range(4)]
@@ -94,7 +95,7 @@ def test_threads_do_not_share_the_buffer(monkeypatch):
 def test_default_blocks_on_a_benchmark_shape():
     """n·Q above the kept budget with the shipped block sizes (B = 2, Q = 256)."""
     rng = np.random.default_rng(3)
-    n = CircleKernel._KEEP // 256 + 700
+    n = parallel.KEEP // 256 + 700
     _assert_matches(CircleKernel(2.0), _case(rng, 2, n, 256, False))
 
 
@@ -122,8 +123,8 @@ def test_series_path_matches_reference(monkeypatch, kappa, Q, batched, B, n, blo
     """2K + 1 < Q: the forward pass by the Jacobi–Anger series, one exp pass."""
     kernel = CircleKernel(kappa)
     assert 2 * kernel._modes() + 1 < Q  # the series path is the one taken ...
-    monkeypatch.setattr(CircleKernel, "_KEEP", 0)  # ... when E does not fit the buffer
-    monkeypatch.setattr(CircleKernel, "_BLOCK", block)  # ragged blocks when small
+    monkeypatch.setattr(parallel, "KEEP", 0)  # ... when E does not fit the buffer
+    monkeypatch.setattr(parallel, "TILE", block)  # ragged blocks when small
     rng = np.random.default_rng([B, n, Q, int(batched), int(10 * kappa)])
     _assert_matches(kernel, _case(rng, B, n, Q, batched))
 
@@ -132,5 +133,5 @@ def test_two_pass_path_at_the_benchmark_shape(monkeypatch):
     """The two-pass path, forced where the series would be taken (Q = 256)."""
     monkeypatch.setattr(CircleKernel, "_modes", lambda self: 10**6)
     rng = np.random.default_rng(4)
-    n = CircleKernel._KEEP // 256 + 700
+    n = parallel.KEEP // 256 + 700
     _assert_matches(CircleKernel(2.0), _case(rng, 2, n, 256, False))

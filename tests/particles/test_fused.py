@@ -2,8 +2,8 @@
 
 Dot-product units (``test_units_*``): :meth:`SigmoidUnit.pullback` for sigmoid, tanh and
 relu, with shared nodes (Q, d) and per-member SGD batches (B, P, d), n = 0 and 1, and the
-blocked path (tiny ``_BLOCK`` / ``_KEEP``: ragged blocks, blocks built again in the
-backward pass) against the unblocked one.
+blocked path (tiny ``parallel.TILE`` / ``parallel.KEEP``: ragged blocks, blocks built
+again in the backward pass) against the unblocked one.
 
 Tolerance: both sides compute the same sums in another order (pre-activation with the
 bias inside the product, blocked BLAS sums over units and nodes), so they agree to a few
@@ -16,6 +16,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from particles.engine import parallel
 from particles.dynamics import Dynamics, State, step
 from particles.kernels import Kernel, SigmoidUnit, pullback_reference
 from particles.engine.parallel import ThreadBuffer
@@ -61,8 +62,8 @@ def test_units_blocked_matches_unblocked(monkeypatch, activation, batched, block
     kernel = SigmoidUnit(3, activation)
     args = _units_case(rng, 2, 37, 6, 3, batched)
     whole = kernel.pullback(*args)  # defaults: one block, everything kept
-    monkeypatch.setattr(SigmoidUnit, "_BLOCK", block)
-    monkeypatch.setattr(SigmoidUnit, "_KEEP", keep)
+    monkeypatch.setattr(parallel, "TILE", block)
+    monkeypatch.setattr(parallel, "KEEP", keep)
     blocked = kernel.pullback(*args)
     _assert_close(blocked, whole)
     _assert_close(blocked, pullback_reference(kernel, *args))
@@ -70,12 +71,12 @@ def test_units_blocked_matches_unblocked(monkeypatch, activation, batched, block
 
 def test_units_memory_is_bounded_by_the_budget(monkeypatch):
     """With a small budget the step never holds an (n, Q) array: the work buffer stays
-    within _KEEP + 2 _BLOCK elements, and the peak of new allocations within the outputs
+    within KEEP + 2 TILE elements, and the peak of new allocations within the outputs
     (80 kB) plus 200 kB (the buffer, 10 kB; the block lists, O(n / rows) Python tuples,
     about 60 kB here), below one (n, Q) array (n Q = 10^5 doubles, 800 kB; the generic
     pull-back peaks at 7.2 MB here)."""
-    monkeypatch.setattr(SigmoidUnit, "_BLOCK", 256)
-    monkeypatch.setattr(SigmoidUnit, "_KEEP", 1024)
+    monkeypatch.setattr(parallel, "TILE", 256)
+    monkeypatch.setattr(parallel, "KEEP", 1024)
     monkeypatch.setattr(SigmoidUnit, "_work", ThreadBuffer())
     rng = np.random.default_rng(8)
     kernel = SigmoidUnit(3, "sigmoid")

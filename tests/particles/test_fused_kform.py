@@ -153,7 +153,7 @@ def test_far_from_origin_line_form():
 def test_no_n_by_n_by_d_array(key, d):
     """n = 600: an (n, n) float64 array is 2.9 MB, an (n, n, d) one d times more; the fused
     velocity's peak traced allocation stays below half of one (n, n) array (its tiles are
-    at most BLOCK = 2**15 pairs, 256 KiB, plus O(n·d) vectors), while the reference's
+    at most SINGLE_GEMM // k pairs, under 1 MiB, plus O(n·d) vectors), while the reference's
     is above the (n, n, d) size, so the check can fail."""
     kernel, form = _form(key, d)
     n = 600
@@ -210,13 +210,14 @@ def test_threads_over_row_blocks_match_reference(key, d, threads):
 def test_symmetric_sums_are_bitwise_whatever_the_threads():
     """The symmetric pair sums cut their tile pairs into a fixed number of parts, so 1, 2
     and 3 threads (and the MFPC_THREADS default) give the same bits: a sweep's worker on
-    one thread reproduces a serial run on two (issue 11)."""
+    one thread reproduces a serial run on two."""
     from particles import pairsums
+    from particles.engine import parallel
     from particles.engine.parallel import threads
 
     rng = np.random.default_rng(7)
-    n, k, r = 800, 6, 4  # n^2/2 = 320000 pairs >= PARALLEL: the parted path
-    assert n * n // 2 >= pairsums.PARALLEL
+    n, k, r = 1024, 6, 4  # n^2 pair terms >= MIN_WORK: the parted path, on the pool
+    assert n * n >= parallel.MIN_WORK and parallel.PARTS > 1
     U = rng.normal(size=(1, n, k)) * 0.3
     V = np.swapaxes(U, 1, 2).copy()
     R = rng.normal(size=(1, n, r))

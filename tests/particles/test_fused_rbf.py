@@ -12,7 +12,8 @@ O(1) terms (g_y = E(w r x) − y E(w r)); a wrong factor, sign or index is off b
 import numpy as np
 import pytest
 
-from particles.kernels import GaussianRBF, Kernel, SphereRBF, expblocks, pullback_reference
+from particles.engine import parallel
+from particles.kernels import GaussianRBF, Kernel, SphereRBF, pullback_reference
 
 KERNELS = {
     "gaussian": lambda: GaussianRBF(3, 0.8),
@@ -73,9 +74,9 @@ def test_rbf_blocked_matches_unblocked(monkeypatch, name, block, keep, qmin, bat
     rng = np.random.default_rng(block + keep + qmin)
     args = _case(kernel, rng, 2, 37, 29, batched)
     whole = kernel.pullback(*args)  # default budget: one block here
-    monkeypatch.setattr(expblocks, "BLOCK", block)
-    monkeypatch.setattr(expblocks, "KEEP", keep)
-    monkeypatch.setattr(expblocks, "QMIN", qmin)
+    monkeypatch.setattr(parallel, "TILE", block)
+    monkeypatch.setattr(parallel, "KEEP", keep)
+    monkeypatch.setattr(parallel, "QMIN", qmin)
     got = _assert_matches(kernel, args)
     for g, h in zip(got, whole):
         np.testing.assert_allclose(g, h, rtol=1e-12, atol=1e-13 * np.max(np.abs(h)))
@@ -101,9 +102,9 @@ def test_rbf_fused_agrees_with_generic(name):
 
 def test_rbf_results_do_not_alias_the_work_buffer(monkeypatch):
     """The per-thread buffer is reused across calls and shapes: earlier results stand."""
-    monkeypatch.setattr(expblocks, "BLOCK", 16)
-    monkeypatch.setattr(expblocks, "KEEP", 64)
-    monkeypatch.setattr(expblocks, "QMIN", 4)
+    monkeypatch.setattr(parallel, "TILE", 16)
+    monkeypatch.setattr(parallel, "KEEP", 64)
+    monkeypatch.setattr(parallel, "QMIN", 4)
     rng = np.random.default_rng(3)
     g, s = GaussianRBF(3, 0.8), SphereRBF(3, 1.3)
     big = _case(g, rng, 2, 30, 20, False)

@@ -1,6 +1,7 @@
 """Threads over blocks (:mod:`particles.engine.parallel`): bitwise the same for 1, 2 or 3 threads.
 
-The block partition depends only on the sizes and the kernels' block constants, and the
+The block partition depends only on the sizes and the block constants of
+:mod:`particles.engine.parallel`, and the
 forward sums are added in block order on the calling thread, so every fused pull-back
 must give the same bits whatever the number of threads. The blocks are shrunk and
 ``MIN_WORK`` set to 0 so that small cases run many tasks on the pool (with rebuilt tiles
@@ -11,7 +12,7 @@ import pytest
 
 from particles.engine import parallel
 from particles.dynamics import Dynamics, State, step
-from particles.kernels import CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF, expblocks
+from particles.kernels import CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
 from particles.kernels import pullback_reference
 from particles.presets import sigmoid_problem
 
@@ -50,13 +51,9 @@ def small_blocks(monkeypatch):
     tasks, ragged tiles, tiles built again in the backward pass."""
     monkeypatch.setattr(parallel, "MIN_WORK", 0)
     monkeypatch.setattr(parallel, "TASK_WORK", 1)
-    monkeypatch.setattr(expblocks, "BLOCK", 48)
-    monkeypatch.setattr(expblocks, "KEEP", 300)
-    monkeypatch.setattr(expblocks, "QMIN", 8)
-    monkeypatch.setattr(SigmoidUnit, "_BLOCK", 48)
-    monkeypatch.setattr(SigmoidUnit, "_KEEP", 300)
-    monkeypatch.setattr(CircleKernel, "_BLOCK", 48)
-    monkeypatch.setattr(CircleKernel, "_KEEP", 0)  # the circle's series path when 2K+1 < Q
+    monkeypatch.setattr(parallel, "TILE", 48)
+    monkeypatch.setattr(parallel, "KEEP", 300)  # n Q > KEEP: the circle's series path
+    monkeypatch.setattr(parallel, "QMIN", 8)    # when 2K+1 < Q, rebuilt tiles elsewhere
     tasks = []
     task = parallel._task
 
@@ -172,3 +169,33 @@ def test_a_forked_child_gets_its_own_pool(small_blocks):
         pytest.fail("the forked child hung on its parent's thread pool")
     assert child.exitcode == 0
     assert queue.get(timeout=5)
+
+
+def test_pair_sums_run_on_the_one_pool(small_blocks):
+    """The pair sums of the kernel form hand their row blocks (and the symmetric sum its
+    fixed parts) to the one pool of :func:`particles.engine.parallel.map_blocks`, with the
+    same bits for 1, 2 and 3 threads."""
+    from particles import pairsums
+
+    rng = np.random.default_rng(9)
+    B, n, m, k, r = 2, 37, 23, 4, 3
+    U = rng.normal(size=(B, n, k)) * 0.3
+    V2 = rng.normal(size=(B, k, m)) * 0.3
+    R2 = rng.normal(size=(B, m, r))
+    Vs = np.swapaxes(U, 1, 2).copy()
+    Rs = rng.normal(size=(B, n, r))
+    y, y2, w = rng.uniform(0, 7, (B, n)), rng.uniform(0, 7, (B, m)), rng.normal(size=(B, m))
+    calls = {
+        "exp_contract": lambda th: (pairsums.exp_contract(U, V2, R2, threads=th),),
+        "exp_contract_sym": lambda th: (pairsums.exp_contract_sym(U, Vs, Rs, threads=th),),
+        "circle_contract": lambda th: pairsums.circle_contract(y, y2, w, 2.0, threads=th),
+    }
+    for name, call in calls.items():
+        runs = {}
+        for th in (1, 2, 3):
+            del small_blocks[:]
+            runs[th] = call(th)
+            assert (len(small_blocks) > 0) == (th > 1), name
+        for th in (2, 3):
+            for got, one in zip(runs[th], runs[1]):
+                np.testing.assert_array_equal(got, one, err_msg=name)

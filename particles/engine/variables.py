@@ -1,20 +1,67 @@
-"""Long names and units of what ``mfpc run`` and ``mfpc report`` write beyond
-:data:`particles.engine.results.VARIABLES` (the solvers' own table).
+"""The one table of long names and units of what mfpc writes.
 
-:data:`ANALYSIS` names every variable and coordinate of ``analysis.nc``;
-:func:`cf_meta` adds the names that depend on the problem (grid axes ``y_0``, ``y_1``, ...
-for N > 1). All quantities of the paper are dimensionless (CF unit ``"1"``).
+:data:`VARIABLES` names every variable and coordinate of ``particles.nc``,
+``meanfield.nc``, ``fluctuations.nc`` and ``analysis.nc``; :func:`long_name_units` adds
+the names that depend on the problem (grid axes ``y_0``, ``y_1``, ... for N > 1), and
+:func:`cf_meta` gives both for the variables of a Dataset.
+:func:`particles.engine.results.finish` takes a variable's metadata from here unless its
+caller gives them. All quantities of the paper are dimensionless: ``"1"`` is the CF unit
+of a pure number; time ``t`` is the paper's training time (THEORY §2).
 """
 from __future__ import annotations
 
 import re
 
-__all__ = ["ANALYSIS", "cf_meta"]
+__all__ = ["VARIABLES", "long_name_units", "cf_meta"]
 
-#: name -> (long_name, units) of every variable and coordinate of analysis.nc
-#: (docs/propositions.md says how each statistic is derived)
-ANALYSIS = {
-    # coordinates
+#: name -> (long_name, units) of every variable and coordinate of the files mfpc writes
+VARIABLES = {
+    # coordinates of every file
+    "n": ("number of units (particles) n of the network (1.1)", "1"),
+    "seed": ("ensemble member index (spawn key of its SeedSequence)", "1"),
+    "t": ("training time (paper's time: E = n l, THEORY section 2)", "1"),
+    "x": ("input node x of the data measure mu", "1"),
+    "x_": ("input node x' of the data measure mu (second argument)", "1"),
+    "y": ("unit position y (cell centre)", "1"),
+    "c": ("unit weight (charge) c (cell centre)", "1"),
+    "particle": ("unit index", "1"),
+    "y_dim": ("coordinate index of y", "1"),
+    "x_dim": ("coordinate index of x", "1"),
+    "node": ("characteristic node index", "1"),
+    "member": ("ensemble member index", "1"),
+    # particles.nc (particles.simulate)
+    "f_n": ("network f_n on the x nodes (1.1)", "1"),
+    "loss": ("loss 1/2 ||f_n - f||^2_mu (1.2)", "1"),
+    "f_target": ("target f on the x nodes", "1"),
+    "x_weight": ("quadrature weight of the x node in <.,.>_mu", "1"),
+    "x_nodes": ("coordinates of the x nodes", "1"),
+    "y_unit": ("unit positions y_i", "1"),
+    "c_unit": ("unit weights c_i", "1"),
+    # meanfield.nc (meanfield.grid.solve, meanfield.characteristics)
+    "f_0": ("mean-field network f_0 on the x nodes (2.34)", "1"),
+    "loss_0": ("mean-field loss 1/2 ||f_0 - f||^2_mu (1.2)", "1"),
+    "rho_0": ("density of rho_0 (cell mass / cell volume)", "1"),
+    "mass": ("total mass of rho_0 on the grid", "1"),
+    "outflow": ("cumulative mass out through the grid boundaries", "1"),
+    "f_0_characteristics": ("mean-field network f_0 along characteristics (2.34)", "1"),
+    "loss_0_characteristics": ("mean-field loss along characteristics (1.2)", "1"),
+    "y_nodes": ("positions Y_j of the characteristic nodes", "1"),
+    "c_nodes": ("weights C_j of the characteristic nodes", "1"),
+    "weight": ("quadrature weight w_j of the characteristic node in rho_in", "1"),
+    # fluctuations.nc (meanfield.influence, meanfield.linearised, meanfield.sgdnoise,
+    # meanfield.sgdensemble)
+    "clt_cov": ("predicted covariance of sqrt(n) (f_n - f_0)(t) (Prop. 2.1)", "1"),
+    "clt_var": ("predicted variance of sqrt(n) (f_n - f_0)(t, x) (Prop. 2.1)", "1"),
+    "clt_cov_stderr": ("standard error of clt_cov from the ensemble size", "1"),
+    "f_0_influence": ("f_0 along characteristics (forward run of the influence method)", "1"),
+    "f_0_grid": ("f_0 on the grid (forward run of the linearised ensemble)", "1"),
+    "sgd_cov": ("predicted SGD covariance Sigma^SGD_t of f_n - f_0 per unit n theta_ref: "
+                "n Cov = Sigma_t + n theta_ref Sigma^SGD_t (THEORY 4b; (3.29), (3.31))", "1"),
+    "sgd_var": ("predicted SGD variance Sigma^SGD_t(x, x) per unit n theta_ref "
+                "(THEORY 4b; (3.29), (3.31))", "1"),
+    "sgd_cov_stderr": ("standard error of sgd_cov from the ensemble size", "1"),
+    # analysis.nc (analysis.checks; docs/propositions.md says how each statistic is derived):
+    # its coordinates
     "solver": ("mean-field solver (grid or characteristics)", "1"),
     "source": ("measure rho of M[rho]: particles at the largest n, grid or characteristics", "1"),
     "clt_mode": ("index k of an eigenmode of Sigma_t on L2(mu), largest first", "1"),
@@ -157,11 +204,22 @@ ANALYSIS = {
 }
 
 
+def long_name_units(name) -> tuple[str, str] | None:
+    """``(long_name, units)`` of a variable or coordinate, or None when it has none here."""
+    name = str(name)
+    if name in VARIABLES:
+        return VARIABLES[name]
+    m = re.fullmatch(r"y_(\d+)", name)
+    if m:
+        return f"unit position, coordinate {m.group(1)} of y (cell centre)", "1"
+    return None
+
+
 def cf_meta(ds) -> dict:
-    """``{name: (long_name, units)}`` for the variables of ``ds`` this module knows."""
-    meta = dict(ANALYSIS)
+    """``{name: (long_name, units)}`` for the variables of ``ds`` this table knows."""
+    out = {}
     for name in ds.variables:
-        m = re.fullmatch(r"y_(\d+)", str(name))
-        if m:
-            meta[name] = (f"unit position, coordinate {m.group(1)} of y (cell centre)", "1")
-    return meta
+        got = long_name_units(name)
+        if got is not None:
+            out[name] = got
+    return out
