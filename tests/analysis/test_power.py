@@ -13,8 +13,10 @@ import xarray as xr
 from analysis.checks import limits as checks
 from analysis.cli import main
 from analysis.checks.power import (INCONCLUSIVE, VERDICTS, bootstrap_min_seeds, judge,
-                            seeds_needed)
-from analysis.report.make import Row, per_time_level, render, rows
+                                   per_time_level, seeds_needed)
+from analysis.checks.rows import NotApplicable, Row
+from analysis.checks.run import row_context
+from analysis.report.make import render
 
 from .test_cli import write_toml
 
@@ -39,18 +41,13 @@ def synthetic(S, ns, rate, Q=1, seed=0):
 
 
 def lln_rows(S, ns, rate, Q=1, seed=0):
-    """The report's LLN slope rows of the synthetic run (other checks: not measured)."""
+    """The report's LLN slope rows of the synthetic run."""
     p, m = synthetic(S, ns, rate, Q, seed)
     level = per_time_level(T)[0]
     a = checks.lln(p, m, n_boot=1000, level=level, rng=np.random.default_rng(seed + 1))
-    nan = float("nan")
-    for v in ("time_to_level_slope", "time_to_level_slope_low", "time_to_level_slope_high",
-              "loss_level", "final_loss_slope", "final_loss_slope_low",
-              "final_loss_slope_high"):
-        a[v] = nan
-    a["loss_max_increase"], a["final_time"] = 0.0, 2.0
-    table = rows(a, {"config": {"dynamics": {"scheme": "gd"}}, "particles": p})
-    return [r for r in table if r.prediction.startswith("LLN slope")]
+    ctx = row_context(a, {"config": {"dynamics": {"scheme": "gd"}}, "particles": p,
+                          "meanfield": m})
+    return [r for r in checks.lln_rows(a, ctx) if r.prediction.startswith("LLN slope")]
 
 
 def test_min_seeds_of_a_bootstrap():
@@ -113,8 +110,14 @@ def test_report_counts_inconclusive():
     table = [Row("a", "", "", "", v) for v in ("PASS", "FAIL", INCONCLUSIVE, INCONCLUSIVE,
                                                 "n.a.")]
     text = render(table, [])
-    assert "1 PASS, 1 FAIL, 2 INCONCLUSIVE, 1 n.a." in text
+    assert "1 PASS, 1 FAIL, 2 INCONCLUSIVE, 1 n.a.\n" in text
     assert VERDICTS == ("PASS", "FAIL", INCONCLUSIVE, "n.a.")
+    # checks that do not apply are counted apart and listed below the table, not rows
+    text = render(table[:4] + [NotApplicable("b", "needs c"), NotApplicable("d", "needs e")],
+                  [])
+    table_part, below = text.split("## Checks that do not apply to this run")
+    assert "1 PASS, 1 FAIL, 2 INCONCLUSIVE, 2 not applicable\n" in table_part
+    assert "| b |" not in text and below.startswith("\n\n- b: needs c\n- d: needs e\n")
 
 
 def run_report(tmp_path, seeds):
