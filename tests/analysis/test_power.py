@@ -1,4 +1,4 @@
-"""Issue 9, "verdicts without power": a statistic that cannot be estimated is n.a. with the
+"""Verdicts with power: a statistic that cannot be estimated is n.a. with the
 reason; a PASS whose interval also holds the alternative is INCONCLUSIVE with the seeds it
 would need; the report counts INCONCLUSIVE. Synthetic data with a known answer: the
 error E‖f_n − f_0‖² = n^rate exactly (f_n − f_0 Gaussian with variance n^rate per node).
@@ -59,8 +59,8 @@ def test_min_seeds_of_a_bootstrap():
 
 @pytest.mark.parametrize("S", [1, 2])
 def test_too_few_seeds_is_na_with_the_reason(S):
-    # before issue 9: 1 seed gave FAIL with a zero-width interval, 2 seeds PASS or FAIL
-    # on intervals like [-4.7, 2.2]
+    # 1 seed would give a zero-width interval (a FAIL or PASS by chance), 2 seeds intervals
+    # like [-4.7, 2.2]: below bootstrap_min_seeds the rows are n.a. with the reason
     got = lln_rows(S, [16, 64, 256], -1.0)
     assert len(got) == T
     for r in got:
@@ -135,8 +135,8 @@ def run_report(tmp_path, seeds):
 
 @pytest.mark.parametrize("seeds", [1, 2])
 def test_report_of_one_or_two_seeds(tmp_path, seeds):
-    # the issue's run: 1 seed gave 10 FAIL (LLN slope and prefactor, M slope, time to
-    # level); every row with a bootstrap interval is now n.a. with the reason
+    # 1 or 2 seeds through mfpc run and report: every row with a bootstrap interval (LLN
+    # slope and prefactor, M slope, time to level) is n.a. with the reason
     text = run_report(tmp_path, seeds)
     boot = [ln for ln in text.splitlines() if ln.startswith("| ") and (
         "LLN" in ln or "leading eigenvalues" in ln or "time to reach" in ln)]

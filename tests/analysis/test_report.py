@@ -146,7 +146,7 @@ def test_missing_inputs_are_reported_not_fatal(run_dir, tmp_path):
     assert f"{len(names)} not applicable" in table
     rows = [ln for ln in table.splitlines() if ln.startswith("| ")][1:]  # after the header
     assert sum(res["verdicts"].values()) == len(rows) and res["verdicts"]["n.a."] == 0
-    # without a mean field the scaling figures of the paper's Sec. 4 are drawn (issue 12)
+    # without a mean field the scaling figures of the paper's Sec. 4 are drawn
     assert {p.name for p in res["figures"]} == {"loss.png", "functions.png", "m_spectrum.png",
                                                 "training_loss.png", "loss_n.png",
                                                 "signed_pos_n.png", "signed_neg_n.png"}

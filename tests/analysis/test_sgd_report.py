@@ -1,4 +1,4 @@
-"""Issue 13: the SGD prediction in ``mfpc run`` / ``mfpc report`` (fluctuations.sgd,
+"""The SGD prediction in ``mfpc run`` / ``mfpc report`` (fluctuations.sgd,
 sgd_cov / sgd_var CF metadata, the SGD rows of analysis/checks/sgd.py)."""
 import tomllib
 from pathlib import Path
