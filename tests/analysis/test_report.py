@@ -158,3 +158,35 @@ def test_cli_report(reported, tmp_path, capsys):
     assert "PASS" in capsys.readouterr().out
     assert main(["report", str(tmp_path)]) == 2
     assert "has no particles.nc" in capsys.readouterr().err
+
+
+def test_checks_that_cannot_apply_name_the_reason():
+    # the wrong scheme and too many x nodes are reasons in words, not rows
+    from analysis.checks.losses import losses_rows
+    from analysis.checks.mkernel import M_MAX_Q, mkernel_rows
+    from analysis.checks.rows import NotApplicable, RowContext
+
+    a = xr.Dataset({"loss_max_increase": ("n", [-0.1, -0.2]),
+                    "loss_0_max_increase": ("solver", [-0.3]),
+                    "time_to_level_slope": 0.0, "time_to_level_slope_low": -0.5,
+                    "time_to_level_slope_high": 0.5, "loss_level": 0.1,
+                    "final_loss_slope": -2.0, "final_loss_slope_low": -2.5,
+                    "final_loss_slope_high": -1.5, "final_time": 10.0,
+                    "m_gram_min_ratio": ("n", [1e-3, 1e-4])},
+                   coords={"n": [16, 32], "t": [0.0, 10.0]})
+    ctx = RowContext(config={"dynamics": {"scheme": "langevin"}}, scheme="langevin",
+                     seeds=8, level=0.975, p_min=0.025, z_max=2.24, k_t=5, k_95=4,
+                     alpha=None, meanfield=False, fluctuations=False, nodes=M_MAX_Q + 1)
+    rows = losses_rows(a, ctx) + mkernel_rows(a, ctx)
+    na = {r.prediction: r.reason for r in rows if isinstance(r, NotApplicable)}
+    assert "langevin" in na["losses non-increasing (GD), all n and seeds"]
+    assert "langevin" in na["mean-field loss ℓ(f_0) non-increasing"]
+    assert "needs the mean-field loss" in na["self-healing: final loss vs n"]
+    assert f"Q = {M_MAX_Q + 1}" in na["M[ρ] ⪰ 0 and identity (2.39)"]
+    assert "Gram matrix" in na["M[ρ] ⪰ 0 and identity (2.39)"]
+    # the time to a level applies to every run: a row
+    assert [r.prediction.startswith("time to reach") for r in rows
+            if not isinstance(r, NotApplicable)] == [True]
+    # a GD run: the monotonicity rows are rows
+    gd = ctx._replace(scheme="gd", meanfield=True)
+    assert [r.verdict for r in losses_rows(a, gd)[:2]] == ["PASS", "PASS"]
