@@ -1,4 +1,4 @@
-r"""Checks of the paper's predictions on the outputs of ``mfpc run`` (numbers only).
+r"""The LLN and CLT checks on the outputs of ``mfpc run``, and their report rows.
 
 Every function takes the datasets written by :mod:`analysis.run.experiment` (``particles``,
 ``meanfield``, ``fluctuations``) and returns an :class:`xarray.Dataset` of statistics;
