@@ -125,7 +125,9 @@ def main(argv=None) -> int:
         if res["incomplete"]:
             print(f"mfpc: warning: {res['incomplete']}", file=sys.stderr)
         v = res["verdicts"]
-        print(f"{res['report']}: " + ", ".join(f"{v[k]} {k}" for k in VERDICTS))
+        counts = [f"{v[k]} {k}" for k in VERDICTS if k != "n.a." or v[k]]
+        counts.append(f"{v.get('not_applicable', 0)} not applicable")
+        print(f"{res['report']}: " + ", ".join(counts))
         print(f"{res['analysis']}: written; {len(res['figures'])} figures in "
               f"{Path(args.dir) / 'figures'}")
         return 0

@@ -4,9 +4,8 @@ r"""Checks and report rows of runs without a mean field (the paper's Section 4).
 scaling of the loss (4.8) and the signed errors (4.11) (:mod:`analysis.checks.scaling`), the
 nonzero spectrum of :math:`M[\rho_n]` through the Gram matrix of the features
 (:func:`meanfield.mkernel.gram_spectrum`: any number of x nodes), and the loss across the
-quench of an SGD batch schedule. :func:`highdim_rows` turns them into report rows
-``(prediction, reference, measured, expected, verdict)``; tolerances and alternatives in
-``docs/propositions.md``.
+quench of an SGD batch schedule. :func:`highdim_rows` turns them into rows of
+``report.md``; tolerances and alternatives in ``docs/propositions.md``.
 """
 from __future__ import annotations
 
@@ -15,7 +14,8 @@ import xarray as xr
 
 from analysis.checks.estimators import bootstrap_stat, finite_rows
 from meanfield.mkernel import gram_spectrum, psd_tolerance
-from analysis.checks.power import judge, slope_alternatives
+from analysis.checks.power import INCONCLUSIVE, judge, slope_alternatives
+from analysis.checks.rows import NotApplicable, Row, fmt, verdict, with_note
 from analysis.checks.scaling import ensemble_lln, final_scaling
 
 __all__ = ["highdim_checks", "highdim_rows", "quench_time", "final_alpha", "GRAM_MAX"]
@@ -118,85 +118,100 @@ def highdim_checks(particles, problem, cfg, *, n_boot=1000, level=0.95, rng, not
     return xr.merge(parts, combine_attrs="drop_conflicts")
 
 
-def _g(v, d=3):
-    v = float(v)
-    return "nan" if not np.isfinite(v) else f"{v:.{d}g}"
-
-
-def highdim_rows(a, *, seeds, scheme, alpha=None, min_seeds=1, min_seeds_t=1, pct="95 %"):
-    """Report rows ``(prediction, reference, measured, expected, verdict)`` of the
-    statistics of :func:`highdim_checks` present in ``a``."""
+def _ensemble_lln_rows(a, ctx):
+    """The LLN from the ensembles alone: n V_n per t and the distance to the largest-n
+    mean at the last t."""
     out = []
-    if "ens_var_slope" in a:
-        for j, t in enumerate(a["t"].values):
-            s, lo, hi = (float(a[f"ens_var_slope{k}"].values[j]) for k in ("", "_low", "_high"))
-            # the LLN at the CLT rate: n V_n bounded, slope <= 0; alternative: a variance
-            # decaying only as n^{-1/2} (slope +1/2)
-            ok = None if not np.isfinite(lo) else bool(lo <= 0.0)
-            v, note = judge(lo, hi, ok, (0.5,), center=0.0, seeds=seeds, min_seeds=min_seeds_t)
-            out.append((f"LLN without f_0: n·E‖f_n − E f_n‖²_μ vs n, t = {t:g}",
-                        "Prop. 2.1, 2.2 (2.32); THEORY §5",
-                        f"slope {_g(s)} [{_g(lo)}, {_g(hi)}] ({pct} bootstrap)",
-                        "≤ 0 (0: the CLT scale; below: self-healed)"
-                        + (f"; {note}" if note else ""), v))
-        T = -1
-        s, lo, hi = (float(a[f"dist_largest_slope{k}"].values[T]) for k in ("", "_low", "_high"))
-        ok = None if not np.isfinite(lo) else bool(lo <= -1.0)
-        v, note = judge(lo, hi, ok, (-0.5,), center=-1.0, seeds=seeds, min_seeds=min_seeds_t)
-        out.append((f"E‖f_n − f̄‖²_μ vs n, t = {float(a['t'].values[T]):g} "
-                    "(f̄: largest-n ensemble mean, a proxy of f_0)",
-                    "Prop. 2.2 (2.41)", f"slope {_g(s)} [{_g(lo)}, {_g(hi)}] ({pct})",
-                    "≤ −1" + (f"; {note}" if note else ""), v))
+    for j, t in enumerate(a["t"].values):
+        s, lo, hi = (float(a[f"ens_var_slope{k}"].values[j]) for k in ("", "_low", "_high"))
+        # the LLN at the CLT rate: n V_n bounded, slope <= 0; alternative: a variance
+        # decaying only as n^{-1/2} (slope +1/2)
+        ok = None if not np.isfinite(lo) else bool(lo <= 0.0)
+        v, note = judge(lo, hi, ok, (0.5,), center=0.0, seeds=ctx.seeds, min_seeds=ctx.k_t)
+        out.append(Row(f"LLN without f_0: n·E‖f_n − E f_n‖²_μ vs n, t = {t:g}",
+                       "Prop. 2.1, 2.2 (2.32); THEORY §5",
+                       f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}] ({ctx.pct} bootstrap)",
+                       with_note("≤ 0 (0: the CLT scale; below: self-healed)", note), v))
+    s, lo, hi = (float(a[f"dist_largest_slope{k}"].values[-1]) for k in ("", "_low", "_high"))
+    ok = None if not np.isfinite(lo) else bool(lo <= -1.0)
+    v, note = judge(lo, hi, ok, (-0.5,), center=-1.0, seeds=ctx.seeds, min_seeds=ctx.k_t)
+    out.append(Row(f"E‖f_n − f̄‖²_μ vs n, t = {float(a['t'].values[-1]):g} "
+                   "(f̄: largest-n ensemble mean, a proxy of f_0)",
+                   "Prop. 2.2 (2.41)", f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}] ({ctx.pct})",
+                   with_note("≤ −1", note), v))
+    return out
+
+
+SCALINGS = (("loss", "final loss (4.8)", "Figs. 1, 3; (3.36)"),
+            ("signed_pos", "signed error (4.11), Θ(f)", "Fig. 3; (3.34)"),
+            ("signed_neg", "signed error (4.11), Θ(−f)", "Fig. 3; (3.34)"))
+
+
+def _scaling_row(a, ctx, name, label, ref, alpha):
+    """The slope in n of the final loss or a signed error, mean over the realisations.
+
+    GD (and Langevin cooled to GD): self-healing, faster than 1/n (Fig. 1); SGD with
+    P ∝ n^{2α}: the noise term n θ Σ^SGD / n ∝ n^{-2α} beside the n^{-1} part (Fig. 3).
+    """
+    if ctx.scheme == "sgd" and alpha is None:
+        return NotApplicable(f"{label} vs n", "the SGD prediction needs a batch rule "
+                             "P ∝ n^{2α} at the end of the run (dynamics.batch = "
+                             "{P0, alpha}, or a schedule ending in one)")
+    e = -min(1.0, 2.0 * alpha) if ctx.scheme == "sgd" else -1.0
+    vals = {k: a[f"{name}_slope{k}"] for k in ("", "_low", "_high")}
+    s, lo, hi = (float(vals[k].sel(fit="mean")) for k in ("", "_low", "_high"))
+    per = vals[""].values[1:]
+    spread = (f"; per realisation {fmt(np.nanmin(per))} … {fmt(np.nanmax(per))}"
+              if len(per) > 1 else "")
+    if ctx.scheme != "sgd":  # GD: the loss self-heals (Fig. 1); the bias E f_n − f_0 is O(1/n)
+        ok = None if not np.isfinite(lo) else bool(lo <= e)
+        alts, exp = (-0.5,), ("≤ −1 (faster than n^−1)" if name == "loss" else
+                              "≤ −1 (bias O(1/n); f_0(T) − f not known here)")
+    else:
+        ok = None if not np.isfinite(lo) else bool(lo <= e <= hi)
+        alts, exp = slope_alternatives(e), f"{fmt(e)}"
+    v, note = judge(lo, hi, ok, alts, center=e, seeds=ctx.seeds, min_seeds=ctx.k_95)
+    return Row(f"{label} vs n, t = {float(a['final_time']):g}, mean over "
+               f"{a.sizes['fit'] - 1} realisation(s)", ref,
+               f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}] (95 %){spread}", with_note(exp, note), v)
+
+
+def _gram_row(a):
+    r = a["m_gram_min_ratio"].values
+    tol = float(a["m_gram_tolerance"])
+    done = np.isfinite(r)
+    m = float(np.min(r[done])) if done.any() else np.nan
+    ranks = ", ".join(f"n = {int(n)}: {int(k)}/{int(s)}" for n, k, s, ok in zip(
+        a["n"].values, a["m_gram_rank"].values, a["m_gram_size"].values, done) if ok)
+    return Row("M[ρ_n] ⪰ 0 on L²(μ), Gram matrix of the features (any Q), last t",
+               "(2.38), (2.39)", f"min λ_min/λ_max {fmt(m)}; rank {ranks}",
+               f"≥ −{fmt(tol, 2)} (round-off)",
+               verdict(None if not np.isfinite(m) else bool(m >= -tol)))
+
+
+def _quench_row(a):
+    r, lo, hi = (float(a[f"quench_loss_ratio{k}"]) for k in ("", "_low", "_high"))
+    if not np.isfinite(lo + hi):
+        v, note = "n.a.", ""
+    elif hi < 1.0 or lo > 1.0:
+        v, note = verdict(hi < 1.0), ""
+    else:
+        v, note = INCONCLUSIVE, "the interval holds 1: run longer after the quench"
+    return Row(f"loss after the quench (t ≥ {float(a['quench_time']):g}), "
+               f"n = {int(a['quench_n'])}", "Sec. 4.2, Fig. 2; Prop. 3.3",
+               f"ratio to the loss at the quench {fmt(r)} [{fmt(lo)}, {fmt(hi)}] (95 %)",
+               with_note("< 1 (the larger batch quenches the SGD noise)", note), v)
+
+
+def highdim_rows(a, ctx):
+    """The rows of the statistics of :func:`highdim_checks` present in ``a``."""
+    out = _ensemble_lln_rows(a, ctx) if "ens_var_slope" in a else []
     if "loss_slope" in a:
-        # GD (and Langevin cooled to GD): self-healing, faster than 1/n (Fig. 1); SGD with
-        # P ∝ n^{2α}: the noise term n θ Σ^SGD / n ∝ n^{-2α} beside the n^{-1} part (Fig. 3)
-        e = -min(1.0, 2.0 * alpha) if (scheme == "sgd" and alpha is not None) else -1.0
-        below = scheme != "sgd"
-        for name, label, ref in (("loss", "final loss (4.8)", "Figs. 1, 3; (3.36)"),
-                                 ("signed_pos", "signed error (4.11), Θ(f)", "Fig. 3; (3.34)"),
-                                 ("signed_neg", "signed error (4.11), Θ(−f)", "Fig. 3; (3.34)")):
-            if f"{name}_slope" not in a:
-                continue
-            vals = {k: a[f"{name}_slope{k}"] for k in ("", "_low", "_high")}
-            s, lo, hi = (float(vals[k].sel(fit="mean")) for k in ("", "_low", "_high"))
-            per = vals[""].values[1:]
-            spread = (f"; per realisation {_g(np.nanmin(per))} … {_g(np.nanmax(per))}"
-                      if len(per) > 1 else "")
-            if below:  # GD: the loss self-heals (Fig. 1); the bias E f_n − f_0 is O(1/n)
-                ok = None if not np.isfinite(lo) else bool(lo <= e)
-                alts, exp = (-0.5,), ("≤ −1 (faster than n^−1)" if name == "loss" else
-                                      "≤ −1 (bias O(1/n); f_0(T) − f not known here)")
-            else:
-                ok = None if not np.isfinite(lo) else bool(lo <= e <= hi)
-                alts, exp = slope_alternatives(e), f"{_g(e)}"
-            if scheme == "sgd" and alpha is None:
-                ok, exp = None, "n.a.: dynamics.batch does not scale P ∝ n^{2α}"
-            v, note = judge(lo, hi, ok, alts, center=e, seeds=seeds, min_seeds=min_seeds)
-            out.append((f"{label} vs n, t = {float(a['final_time']):g}, mean over "
-                        f"{a.sizes['fit'] - 1} realisation(s)", ref,
-                        f"slope {_g(s)} [{_g(lo)}, {_g(hi)}] (95 %){spread}",
-                        exp + (f"; {note}" if note else ""), v))
+        alpha = final_alpha(ctx.config["dynamics"].get("batch"))
+        out += [_scaling_row(a, ctx, *names, alpha) for names in SCALINGS
+                if f"{names[0]}_slope" in a]
     if "m_gram_min_ratio" in a:
-        r = a["m_gram_min_ratio"].values
-        tol = float(a["m_gram_tolerance"])
-        done = np.isfinite(r)
-        m = float(np.min(r[done])) if done.any() else np.nan
-        ranks = ", ".join(f"n = {int(n)}: {int(k)}/{int(s)}" for n, k, s, ok in zip(
-            a["n"].values, a["m_gram_rank"].values, a["m_gram_size"].values, done) if ok)
-        out.append(("M[ρ_n] ⪰ 0 on L²(μ), Gram matrix of the features (any Q), last t",
-                    "(2.38), (2.39)", f"min λ_min/λ_max {_g(m)}; rank {ranks}",
-                    f"≥ −{_g(tol, 2)} (round-off)",
-                    "n.a." if not np.isfinite(m) else ("PASS" if m >= -tol else "FAIL")))
+        out.append(_gram_row(a))
     if "quench_loss_ratio" in a:
-        r, lo, hi = (float(a[f"quench_loss_ratio{k}"]) for k in ("", "_low", "_high"))
-        if not np.isfinite(lo + hi):
-            v, note = "n.a.", ""
-        elif hi < 1.0 or lo > 1.0:
-            v, note = ("PASS" if hi < 1.0 else "FAIL"), ""
-        else:
-            v, note = "INCONCLUSIVE", "; the interval holds 1: run longer after the quench"
-        out.append((f"loss after the quench (t ≥ {float(a['quench_time']):g}), "
-                    f"n = {int(a['quench_n'])}", "Sec. 4.2, Fig. 2; Prop. 3.3",
-                    f"ratio to the loss at the quench {_g(r)} [{_g(lo)}, {_g(hi)}] (95 %)",
-                    "< 1 (the larger batch quenches the SGD noise)" + note, v))
+        out.append(_quench_row(a))
     return out

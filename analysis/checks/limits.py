@@ -1,8 +1,8 @@
-r"""Checks of the paper's predictions on the outputs of ``mfpc run`` (numbers only).
+r"""The LLN and CLT checks on the outputs of ``mfpc run``, and their report rows.
 
 Every function takes the datasets written by :mod:`analysis.run.experiment` (``particles``,
 ``meanfield``, ``fluctuations``) and returns an :class:`xarray.Dataset` of statistics;
-:mod:`analysis.report.make` turns them into ``analysis.nc`` and the table of ``report.md``.
+:func:`limits_rows` turns the LLN and CLT statistics into rows of ``report.md``.
 How each statistic is derived and which tolerance decides a verdict is in
 ``docs/propositions.md``. Slopes always come from :func:`analysis.checks.fit.fit_power_law`.
 
@@ -27,6 +27,9 @@ from scipy import stats
 from analysis.checks.losses import final_loss_scaling, fluctuation_scaling, loss_monotonicity, time_to_level
 from analysis.checks.estimators import (align_to, bootstrap_slope, bootstrap_stat, finite_rows,
                     power_law_slopes, reference_f0, reference_loss0, slope_fit, trace_sigma)
+from analysis.checks.power import judge, slope_alternatives
+from analysis.checks.rows import (SGD_REPLACES_GD, NotApplicable, Row, fmt, sgd_replaces_gd,
+                                  verdict, with_note)
 
 __all__ = [
     "reference_f0",
@@ -44,6 +47,9 @@ __all__ = [
     "time_to_level",
     "final_loss_scaling",
     "fluctuation_scaling",
+    "lln_rows",
+    "clt_rows",
+    "limits_rows",
 ]
 
 
@@ -267,3 +273,117 @@ def clt(particles, meanfield, fluctuations, *, f0=None, k=4, rank_rtol=1e-10):
     ds["clt_ks_p"].attrs["long_name"] = "Bonferroni-combined KS p-value of the top-k modes"
     ds["clt_mahalanobis_p"].attrs["long_name"] = "KS p-value of sum_k xi_k^2 against chi2_k"
     return ds
+
+
+# -- report rows ----------------------------------------------------------------------------
+LLN_SLOPE = "LLN slope of E‖f_n − f_0‖²_μ vs n"
+LLN_PREFACTOR = "LLN prefactor n·E‖f_n − f_0‖²_μ"
+CLT_RATIO = "CLT variance ratio n·Var(f_n − f_0) / Σ_t"
+CLT_GAUSS = "CLT Gaussianity of the top modes of Σ_t"
+
+
+def _missing(ctx, *, fluctuations):
+    """``"add [meanfield] and [fluctuations]"``: the sections the run lacks for a check."""
+    need = [s for s, have in (("[meanfield]", ctx.meanfield),
+                              ("[fluctuations]", ctx.fluctuations or not fluctuations))
+            if not have]
+    return "add " + " and ".join(need)
+
+
+def _lln_slope_rows(a, ctx):
+    out = []
+    for j, t in enumerate(a["t"].values):
+        s, lo, hi = (float(a[v].values[j]) for v in ("lln_slope", "lln_slope_low",
+                                                     "lln_slope_high"))
+        ok = None if not np.isfinite(lo) else bool(lo <= -1.0 <= hi)
+        v, note = judge(lo, hi, ok, slope_alternatives(-1.0) + (0.0,), center=-1.0,
+                        seeds=ctx.seeds, min_seeds=ctx.k_t)
+        out.append(Row(f"{LLN_SLOPE}, t = {t:g}", "Prop. 2.2 (2.41); (2.32)",
+                       f"{fmt(s)} [{fmt(lo)}, {fmt(hi)}] ({ctx.pct} bootstrap)",
+                       with_note("−1", note), v))
+    return out
+
+
+def _lln_prefactor_rows(a, ctx):
+    out = []
+    for j, t in enumerate(a["t"].values):
+        A, lo, hi, tr = (float(a[v].values[j]) for v in (
+            "lln_prefactor_fixed", "lln_prefactor_fixed_low", "lln_prefactor_fixed_high",
+            "lln_trace_sigma"))
+        ok = None if not np.isfinite(lo) else bool(lo <= tr <= hi)
+        v, note = judge(lo, hi, ok, (0.5 * tr, 2.0 * tr), center=tr, seeds=ctx.seeds,
+                        min_seeds=ctx.k_t)
+        out.append(Row(f"{LLN_PREFACTOR}, t = {t:g}", "Prop. 2.1 (2.32), THEORY §4",
+                       f"{fmt(A)} [{fmt(lo)}, {fmt(hi)}] ({ctx.pct}; slope fixed −1; free fit "
+                       f"{fmt(a['lln_prefactor'].values[j])})",
+                       with_note(f"tr_μ Σ_t = {fmt(tr)}", note), v))
+    return out
+
+
+def lln_rows(a, ctx):
+    """The LLN rows (Prop. 2.1, 2.2): the slope −1 and the prefactor tr_μ Σ_t, per t."""
+    if sgd_replaces_gd(a):
+        return [NotApplicable(LLN_SLOPE, SGD_REPLACES_GD)] + (
+            [NotApplicable(LLN_PREFACTOR, SGD_REPLACES_GD)] if "lln_trace_sigma" in a else [])
+    if not ctx.meanfield:
+        alone = "; the rows “LLN without f_0” check the ensembles alone" \
+            if "ens_var_slope" in a else ""
+        return [NotApplicable(LLN_SLOPE, f"needs the mean field f_0 (add [meanfield]){alone}"),
+                NotApplicable(LLN_PREFACTOR, "needs f_0 and tr_μ Σ_t "
+                              f"({_missing(ctx, fluctuations=True)})")]
+    out = _lln_slope_rows(a, ctx)
+    if "lln_trace_sigma" in a:
+        return out + _lln_prefactor_rows(a, ctx)
+    return out + [NotApplicable(LLN_PREFACTOR, "needs tr_μ Σ_t from fluctuations.nc "
+                                "(add [fluctuations])")]
+
+
+def _clt_ratio_rows(a, ctx, i):
+    out = []
+    n = int(a["n"].values[i])
+    for j, t in enumerate(a["t"].values):
+        r = float(a["clt_var_ratio"].values[i, j])
+        se = float(a["clt_var_ratio_stderr"].values[i, j])
+        ok = None if not np.isfinite(r * se) else bool(abs(r - 1.0) <= ctx.z_max * se)
+        v, note = judge(r - ctx.z_max * se, r + ctx.z_max * se, ok, (0.5, 2.0), center=1.0,
+                        seeds=ctx.seeds, min_seeds=2)
+        out.append(Row(f"{CLT_RATIO}, n = {n}, t = {t:g}", "Prop. 2.1 (2.32), THEORY §4",
+                       f"{fmt(r)} ± {fmt(se, 2)}",
+                       with_note(f"1 (|ratio − 1| ≤ {ctx.z_max:.3g} s.e.)", note), v))
+    return out
+
+
+def _clt_gauss_rows(a, ctx, i):
+    out = []
+    n = int(a["n"].values[i])
+    few = f"needs at least 2 seeds (this run has {ctx.seeds})" if ctx.seeds < 2 else ""
+    for j, t in enumerate(a["t"].values):
+        p = float(a["clt_ks_p"].values[i, j])
+        pm = float(a["clt_mahalanobis_p"].values[i, j])
+        k = int(a["clt_k"].values[j])
+        ok = None if few or not np.isfinite(p + pm) else bool(p >= ctx.p_min
+                                                              and pm >= ctx.p_min)
+        out.append(Row(f"CLT Gaussianity, top-{k} modes of Σ_t, n = {n}, t = {t:g}",
+                       "Prop. 2.1 (2.32)",
+                       f"KS p = {fmt(p, 2)} (Bonferroni); "
+                       f"Mahalanobis χ²_{k} KS p = {fmt(pm, 2)}",
+                       with_note(f"both p ≥ {ctx.p_min:.2g}", few), verdict(ok)))
+    return out
+
+
+def clt_rows(a, ctx):
+    """The CLT rows (Prop. 2.1): the variance ratio and Gaussianity at the largest n."""
+    if "clt_var_ratio_stderr" not in a:
+        return [NotApplicable("CLT: variance ratio and Gaussianity",
+                              "needs f_0 and Σ_t from meanfield.nc and fluctuations.nc "
+                              f"({_missing(ctx, fluctuations=True)})")]
+    if sgd_replaces_gd(a):
+        return [NotApplicable(CLT_RATIO, SGD_REPLACES_GD),
+                NotApplicable(CLT_GAUSS, SGD_REPLACES_GD)]
+    i = int(np.argmax(a["n"].values))
+    return _clt_ratio_rows(a, ctx, i) + _clt_gauss_rows(a, ctx, i)
+
+
+def limits_rows(a, ctx):
+    """The LLN and CLT rows of ``report.md`` (:func:`lln_rows`, :func:`clt_rows`)."""
+    return lln_rows(a, ctx) + clt_rows(a, ctx)

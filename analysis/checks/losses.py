@@ -6,7 +6,8 @@ r"""Checks of the losses on the outputs of ``mfpc run``: monotonicity, rate, sel
 * :func:`final_loss_scaling` — self-healing (Prop. 2.3, 2.4, (2.52)–(2.54)).
 * :func:`fluctuation_scaling` — SGD fluctuations (Prop. 3.2, (3.23), (3.34)).
 
-Each returns an :class:`xarray.Dataset` of statistics for ``analysis.nc``; tolerances in
+Each returns an :class:`xarray.Dataset` of statistics for ``analysis.nc``;
+:func:`losses_rows` turns them into rows of ``report.md``. Tolerances in
 ``docs/propositions.md``. Also reachable as ``analysis.checks.limits.<name>``.
 """
 from __future__ import annotations
@@ -15,8 +16,11 @@ import numpy as np
 import xarray as xr
 
 from analysis.checks.estimators import align_to, bootstrap_slope, bootstrap_stat, finite_rows, reference_loss0
+from analysis.checks.power import judge, slope_alternatives
+from analysis.checks.rows import NotApplicable, Row, fmt, sgd_replaces_gd, verdict, with_note
 
-__all__ = ["loss_monotonicity", "time_to_level", "final_loss_scaling", "fluctuation_scaling"]
+__all__ = ["loss_monotonicity", "time_to_level", "final_loss_scaling", "fluctuation_scaling",
+           "losses_rows", "LOSS_INCREASE_TOL", "FLAT_TOL", "FLOOR_MAX"]
 
 
 def loss_monotonicity(particles, meanfield=None):
@@ -186,3 +190,96 @@ def fluctuation_scaling(particles, *, alpha=None, n_boot=1000, level=0.95, rng):
                      "fluct_slope_high": ("t", [f[3] for f in fits])})
     ds["fluct_expected_slope"] = np.nan if alpha is None else -2.0 * float(alpha)
     return ds
+
+
+# -- report rows ----------------------------------------------------------------------------
+#: loss-increase bound of the monotonicity rows (relative to l(0))
+LOSS_INCREASE_TOL = 1e-10
+#: |slope| below which the time to reach a loss level counts as flat in n
+FLAT_TOL = 0.1
+#: self-healing needs the mean-field floor l_0(T) below this fraction of the loss
+FLOOR_MAX = 0.1
+
+GD_DECREASE = "losses non-increasing (GD), all n and seeds"
+MF_DECREASE = "mean-field loss ℓ(f_0) non-increasing"
+SELF_HEALING = "self-healing: final loss vs n"
+SGD_EXPONENT = "SGD: variance of f_n − f_0 vs n at the last save time"
+
+
+def _monotonicity_rows(a, ctx):
+    inc = float(np.nanmax(a["loss_max_increase"].values))
+    if ctx.scheme != "gd":
+        out = [NotApplicable(GD_DECREASE, "holds for gradient descent; this run's scheme is "
+                             f"{ctx.scheme}, whose noise can raise the loss")]
+    else:
+        out = [Row(GD_DECREASE, "(2.2), (2.37), (2.43)", f"largest increase {fmt(inc, 2)} ℓ(0)",
+                   f"≤ {LOSS_INCREASE_TOL:g} ℓ(0)", verdict(bool(inc <= LOSS_INCREASE_TOL)))]
+    if "loss_0_max_increase" not in a:
+        return out
+    if ctx.scheme == "langevin":
+        return out + [NotApplicable(MF_DECREASE, "holds without temperature; this run's "
+                                    "scheme is langevin")]
+    inc0 = float(np.nanmax(a["loss_0_max_increase"].values))
+    return out + [Row(MF_DECREASE, "(2.37), (2.39)", f"largest increase {fmt(inc0, 2)} ℓ_0(0)",
+                      f"≤ {LOSS_INCREASE_TOL:g} ℓ_0(0)",
+                      verdict(bool(inc0 <= LOSS_INCREASE_TOL)))]
+
+
+def _time_to_level_row(a, ctx):
+    s = float(a["time_to_level_slope"])
+    lo, hi = float(a["time_to_level_slope_low"]), float(a["time_to_level_slope_high"])
+    # flat: consistent with 0 (0 in the interval) or practically flat (|slope| small)
+    flat = bool(abs(s) <= FLAT_TOL or lo <= 0.0 <= hi)
+    # alternative: a time ∝ n^{±1} (docs/propositions.md, "n-independent rate")
+    v, note = judge(lo, hi, None if not np.isfinite(s) else flat, (-1.0, 1.0),
+                    center=0.0, seeds=ctx.seeds, min_seeds=ctx.k_95)
+    return Row(f"time to reach ℓ = {fmt(a['loss_level'])} vs n (n-independent rate)",
+               "remark after Prop. 2.2", f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}] (95 %)",
+               with_note(f"0 (0 in the interval or |slope| ≤ {FLAT_TOL:g})", note), v)
+
+
+def _self_healing_row(a, ctx):
+    floor = float(a["loss_floor_ratio"]) if "loss_floor_ratio" in a else np.nan
+    if not np.isfinite(floor):
+        # without ℓ_0(T) nothing tells whether T is a "long time" (f_0 near f)
+        return NotApplicable(SELF_HEALING, "needs the mean-field loss ℓ_0(T) to tell a long "
+                             "time (add [meanfield])")
+    s, hi = float(a["final_loss_slope"]), float(a["final_loss_slope_high"])
+    lo = float(a["final_loss_slope_low"])
+    if floor > FLOOR_MAX:
+        v, exp = "n.a.", (f"n.a.: ℓ_0(T) is {fmt(floor, 2)} of the loss (> {FLOOR_MAX:g}); "
+                          "run longer")
+    elif not np.isfinite(hi):
+        v, exp = "n.a.", "< −1 (upper bound)"
+    else:  # PASS: the interval below −1; FAIL: above; INCONCLUSIVE: it holds −1
+        v, note = judge(lo, hi, bool(lo < -1.0), (-1.0,), center=s, seeds=ctx.seeds,
+                        min_seeds=ctx.k_95)
+        exp = with_note("< −1 (upper bound)", note)
+    return Row(f"{SELF_HEALING}, t = {float(a['final_time']):g}", "Prop. 2.3, 2.4 (2.52)–(2.54)",
+               f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}] (95 %)", exp, v)
+
+
+def _sgd_exponent_row(a, ctx):
+    if sgd_replaces_gd(a):
+        return NotApplicable(SGD_EXPONENT, "the row “SGD: exponent of Var f_n vs n” compares "
+                             "the same slope with that of tr(Σ_t + nθ_nΣ^SGD_t)/n, which "
+                             "tends to −2α")
+    e = float(a["fluct_expected_slope"])
+    if not np.isfinite(e):
+        return NotApplicable(SGD_EXPONENT, "needs one batch rule P ∝ n^{2α} for the whole run "
+                             "(dynamics.batch = {P0, alpha})")
+    s = float(a["fluct_slope"].values[-1])
+    lo, hi = float(a["fluct_slope_low"].values[-1]), float(a["fluct_slope_high"].values[-1])
+    v, note = judge(lo, hi, bool(lo <= e <= hi), slope_alternatives(e), center=e,
+                    seeds=ctx.seeds, min_seeds=ctx.k_95)
+    return Row(SGD_EXPONENT, "Prop. 3.2 (3.23), (3.34)", f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}]",
+               with_note(f"−2α = {fmt(e)}", note), v)
+
+
+def losses_rows(a, ctx):
+    """The loss rows of ``report.md``: monotonicity (GD and mean field), the time to a
+    level, self-healing and, for SGD, the variance exponent −2α."""
+    out = _monotonicity_rows(a, ctx) + [_time_to_level_row(a, ctx), _self_healing_row(a, ctx)]
+    if ctx.scheme == "sgd":
+        out.append(_sgd_exponent_row(a, ctx))
+    return out

@@ -27,16 +27,27 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import stats
 
-__all__ = ["VERDICTS", "INCONCLUSIVE", "bootstrap_min_seeds", "seeds_needed", "judge",
-           "slope_alternatives"]
+__all__ = ["VERDICTS", "INCONCLUSIVE", "FAMILY_ALPHA", "per_time_level",
+           "bootstrap_min_seeds", "seeds_needed", "judge", "slope_alternatives"]
 
 #: the verdicts a report row can have, in the order they are counted
 INCONCLUSIVE = "INCONCLUSIVE"
 VERDICTS = ("PASS", "FAIL", INCONCLUSIVE, "n.a.")
+#: family-wise error rate of each prediction checked at the T save times (Bonferroni):
+#: intervals at level 1 - FAMILY_ALPHA/T, p-values against FAMILY_ALPHA/T, |z| against
+#: the two-sided normal quantile of FAMILY_ALPHA/T
+FAMILY_ALPHA = 0.05
 #: distance of a slope's alternatives from the prediction: a power of n off by 1/2 (a
 #: factor sqrt(n) over the range of n, e.g. the LLN's -1 against the -1/2 of an RMS error)
 SLOPE_OFFSET = 0.5
+
+
+def per_time_level(T):
+    """Interval level, p-value bound and |z| bound for one row of T (family-wise 5 %)."""
+    a = FAMILY_ALPHA / max(int(T), 1)
+    return 1.0 - a, a, float(stats.norm.ppf(1.0 - a / 2))
 
 
 def bootstrap_min_seeds(level: float) -> int:

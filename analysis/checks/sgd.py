@@ -33,35 +33,15 @@ from particles import Dynamics
 
 from analysis.checks.limits import clt_relative_stderr
 from analysis.checks.estimators import align_to
-from analysis.checks.power import judge, slope_alternatives
+from analysis.checks.power import judge, per_time_level, slope_alternatives
+from analysis.checks.rows import Row, fmt, verdict, with_note
 
-__all__ = ["QUENCH_FACTOR", "QUENCH_LOSS", "GD_ROWS", "run_dynamics", "sgd_checks",
-           "sgd_rows", "gd_rows_na"]
+__all__ = ["QUENCH_FACTOR", "QUENCH_LOSS", "run_dynamics", "sgd_checks", "sgd_rows"]
 
 #: allowed growth of the sensitivity |M[rho_0]|^2 between the first and the last interval
 QUENCH_FACTOR = 10.0
 #: the self-quench row needs l_0(t_{K-1}) / l_0(0) below this (else n.a.: run longer)
 QUENCH_LOSS = 0.1
-
-
-#: the rows (by the start of their prediction) whose expected value is the GD one: on an SGD
-#: run with the SGD prediction they are n.a., the SGD rows test the same data against
-#: Σ_t + nθΣ^SGD_t (the old exponent row, −2α only asymptotically, by the predicted one)
-GD_ROWS = ("LLN ", "CLT ", "leading eigenvalues of M[ρ_n]",
-           "SGD: variance of f_n − f_0 vs n")
-
-
-def gd_rows_na(rows, Row):
-    """``rows`` with the verdict of every :data:`GD_ROWS` row set to n.a. and the reason
-    added to its expected column (an SGD run with ``sgd_cov``)."""
-    out = []
-    for r in rows:
-        if r.prediction.startswith(GD_ROWS) and r.verdict != "n.a.":
-            r = Row(r.prediction, r.reference, r.measured,
-                    f"{r.expected}; n.a. for SGD: the GD value, see the SGD rows "
-                    "(Σ_t + nθΣ^SGD_t)", "n.a.")
-        out.append(r)
-    return out
 
 
 def run_dynamics(cfg) -> Dynamics:
@@ -139,20 +119,13 @@ def sgd_checks(particles, fluctuations, cfg, *, f0):
     }, coords={"n": ns, "t": ts})
 
 
-def _g(v, d=3):
-    v = float(v)
-    return "nan" if not np.isfinite(v) else f"{v:.{d}g}"
-
-
-def sgd_rows(a, *, Row, seeds, z_max, k_95, alpha=None):
-    """The SGD rows of ``report.md`` from the analysis Dataset ``a`` (:func:`sgd_checks`).
-
-    ``Row`` is :class:`analysis.report.make.Row`; ``z_max`` the |z| bound of a row (family-wise
-    over the rows of each time); ``k_95`` the fewest seeds of a 95 % bootstrap interval.
-    """
+def _variance_rows(a, ctx):
+    """One row per n and t > 0: the variance ratio against 1, its alternatives the GD
+    prediction alone and an SGD term twice too large (|z| bound family-wise over the
+    rows)."""
     out = []
     ts, ns = a["t"].values, a["n"].values
-    z_row = z_max
+    z = per_time_level(len(ts) * len(ns))[2]
     for j, t in enumerate(ts):
         if not a["sgd_trace"].values[j] > 0:
             continue  # t = 0: no SGD noise yet
@@ -160,43 +133,61 @@ def sgd_rows(a, *, Row, seeds, z_max, k_95, alpha=None):
             r = float(a["sgd_var_ratio"].values[i, j])
             se = float(a["sgd_var_ratio_stderr"].values[i, j])
             gd = float(a["sgd_ratio_gd"].values[i, j])
-            lo, hi = r - z_row * se, r + z_row * se
-            ok = None if not np.isfinite(se) else bool(abs(r - 1.0) <= z_row * se)
-            v, note = judge(lo, hi, ok, (gd, 2.0 - gd), center=1.0, seeds=seeds)
+            ok = None if not np.isfinite(se) else bool(abs(r - 1.0) <= z * se)
+            v, note = judge(r - z * se, r + z * se, ok, (gd, 2.0 - gd), center=1.0,
+                            seeds=ctx.seeds)
             out.append(Row(
                 f"SGD: n·Var(f_n − f_0) / tr(Σ_t + nθΣ^SGD_t), n = {int(n)}, t = {t:g}",
                 "THEORY §4b; (3.29), (3.31)",
-                f"{_g(r)} ± {_g(se, 2)} (nθ = {_g(n * float(a['sgd_theta'].values[i]))}, "
-                f"SGD/GD terms {_g(a['sgd_term_ratio'].values[i, j])})",
-                (f"1 (GD alone: {_g(gd)}); |z| ≤ {z_row:.3g}" + (f"; {note}" if note else "")),
-                v))
-    e = float(a["sgd_expected_slope"].values[-1])
-    if np.isfinite(e) and "fluct_slope" in a:
-        s = float(a["fluct_slope"].values[-1])
-        lo, hi = float(a["fluct_slope_low"].values[-1]), float(a["fluct_slope_high"].values[-1])
-        ok = None if not np.isfinite(lo) else bool(lo <= e <= hi)
-        v, note = judge(lo, hi, ok, slope_alternatives(e), center=e, seeds=seeds,
-                        min_seeds=k_95)
-        asym = "" if alpha is None else f"; −2α = {_g(-2 * alpha)} once SGD dominates"
-        out.append(Row(f"SGD: exponent of Var f_n vs n, t = {ts[-1]:g}",
-                       "Prop. 3.2 (3.23), (3.34); THEORY §4b",
-                       f"slope {_g(s)} [{_g(lo)}, {_g(hi)}] (95 % bootstrap)",
-                       f"{_g(e)} from tr(Σ_t + nθ_nΣ^SGD_t)/n{asym}"
-                       + (f"; {note}" if note else ""), v))
-    if len(ts) >= 3 and a["sgd_growth"].values[1] > 0:
-        first, last = float(a["sgd_growth"].values[1]), float(a["sgd_growth"].values[-1])
-        l0 = a["sgd_loss_0"].values
-        drop = float(l0[-2] / l0[0]) if l0[0] > 0 else np.nan
-        bound = QUENCH_FACTOR * drop * first
-        if not drop <= QUENCH_LOSS:
-            v, exp = "n.a.", (f"n.a.: ℓ_0 fell only to {_g(drop, 2)} of ℓ_0(0) by "
-                              f"t = {ts[-2]:g} (needs < {QUENCH_LOSS:g}); run longer")
-        else:
-            v = "PASS" if last <= bound else "FAIL"
-            exp = (f"≤ {QUENCH_FACTOR:g} · ℓ_0({ts[-2]:g})/ℓ_0(0) · first rate = "
-                   f"{_g(bound)}")
-        out.append(Row("SGD self-quench: growth rate of tr_μ Σ^SGD_t, last interval",
-                       "Prop. 3.3; THEORY §4b",
-                       f"{_g(last)} (first interval {_g(first)}; ℓ_0 ratio {_g(drop, 2)})",
-                       exp, v))
+                f"{fmt(r)} ± {fmt(se, 2)} (nθ = {fmt(n * float(a['sgd_theta'].values[i]))}, "
+                f"SGD/GD terms {fmt(a['sgd_term_ratio'].values[i, j])})",
+                with_note(f"1 (GD alone: {fmt(gd)}); |z| ≤ {z:.3g}", note), v))
     return out
+
+
+def _exponent_rows(a, ctx):
+    """The measured variance exponent against the predicted one (none without it)."""
+    ts = a["t"].values
+    e = float(a["sgd_expected_slope"].values[-1])
+    if not (np.isfinite(e) and "fluct_slope" in a):
+        return []
+    s = float(a["fluct_slope"].values[-1])
+    lo, hi = float(a["fluct_slope_low"].values[-1]), float(a["fluct_slope_high"].values[-1])
+    ok = None if not np.isfinite(lo) else bool(lo <= e <= hi)
+    v, note = judge(lo, hi, ok, slope_alternatives(e), center=e, seeds=ctx.seeds,
+                    min_seeds=ctx.k_95)
+    asym = "" if ctx.alpha is None else f"; −2α = {fmt(-2 * ctx.alpha)} once SGD dominates"
+    return [Row(f"SGD: exponent of Var f_n vs n, t = {ts[-1]:g}",
+                "Prop. 3.2 (3.23), (3.34); THEORY §4b",
+                f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}] (95 % bootstrap)",
+                with_note(f"{fmt(e)} from tr(Σ_t + nθ_nΣ^SGD_t)/n{asym}", note), v)]
+
+
+def _quench_rows(a):
+    """The self-quench (Prop. 3.3): n.a. until ℓ_0 has fallen below QUENCH_LOSS."""
+    ts = a["t"].values
+    if not (len(ts) >= 3 and a["sgd_growth"].values[1] > 0):
+        return []
+    first, last = float(a["sgd_growth"].values[1]), float(a["sgd_growth"].values[-1])
+    l0 = a["sgd_loss_0"].values
+    drop = float(l0[-2] / l0[0]) if l0[0] > 0 else np.nan
+    bound = QUENCH_FACTOR * drop * first
+    if not drop <= QUENCH_LOSS:
+        v, exp = "n.a.", (f"n.a.: ℓ_0 fell only to {fmt(drop, 2)} of ℓ_0(0) by "
+                          f"t = {ts[-2]:g} (needs < {QUENCH_LOSS:g}); run longer")
+    else:
+        v = verdict(last <= bound)
+        exp = (f"≤ {QUENCH_FACTOR:g} · ℓ_0({ts[-2]:g})/ℓ_0(0) · first rate = "
+               f"{fmt(bound)}")
+    return [Row("SGD self-quench: growth rate of tr_μ Σ^SGD_t, last interval",
+                "Prop. 3.3; THEORY §4b",
+                f"{fmt(last)} (first interval {fmt(first)}; ℓ_0 ratio {fmt(drop, 2)})",
+                exp, v)]
+
+
+def sgd_rows(a, ctx):
+    """The SGD rows of ``report.md`` from the analysis Dataset ``a`` (:func:`sgd_checks`):
+    none unless ``a`` has the SGD prediction (``sgd_var_ratio``)."""
+    if "sgd_var_ratio" not in a:
+        return []
+    return _variance_rows(a, ctx) + _exponent_rows(a, ctx) + _quench_rows(a)

@@ -100,7 +100,8 @@ VARIABLES = {
     "m_min_eigenvalue_source": ("lambda_min / lambda_max of M[rho] per source", "1"),
     "m_min_eigenvalue": ("lambda_min / lambda_max of M[rho], minimum over sources", "1"),
     "m_psd_tolerance": ("round-off tolerance of m_min_eigenvalue (M[rho] >= 0)", "1"),
-    "m_identity_residual": ("largest relative gap of identity (2.39) over random r", "1"),
+    "m_identity_residual": ("largest gap of identity (2.39) over random r, relative to its "
+                            "round-off scale", "1"),
     "m_tangent_residual": ("relative gap of M[rho_n] and n grad_z f_n . grad_z f_n", "1"),
     "m_leading": ("leading eigenvalues of M[rho_n], mean over seeds", "1"),
     "m_leading_ref": ("leading eigenvalues of M[rho_0] (reference)", "1"),

@@ -1,4 +1,4 @@
-"""Issue 5 verification: the README's main job on examples/circle.toml (slow: minutes)."""
+"""Verification of the README's main job on examples/circle.toml (slow: minutes)."""
 from pathlib import Path
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Runs without a mean field (issue 12): the report's rows from the ensembles alone, the
+"""Runs without a mean field: the report's rows from the ensembles alone, the
 Gram spectrum of M on every run, the quench row and the paper's figures, end to end on
 small runs of the shipped high-dimensional examples."""
 import tomllib

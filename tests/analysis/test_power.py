@@ -1,4 +1,4 @@
-"""Issue 9, "verdicts without power": a statistic that cannot be estimated is n.a. with the
+"""Verdicts with power: a statistic that cannot be estimated is n.a. with the
 reason; a PASS whose interval also holds the alternative is INCONCLUSIVE with the seeds it
 would need; the report counts INCONCLUSIVE. Synthetic data with a known answer: the
 error E‖f_n − f_0‖² = n^rate exactly (f_n − f_0 Gaussian with variance n^rate per node).
@@ -13,8 +13,10 @@ import xarray as xr
 from analysis.checks import limits as checks
 from analysis.cli import main
 from analysis.checks.power import (INCONCLUSIVE, VERDICTS, bootstrap_min_seeds, judge,
-                            seeds_needed)
-from analysis.report.make import Row, per_time_level, render, rows
+                                   per_time_level, seeds_needed)
+from analysis.checks.rows import NotApplicable, Row
+from analysis.checks.run import row_context
+from analysis.report.make import render
 
 from .test_cli import write_toml
 
@@ -39,18 +41,13 @@ def synthetic(S, ns, rate, Q=1, seed=0):
 
 
 def lln_rows(S, ns, rate, Q=1, seed=0):
-    """The report's LLN slope rows of the synthetic run (other checks: not measured)."""
+    """The report's LLN slope rows of the synthetic run."""
     p, m = synthetic(S, ns, rate, Q, seed)
     level = per_time_level(T)[0]
     a = checks.lln(p, m, n_boot=1000, level=level, rng=np.random.default_rng(seed + 1))
-    nan = float("nan")
-    for v in ("time_to_level_slope", "time_to_level_slope_low", "time_to_level_slope_high",
-              "loss_level", "final_loss_slope", "final_loss_slope_low",
-              "final_loss_slope_high"):
-        a[v] = nan
-    a["loss_max_increase"], a["final_time"] = 0.0, 2.0
-    table = rows(a, {"config": {"dynamics": {"scheme": "gd"}}, "particles": p})
-    return [r for r in table if r.prediction.startswith("LLN slope")]
+    ctx = row_context(a, {"config": {"dynamics": {"scheme": "gd"}}, "particles": p,
+                          "meanfield": m})
+    return [r for r in checks.lln_rows(a, ctx) if r.prediction.startswith("LLN slope")]
 
 
 def test_min_seeds_of_a_bootstrap():
@@ -62,8 +59,8 @@ def test_min_seeds_of_a_bootstrap():
 
 @pytest.mark.parametrize("S", [1, 2])
 def test_too_few_seeds_is_na_with_the_reason(S):
-    # before issue 9: 1 seed gave FAIL with a zero-width interval, 2 seeds PASS or FAIL
-    # on intervals like [-4.7, 2.2]
+    # 1 seed would give a zero-width interval (a FAIL or PASS by chance), 2 seeds intervals
+    # like [-4.7, 2.2]: below bootstrap_min_seeds the rows are n.a. with the reason
     got = lln_rows(S, [16, 64, 256], -1.0)
     assert len(got) == T
     for r in got:
@@ -113,8 +110,14 @@ def test_report_counts_inconclusive():
     table = [Row("a", "", "", "", v) for v in ("PASS", "FAIL", INCONCLUSIVE, INCONCLUSIVE,
                                                 "n.a.")]
     text = render(table, [])
-    assert "1 PASS, 1 FAIL, 2 INCONCLUSIVE, 1 n.a." in text
+    assert "1 PASS, 1 FAIL, 2 INCONCLUSIVE, 1 n.a.\n" in text
     assert VERDICTS == ("PASS", "FAIL", INCONCLUSIVE, "n.a.")
+    # checks that do not apply are counted apart and listed below the table, not rows
+    text = render(table[:4] + [NotApplicable("b", "needs c"), NotApplicable("d", "needs e")],
+                  [])
+    table_part, below = text.split("## Checks that do not apply to this run")
+    assert "1 PASS, 1 FAIL, 2 INCONCLUSIVE, 2 not applicable\n" in table_part
+    assert "| b |" not in text and below.startswith("\n\n- b: needs c\n- d: needs e\n")
 
 
 def run_report(tmp_path, seeds):
@@ -132,8 +135,8 @@ def run_report(tmp_path, seeds):
 
 @pytest.mark.parametrize("seeds", [1, 2])
 def test_report_of_one_or_two_seeds(tmp_path, seeds):
-    # the issue's run: 1 seed gave 10 FAIL (LLN slope and prefactor, M slope, time to
-    # level); every row with a bootstrap interval is now n.a. with the reason
+    # 1 or 2 seeds through mfpc run and report: every row with a bootstrap interval (LLN
+    # slope and prefactor, M slope, time to level) is n.a. with the reason
     text = run_report(tmp_path, seeds)
     boot = [ln for ln in text.splitlines() if ln.startswith("| ") and (
         "LLN" in ln or "leading eigenvalues" in ln or "time to reach" in ln)]

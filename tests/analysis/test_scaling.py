@@ -1,4 +1,4 @@
-"""Scaling statistics of high-dimensional runs (issue 12) on synthetic ensembles with a
+"""Scaling statistics of high-dimensional runs on synthetic ensembles with a
 known answer, and the Gram-matrix spectrum of M against the Q x Q operator."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Issue 13: the SGD prediction in ``mfpc run`` / ``mfpc report`` (fluctuations.sgd,
+"""The SGD prediction in ``mfpc run`` / ``mfpc report`` (fluctuations.sgd,
 sgd_cov / sgd_var CF metadata, the SGD rows of analysis/checks/sgd.py)."""
 import tomllib
 from pathlib import Path
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from analysis.report import make as report
 from analysis.cli import main
 from analysis.run.experiment import ConfigError, resolve
-from analysis.checks.power import VERDICTS
+from analysis.checks.power import VERDICTS, per_time_level
+from analysis.checks.rows import RowContext
 from analysis.checks.sgd import sgd_checks, sgd_rows
 from particles.engine.results import check_cf
 from particles.engine.variables import VARIABLES
@@ -65,8 +65,12 @@ def test_sgd_run_and_report(tmp_path, method):
     assert all(line.rstrip(" |").split("|")[-1].strip() in VERDICTS for line in rows)
     assert "| SGD: exponent of Var f_n vs n" in text
     assert "| SGD self-quench" in text
-    gd = [line for line in text.splitlines() if line.startswith(("| LLN", "| CLT"))]
-    assert gd and all(line.rstrip(" |").endswith("n.a.") for line in gd), gd
+    # the GD predictions (LLN, CLT) do not apply: listed below the table, not as rows
+    table, below = text.split("## Checks that do not apply to this run")
+    assert not [line for line in table.splitlines() if line.startswith(("| LLN", "| CLT"))]
+    for name in ("LLN slope", "LLN prefactor", "CLT variance ratio", "CLT Gaussianity",
+                 "leading eigenvalues of M[ρ_n]", "SGD: variance of f_n − f_0 vs n"):
+        assert f"\n- {name}" in below and "the GD prediction" in below, name
 
 
 def test_sgd_key_defaults_and_refusals():
@@ -113,6 +117,14 @@ def synthetic(with_sgd_term, S=400, seed=0):
     return particles, fl, cfg, f0
 
 
+def context(cfg, *, seeds, alpha=None):
+    """The rows' context of a run with 3 save times (the variance rows take their |z|
+    bound over n and t from the dataset: per_time_level(3 * 3) here)."""
+    level, p_min, z_max = per_time_level(3)
+    return RowContext(config=cfg, scheme="sgd", seeds=seeds, level=level, p_min=p_min,
+                      z_max=z_max, k_t=5, k_95=4, alpha=alpha)
+
+
 @pytest.mark.parametrize("with_sgd_term, expected", [(True, "PASS"), (False, "FAIL")])
 def test_variance_rows_can_pass_and_fail(with_sgd_term, expected):
     # 400 seeds: the relative se of a variance over 6 nodes is <= sqrt(2/399) = 7 %; the SGD
@@ -122,8 +134,7 @@ def test_variance_rows_can_pass_and_fail(with_sgd_term, expected):
     # alternative is excluded at the largest n (PASS).
     particles, fl, cfg, f0 = synthetic(with_sgd_term)
     a = sgd_checks(particles, fl, cfg, f0=f0)
-    z = report.per_time_level(3 * 3)[2]
-    rows = sgd_rows(a, Row=report.Row, seeds=400, z_max=z, k_95=4, alpha=0.25)
+    rows = sgd_rows(a, context(cfg, seeds=400, alpha=0.25))
     var_rows = [r for r in rows if r.prediction.startswith("SGD: n·Var")]
     assert len(var_rows) == 6
     last = [r for r in var_rows if "n = 1024, t = 2" in r.prediction]
@@ -148,7 +159,7 @@ def test_self_quench_row(last, loss_end, expected):
                     "sgd_ratio_gd": (("n", "t"), np.full((1, 4), 0.2)),
                     "sgd_term_ratio": (("n", "t"), np.full((1, 4), 4.0)),
                     "sgd_theta": ("n", [0.01])}, coords={"n": [256], "t": ts})
-    rows = sgd_rows(a, Row=report.Row, seeds=100, z_max=3.0, k_95=4)
+    rows = sgd_rows(a, context({"dynamics": {"scheme": "sgd"}}, seeds=100))
     quench = [r for r in rows if r.prediction.startswith("SGD self-quench")]
     assert len(quench) == 1 and quench[0].verdict == expected, quench
 
