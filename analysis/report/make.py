@@ -124,17 +124,56 @@ def _batch_alpha(cfg):
 TITLE = "mfpc: checks of the paper's predictions (LLN, CLT, M-kernel, losses) on this run"
 
 
-def _problem(cfg, problem):
-    """The run's problem: the ready one given, else rebuilt from the stored config."""
+def _problem(cfg, problem, notes=None):
+    """The run's problem: the ready one given, else rebuilt from the stored config (paths
+    relative to the config's folder, ``cfg["files"]["base"]``).
+
+    When a file the problem was built from (a Python part, a measure or target file) is
+    gone or its SHA-256 differs from the run's (``cfg["files"]``), or the rebuilt problem
+    is not the run's (``cfg["problem_identity"]``), returns None and says why in
+    ``notes``: the checks that need the problem are n.a., the others run.
+    """
     if problem is not None:
         return problem
-    try:
-        return build_problem(cfg["problem"], cfg.get("init"))
-    except ConfigError as e:
-        raise ConfigError(
-            f"the [problem] of this run cannot be rebuilt from its config ({e}); a run of a "
-            "ready Problem (e.g. a user's kernel) is reported from Python: "
-            "make_report(DIR, problem=problem)") from None
+    from particles.userparts import problem_identity, sha256_file
+
+    files = cfg.get("files") or {}
+    why = []
+    for role, rec in files.items():
+        if not role.startswith("problem.") or not isinstance(rec, dict):
+            continue
+        path = Path(rec["path"])
+        if not path.is_file():
+            why.append(f"{role} {path} is gone")
+        elif sha256_file(path) != rec["sha256"]:
+            why.append(f"{role} {path} changed since the run (SHA-256 "
+                       f"{sha256_file(path)[:12]}..., the run read {rec['sha256'][:12]}...)")
+    rebuilt = None
+    if not why:
+        try:
+            rebuilt = build_problem(cfg["problem"], cfg.get("init"), files.get("base", "."))
+        except ConfigError as e:
+            if not files:  # a run of a ready Problem: its [problem] is a description
+                raise ConfigError(
+                    f"the [problem] of this run cannot be rebuilt from its config ({e}); a "
+                    "run of a ready Problem (e.g. a user's kernel) is reported from Python: "
+                    "make_report(DIR, problem=problem)") from None
+            why.append(f"it cannot be rebuilt from its config ({e})")
+    if rebuilt is not None and "problem_identity" in cfg:
+        from analysis.store.runfolder import differing_keys
+
+        keys = differing_keys({"p": cfg["problem_identity"]},
+                              {"p": problem_identity(rebuilt)})
+        if keys:
+            why.append("the problem rebuilt from its config is not the run's (differs in "
+                       f"{', '.join(k[2:] for k in keys)})")
+    if why:
+        if notes is None:
+            raise ConfigError(f"the problem of this run cannot be rebuilt: {'; '.join(why)}")
+        notes.append(f"the run's problem cannot be rebuilt: {'; '.join(why)}; the checks "
+                     "that need it (M-kernel, the high-dimensional ones) are n.a.")
+        return None
+    return rebuilt
 
 
 def incomplete_note(incomplete) -> str:
@@ -165,7 +204,7 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
         notes.append(f"{particles.sizes['realisation']} target realisations: the scaling rows "
                      "fit each and their mean; the other checks read realisation 0")
         particles = particles.isel(realisation=0, drop=True)
-    problem = _problem(cfg, problem)
+    problem = _problem(cfg, problem, notes)
     if rng is None:
         rng = np.random.default_rng(np.random.SeedSequence(
             int(particles.attrs.get("root_seed", 0)), spawn_key=(REPORT_SPAWN_KEY,)))
@@ -187,9 +226,12 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
     else:
         notes.append("LLN and CLT against f_0 need meanfield.nc: n.a. (the LLN from the "
                      "ensembles alone is checked instead)")
-        parts.append(highdim_checks(every, problem, cfg, n_boot=n_boot, level=level,
-                                    rng=rng, notes=notes))
-    if problem.x.shape[0] <= M_MAX_Q:
+        if problem is not None:
+            parts.append(highdim_checks(every, problem, cfg, n_boot=n_boot, level=level,
+                                        rng=rng, notes=notes))
+    if problem is None:
+        pass  # said in notes by _problem
+    elif problem.x.shape[0] <= M_MAX_Q:
         nodes = _nodes(meanfield, notes)
         if "y" not in particles:
             notes.append("particles.nc has no units (save_state = false): M[rho_n] n.a.")
@@ -400,7 +442,8 @@ def _context(a, inputs, notes):
     lines.append(f"- problem: `{p.attrs.get('problem', '')}`")
     lines.append(f"- dynamics: `{p.attrs.get('dynamics', '')}`; n = {p['n'].values.tolist()}, "
                  f"{p.sizes['seed']} seeds, save times {p['t'].values.tolist()}")
-    lines.append(f"- initial c law: `{json.dumps(inputs['problem'].c_law.params())}`")
+    if inputs["problem"] is not None:
+        lines.append(f"- initial c law: `{json.dumps(inputs['problem'].c_law.params())}`")
     lines.append(f"- f_0 reference: {a.attrs.get('f_0_reference')}")
     lines.append(f"- run_id: `{a.attrs.get('run_id', '')}` (every file of this run carries it)")
     mf = inputs["meanfield"]
@@ -503,7 +546,8 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
                 out / "figures", inputs["particles"], inputs["meanfield"],
                 inputs["fluctuations"], a,
                 "f_0_characteristics" if inputs["f0_name"] == "characteristics" else "f_0")
-            if inputs["meanfield"] is None:  # the paper's Sec. 4 figures (issue 12)
+            if inputs["meanfield"] is None and inputs["problem"] is not None:
+                # the paper's Sec. 4 figures
                 from analysis.report.paperfigures import paper_figures
 
                 paths += paper_figures(out / "figures", inputs["every"], a,

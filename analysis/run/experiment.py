@@ -26,6 +26,7 @@ import xarray as xr
 from particles import Dynamics, NumericalFailure, simulate
 from particles.engine import config as C
 from particles.build import build_problem
+from particles import userparts
 from particles.engine.results import finish
 from particles.engine.loop import check_save_times
 from meanfield import defaults as D
@@ -72,10 +73,11 @@ class Experiment:
 USER_PROBLEM_SCHEMA = {"kind": C.string(), "description": C.string()}
 
 
-def _problem(cfg, problem):
-    """The problem: built from ``[problem]`` and ``[init]``, or the ready one given."""
+def _problem(cfg, problem, base="."):
+    """The problem: built from ``[problem]`` and ``[init]`` (paths relative to ``base``),
+    or the ready one given."""
     if problem is None:
-        return build_problem(cfg["problem"], cfg.get("init"))
+        return build_problem(cfg["problem"], cfg.get("init"), base)
     C.check_section(cfg["problem"], USER_PROBLEM_SCHEMA, "problem")
     extra = sorted(set(cfg.get("init") or {}) - {"file"})
     if extra:
@@ -182,7 +184,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     if problem is None:  # the sizes of [problem] before anything is built
         _refuse(budget.problem_need(cfg["problem"]).check())
     ready = problem is not None
-    problem = _problem(cfg, problem)
+    problem = _problem(cfg, problem, base)
     dyn = C.check_section(cfg["dynamics"], DYNAMICS_SCHEMA, "dynamics",
                           required=("scheme", "dt", "t_end", "save_times"))
     _applies(dyn, cfg)
@@ -213,7 +215,20 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
                             "save_times": save_times.tolist()}
     if parts is not None:
         resolved["particles"] = parts
+    # what runs: the problem's parts, their files' hashes (analysis.store.runfolder.identity)
+    files = userparts.problem_files(problem)
+    if (cfg.get("init") or {}).get("file") is not None:
+        files["init.file"] = userparts.file_record(_init_path(cfg["init"]["file"], base))
+    resolved["problem_identity"] = userparts.problem_identity(problem)
+    if files:
+        resolved["problem_identity"]["files"] = {k: v["sha256"] for k, v in files.items()}
+    resolved["files"] = {"base": str(base.resolve()), **files}
     return Experiment(resolved, problem, dynamics, save_times, parts, init, base)
+
+
+def _init_path(file, base):
+    p = Path(file)
+    return p if p.is_absolute() else base / p
 
 
 def _particles_section(cfg, problem, base):

@@ -54,8 +54,10 @@ FIGURE_NAMES = ("loss.png", "functions.png", "density.png", "lln.png", "clt_qq.p
                 "slice.png", "great_circles.png")
 #: keys of the resolved config that do not change any number: not part of the identity
 #: (``particles.seeds_per_task`` only cuts the ensemble into tasks: every member draws
-#: from its own generator, so the numbers do not depend on it)
-IDENTITY_IGNORED = (("problem", "description"), ("particles", "seeds_per_task"))
+#: from its own generator, so the numbers do not depend on it;
+#: ``files``: the paths and hashes of the files the problem was built from, for the report;
+#: their hashes are in ``problem_identity``, a path alone changes no number)
+IDENTITY_IGNORED = (("problem", "description"), ("particles", "seeds_per_task"), ("files",))
 #: the folder of a sweep's finished tasks inside DIR (:mod:`analysis.sweep.driver`)
 TASKS_DIR = "tasks"
 #: temporary names of :func:`analysis.store.io.atomic_path` (``.NAME.XXXXXXXX.tmp``) for the files
@@ -91,9 +93,11 @@ def identity(config) -> dict:
         The resolved config, or its JSON (``attrs["config"]`` of a run file).
     """
     cfg = json.loads(config) if isinstance(config, str) else json.loads(json.dumps(config))
-    for section, key in IDENTITY_IGNORED:
-        if isinstance(cfg.get(section), dict):
-            cfg[section].pop(key, None)
+    for section, *key in IDENTITY_IGNORED:
+        if not key:
+            cfg.pop(section, None)
+        elif isinstance(cfg.get(section), dict):
+            cfg[section].pop(key[0], None)
     return _canonical(cfg)
 
 
