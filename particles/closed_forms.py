@@ -4,9 +4,10 @@ r"""Closed forms of F and K of (2.1), where the parts admit them.
     F(y) = \int \varphi(x, y) f(x)\,\mu(dx), \qquad
     K(y, y') = \int \varphi(x, y)\varphi(x, y')\,\mu(dx)
 
-(THEORY §1–2, §7). :func:`kernel_form` looks the parts' ``name``s up in the static table
-:data:`CLOSED_FORMS` (kernel, measure, target) and returns a
-:class:`~particles.problem.KernelForm`, or None with the reason:
+(THEORY §1–2, §7). :func:`kernel_form` looks the parts' exact types up in the static table
+:data:`CLOSED_FORMS` (kernel, measure, target; never their ``name``) and returns a
+:class:`~particles.problem.KernelForm`, or None with the reason; a kernel with its own
+``kernel_form(measure, target, energy)`` gives its own:
 
 * circle × circle × fourier: :func:`circle_K`, :func:`circle_fourier_F` (THEORY §7);
 * gaussian × lebesgue × gaussian_mixture, any d: :func:`gaussian_line_forms`;
@@ -29,7 +30,9 @@ from scipy import special
 
 from particles import kernelforms
 from particles.problem import KernelForm
-from particles.targets import GaussianMixture
+from particles.kernels import CircleKernel, GaussianRBF, SphereRBF
+from particles.measures import CircleUniform, GaussianMeasure, Lebesgue, SphereUniform
+from particles.targets import FourierTarget, GaussianMixture, TeacherNetwork, ThreeSpin
 
 __all__ = ["CLOSED_FORMS", "kernel_form", "circle_fourier_F", "circle_K", "rbf_gaussian_K",
            "teacher_F", "interpolation_form", "gaussian_line_forms"]
@@ -214,7 +217,7 @@ def interpolation_form(kernel, target):
 def _interpolation(kernel, measure, target):
     form = interpolation_form(kernel, target)
     tk = getattr(target, "kernel", None)
-    if (target.name == "teacher" and getattr(tk, "name", None) == "sphere"
+    if (type(target) is TeacherNetwork and type(tk) is SphereRBF
             and tk.alpha == kernel.alpha and tk.d == kernel.d):
         # F = f is a sum over the teacher's units of the same K: one contraction
         fused = kernelforms.sphere_velocity(kernel.alpha, teacher_y=target.y,
@@ -224,23 +227,36 @@ def _interpolation(kernel, measure, target):
     return dataclasses.replace(form, fused=fused)
 
 
-#: (kernel name, measure name, target name, energy) -> builder(kernel, measure, target).
-#: A static table: nothing is added to it at import time or later.
+#: (kernel type, measure type, target type, energy) -> builder(kernel, measure, target),
+#: matched on the exact types: a subclass, or a user's part of the same ``name``, is not
+#: the built-in part and gets the generic path. A static table: nothing is added to it at
+#: import time or later.
 CLOSED_FORMS = {
-    ("circle", "circle", "fourier", "data"): _circle,
-    ("gaussian", "lebesgue", "gaussian_mixture", "data"): _gaussian_line,
-    ("gaussian", "gaussian", "teacher", "data"): _gaussian_teacher,
-    ("sphere", "sphere", "3spin", "interpolation"): _interpolation,
-    ("sphere", "sphere", "teacher", "interpolation"): _interpolation,
+    (CircleKernel, CircleUniform, FourierTarget, "data"): _circle,
+    (GaussianRBF, Lebesgue, GaussianMixture, "data"): _gaussian_line,
+    (GaussianRBF, GaussianMeasure, TeacherNetwork, "data"): _gaussian_teacher,
+    (SphereRBF, SphereUniform, ThreeSpin, "interpolation"): _interpolation,
+    (SphereRBF, SphereUniform, TeacherNetwork, "interpolation"): _interpolation,
 }
+
+
+def _label(part):
+    t = type(part)
+    return f"{t.__name__} ({getattr(part, 'name', '?')!r})"
 
 
 def kernel_form(kernel, measure, target, energy="data"):
     """The (F, K) form of the parts, or None and the reason.
 
+    The form is matched on the parts' exact types (never on their ``name``, which a user's
+    part may share) in :data:`CLOSED_FORMS`; the builders read the parts' declared
+    parameters (``kappa``, ``sigma``, ``scale``, ...). A kernel that provides its own
+    form, a method ``kernel_form(measure, target, energy)`` returning a
+    :class:`~particles.problem.KernelForm` (or None), is asked first.
+
     Parameters
     ----------
-    kernel, measure, target : parts with a ``name``
+    kernel, measure, target : problem parts
     energy : {"data", "interpolation"}
         ``"interpolation"`` asks for the interpolation energy (4.5) of the sphere.
 
@@ -251,13 +267,22 @@ def kernel_form(kernel, measure, target, energy="data"):
         What the form is, or why there is none (names the parts and the combinations
         that have one).
     """
-    key = (kernel.name, measure.name, target.name, energy)
+    own = getattr(kernel, "kernel_form", None)
+    if callable(own):
+        form = own(measure, target, energy)
+        if form is not None:
+            if not isinstance(form, KernelForm):
+                raise TypeError(f"{type(kernel).__name__}.kernel_form returned a "
+                                f"{type(form).__name__}, not a particles.problem.KernelForm")
+            return form, form.description or f"the kernel's own (F, K) ({type(kernel).__name__})"
+    key = (type(kernel), type(measure), type(target), energy)
     build = CLOSED_FORMS.get(key)
     if build is None:
-        have = "; ".join(" x ".join(k[:3]) + ("" if k[3] == "data" else f" ({k[3]} energy)")
+        have = "; ".join(" x ".join(c.name for c in k[:3])
+                         + ("" if k[3] == "data" else f" ({k[3]} energy)")
                          for k in CLOSED_FORMS)
-        return None, (f"no closed (F, K) form for kernel {kernel.name!r} x measure "
-                      f"{measure.name!r} x target {target.name!r} (energy {energy!r}); "
-                      f"closed forms exist for: {have}")
+        return None, (f"no closed (F, K) form for kernel {_label(kernel)} x measure "
+                      f"{_label(measure)} x target {_label(target)} (energy {energy!r}); "
+                      f"closed forms exist for the built-in parts {have}")
     form = build(kernel, measure, target)
     return form, form.description

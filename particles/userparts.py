@@ -54,7 +54,7 @@ from particles.engine.config import ConfigError
 
 __all__ = ["sha256_file", "file_record", "load", "build_part", "build_user_problem",
            "probe_kernel", "probe_measure", "probe_target", "part_identity",
-           "problem_identity", "shipping", "RESERVED"]
+           "problem_identity", "problem_files", "ship", "shipping", "RESERVED"]
 
 #: reserved keyword arguments of each part (module docstring)
 RESERVED = {"measure": ("d", "rng"), "kernel": ("d", "rng"),
@@ -97,6 +97,25 @@ def shipping(files):
         for path, rec in (files or {}).items():
             _EXPECTED[str(path)] = (rec["sha256"], rec.get("source"))
     yield
+
+
+def ship(files, with_bytes=False) -> dict:
+    """What a sweep's task carries of the Python files of ``files`` (``{role: {"path",
+    "sha256"}}``): ``{path: {"sha256"}}``, with the file's bytes (``"source"``) for remote
+    workers; the bytes are checked against the hash the run has."""
+    out = {}
+    for role, rec in (files or {}).items():
+        if not role.endswith(".python") or not isinstance(rec, dict):
+            continue
+        entry = {"sha256": rec["sha256"]}
+        if with_bytes:
+            data, _ = _read(Path(rec["path"]), role, rec["path"])
+            if sha256_bytes(data) != rec["sha256"]:
+                raise ConfigError(f"{role}: {rec['path']} changed while the run started; "
+                                  "run again")
+            entry["source"] = data
+        out[rec["path"]] = entry
+    return out
 
 
 def _where_line(path, tb) -> int | None:

@@ -380,16 +380,35 @@ TITLES = {
 
 
 @functools.lru_cache(maxsize=4)
-def _resolved(config_json, base):  # once a worker process
+def _resolved(config_json, base, files_key=""):  # once a worker process (and file version)
     return resolve(json.loads(config_json), base=base)
 
 
 def run_task(spec, task, tasks_dir, options, attempt=0) -> dict:
     """One task of a sweep, of plain data (any executor ships it): ``spec`` is ``{"config",
-    "base"}`` (resolved once a process) or the Experiment; ``attempt`` makes a retry a new
-    call. Returns :func:`analysis.sweep.tasks.execute`'s."""
-    exp = spec if isinstance(spec, Experiment) else _resolved(
-        json.dumps(spec["config"], sort_keys=True, default=str), str(spec["base"]))
+    "base", "files", "run_id"}`` (resolved once a process) or the Experiment; ``attempt``
+    makes a retry a new call. Returns :func:`analysis.sweep.tasks.execute`'s.
+
+    ``files`` are the run's Python files (:func:`particles.userparts.ship`: their hashes,
+    for a remote worker their bytes), checked before a part is built; a worker whose
+    resolved run differs from the run's ``run_id`` (a data file changed since) refuses."""
+    if isinstance(spec, Experiment):
+        exp = spec
+    else:
+        files = spec.get("files") or {}
+        with userparts.shipping(files):
+            exp = _resolved(json.dumps(spec["config"], sort_keys=True, default=str),
+                            str(spec["base"]),
+                            json.dumps({k: v["sha256"] for k, v in files.items()},
+                                       sort_keys=True))
+        if spec.get("run_id") and run_id(exp.config_json()) != spec["run_id"]:
+            from analysis.store.runfolder import differing_keys
+
+            raise ConfigError(
+                f"this worker's problem is not the run's (run_id {run_id(exp.config_json())}"
+                f", the run {spec['run_id']}; differs in "
+                f"{', '.join(differing_keys(spec['identity'], exp.config)) or 'none found'})"
+                ": a file changed since the run started")
     return tasks.execute(exp, task, RUNNERS[task["section"]], tasks_dir, **options)
 
 
@@ -490,8 +509,15 @@ def run_config(config_path, out, *, force=False, progress=None, command=None, wo
     cfg = load_config(config_path)
     if command is None:
         command = f"mfpc run {config_path} --out {out}" + (" --force" if force else "")
+    exp = resolve(cfg, base=config_path.parent)
+    # what a task carries: the config as read, its Python files (their bytes for a remote
+    # scheduler) and the run's identity, checked by the worker (run_task)
+    source = {"config": cfg, "base": str(config_path.parent.resolve()),
+              "files": userparts.ship(exp.config.get("files"), with_bytes=bool(scheduler)),
+              "run_id": run_id(exp.config_json()),
+              "identity": exp.config}
     return run_experiment(
-        resolve(cfg, base=config_path.parent), out, force=force, progress=progress,
+        exp, out, force=force, progress=progress,
         command=command, retries=retries, checkpoint_every=checkpoint_every,
         executor=functools.partial(make_executor, workers, dask_local, scheduler),
-        source={"config": cfg, "base": str(config_path.parent.resolve())})
+        source=source)
