@@ -281,7 +281,9 @@ def _build_parts(cfg, c_law, y_cfg, base="."):
     else:
         kernel = _kernel(k, d)
     if k.get("kind") == "circle" and m.get("kind") == "circle":
-        check_circle_width(k["kappa"], m["nodes"], "problem.measure.nodes")
+        check_circle_width(k["kappa"], m["nodes"], "problem.measure.nodes",
+                           *((t.get("cos", ()), t.get("sin", ())) if t.get("kind") == "fourier"
+                             else ()))
     try:
         target = _target(t, kernel, measure, seed, base, files)
     except ValueError as e:
