@@ -256,6 +256,13 @@ def _params(part, info):
     """``part.params()``, checked: a dict that JSON can write."""
     fn = getattr(part, "params", None)
     line = f":{info['line']}" if info.get("line") else ""
+    owner = next((c for c in type(part).__mro__ if "params" in vars(c)), None)
+    mine = type(part).__module__.startswith("mfpc_user_")
+    if mine and owner is not None and not owner.__module__.startswith("mfpc_user_"):
+        raise ConfigError(f"{info['key']} = {info['spec']!r}: {type(part).__name__} "
+                          f"({info['path']}{line}) inherits params() from "
+                          f"{owner.__module__}.{owner.__qualname__}; define params() in "
+                          "your class: it returns the part's parameters (its identity)")
     if not callable(fn):
         raise ConfigError(f"{info['key']} = {info['spec']!r}: {info['name']} "
                           f"({info['path']}{line}) has no method params(); a Python part "
