@@ -222,7 +222,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     resolved["problem_identity"] = userparts.problem_identity(problem)
     if files:
         resolved["problem_identity"]["files"] = {k: v["sha256"] for k, v in files.items()}
-    resolved["files"] = {"base": str(base.resolve()), **files}
+        resolved["files"] = {"base": str(base.resolve()), **files}
     return Experiment(resolved, problem, dynamics, save_times, parts, init, base)
 
 

@@ -2,7 +2,11 @@
 
 Every file ``mfpc run`` writes carries ``attrs["run_id"]``, :func:`run_id` of the resolved
 config (a hash of its canonical JSON without the keys that do not change numbers,
-:data:`IDENTITY_IGNORED`). ``mfpc run`` and ``mfpc report`` use this module, in order:
+:data:`IDENTITY_IGNORED`). The resolved config holds what runs, not only what was written:
+``problem_identity`` (:func:`particles.userparts.problem_identity`: every part's type and
+``params()``, the SHA-256 of each Python part's file and of each data file), so a changed
+file or a changed Python-built problem is another run; ``files`` records each file's path
+and hash for the report. ``mfpc run`` and ``mfpc report`` use this module, in order:
 
 1. :func:`check_writable` — ``--out`` names a folder in which a file can be created (a
    temporary probe file is created and removed), before any work;
@@ -85,7 +89,8 @@ def _canonical(v):
 
 def identity(config) -> dict:
     """The part of a resolved config that changes numbers, canonical (:func:`_canonical`):
-    a copy without the keys of :data:`IDENTITY_IGNORED`.
+    a copy without the keys of :data:`IDENTITY_IGNORED`, with ``problem_identity`` (the
+    resolved problem and its files' hashes).
 
     Parameters
     ----------
