@@ -235,8 +235,10 @@ def _target(t, kernel, measure, seed, base=".", files=None):
         return target
     kind = t["kind"]
     if kind == "fourier":
-        if measure.name != "circle":
-            raise C.ConfigError("problem.target: kind='fourier' needs measure kind='circle'")
+        if getattr(measure, "domain", None) != "circle":
+            raise C.ConfigError("problem.target: kind='fourier' needs a measure on the circle "
+                                "(measure kind='circle', or a Python measure with "
+                                "domain = 'circle')")
         return FourierTarget(t.get("cos", ()), t.get("sin", ()))
     if kind == "file":
         p = _path(t["path"], base)

@@ -130,6 +130,46 @@ def test_a_phi_that_answers_wrongly_is_refused_before_any_work(tmp_path, capsys,
     _refused(tmp_path, capsys, kernel=kernel, says=("k.py", "phi(x", says))
 
 
+PARTS = """
+import numpy as np
+class M:
+    name = "mine"
+    domain = "circle"
+    def __init__(self, q):
+        self.nodes = np.linspace(0, 2 * np.pi, q, endpoint=False)[:, None]
+        self.weights = np.full(q, 1.0 / q)
+        self.d = 1
+    def params(self):
+        return {"q": len(self.nodes)}
+class T:
+    name = "mine"
+    def params(self):
+        return {}
+    def __call__(self, x):
+        return np.sin(x[..., 0])
+"""
+
+
+@pytest.mark.parametrize("part, bad, says", [
+    ("measure", ("self.weights = np.full(q, 1.0 / q)", "self.weights = np.full(q, np.nan)"),
+     "the measure's weights"),
+    ("target", ("return np.sin(x[..., 0])", "return np.sin(x)"), "f(nodes)"),
+])
+def test_a_measure_or_target_that_answers_wrongly_is_refused(tmp_path, capsys, part, bad,
+                                                             says):
+    config = CONFIG.replace('[problem.measure]\nkind = "circle"\nnodes = 16',
+                            '[problem.measure]\npython = "p.py:M"\nq = 16') \
+        if part == "measure" else \
+        CONFIG.replace('kind = "fourier"\ncos = [0.0, 0.5]', 'python = "p.py:T"')
+    assert config != CONFIG
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "p.py").write_text(PARTS.replace(*bad))
+    _refused(tmp_path, capsys, config=config, says=("p.py", says))
+    (tmp_path / "cfg" / "p.py").write_text(PARTS)  # the same without the fault runs
+    rc, _, err = _run(capsys, tmp_path / "cfg" / "c.toml", "--out", tmp_path / "out")
+    assert rc == 0, err
+
+
 def test_the_file_is_imported_by_path_not_from_sys_path(tmp_path):
     """Two files of one name in two folders are two parts (the module name is the hash)."""
     a = _write(tmp_path / "a")
@@ -196,14 +236,20 @@ def test_changing_the_file_refuses_the_rerun_and_force_recomputes(tmp_path, caps
         (tmp_path / "cfg" / "k.py").read_bytes()).hexdigest()
 
 
-def test_the_report_marks_what_it_cannot_check_when_the_file_is_gone(tmp_path, capsys):
+@pytest.mark.parametrize("how", ["gone", "changed"])
+def test_the_report_marks_what_it_cannot_check_when_the_file_is_gone(tmp_path, capsys, how):
     cfg = _write(tmp_path / "cfg")
     out = tmp_path / "out"
     assert _run(capsys, cfg, "--out", out)[0] == 0
-    (tmp_path / "cfg" / "k.py").unlink()
+    src = tmp_path / "cfg" / "k.py"
+    if how == "gone":
+        src.unlink()
+    else:
+        src.write_text(KERNEL.replace("/ 4\n", "/ 3\n", 1))
     assert main(["report", str(out), "--no-figures"]) == 0, capsys.readouterr().err
     report = (out / "report.md").read_text()
-    assert "problem.kernel.python" in report and "is gone" in report
+    assert "problem.kernel.python" in report
+    assert ("is gone" if how == "gone" else "changed since the run (SHA-256") in report
     assert "M[ρ] ⪰ 0 and identity (2.39)" in report  # the M-kernel rows: n.a.
 
 
