@@ -344,7 +344,7 @@ def _python_problem(problem_cfg, init, base):
     if extra:
         raise C.ConfigError(f"init: key(s) {extra} do not apply to [problem] python, whose "
                             "problem carries its own initial law (y_law, c_law); drop them")
-    seed = problem_cfg.get("seed", 0)
-    rng = problem_rngs(seed if isinstance(seed, int) else 0)[0]
+    seed = C.integer(lo=0)(problem_cfg.get("seed", 0), "problem.seed")
+    rng = problem_rngs(seed)[0]
     problem, _ = userparts.build_user_problem(problem_cfg, base, rng)
     return problem

@@ -319,7 +319,10 @@ def build_user_problem(problem_cfg, base, rng):
 
     key = "problem.python"
     obj, info = load(problem_cfg["python"], base, key)
-    kwargs = {k: v for k, v in problem_cfg.items() if k != "python"}
+    # [problem] seed makes rng (passed on only where NAME takes it); description is a label
+    names, var = _accepts(obj)
+    kwargs = {k: v for k, v in problem_cfg.items() if k not in ("python", "description")
+              and (k != "seed" or var or "seed" in names)}
     problem = _call(obj, info, kwargs, {"rng": rng}, "building the problem:")
     if not isinstance(problem, Problem):
         raise ConfigError(f"{key} = {info['spec']!r}: {info['name']} returned a "
