@@ -268,8 +268,8 @@ def _build_parts(cfg, c_law, y_cfg, base="."):
     m = _part(cfg["measure"], "problem.measure", MEASURE_KEYS)
     t = _part(cfg["target"], "problem.target", TARGET_KEYS)
     seed = top.get("seed", 0)
-    if "python" not in t and len(t.get("weights", ())) != len(t.get("sigmas", ())) or (
-            "centres" in t and len(t["centres"]) != len(t["weights"])):
+    if "python" not in t and (len(t.get("weights", ())) != len(t.get("sigmas", ())) or (
+            "centres" in t and len(t["centres"]) != len(t["weights"]))):
         raise C.ConfigError("problem.target: weights, centres and sigmas need one entry per "
                             "component")
     files = {}
