@@ -331,7 +331,7 @@ CLOSED_FORMS = {
 
 def _label(part):
     t = type(part)
-    return f"{t.__name__} ({getattr(part, 'name', '?')!r})"
+    return f"{getattr(part, 'name', '?')!r} ({t.__name__})"
 
 
 def kernel_form(kernel, measure, target, energy="data"):
