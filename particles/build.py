@@ -9,7 +9,10 @@ Dimensions: d comes from the measure (``low``/``high`` of ``lebesgue``, the file
 circle's 1), else from ``[problem] d``. Problem-level randomness (teacher units, 3-spin
 coefficients, node samples) follows :func:`particles.presets.problem_rngs` of
 ``[problem] seed`` (default 0); ``[problem.target] seed`` replaces it for the target.
-Relative paths of ``file`` parts are taken from the working directory.
+Relative paths (``file`` parts, ``python`` parts) are taken from the folder of the config
+file (``base``). A part table with ``python = "FILE.py:NAME"`` instead of ``kind`` builds
+the part in the user's file, ``[problem] python`` the whole problem
+(:mod:`particles.userparts`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from particles.laws import CLaw, YNormal, YUniformBox, YUniformCircle, YUniformS
 from particles.measures import CircleUniform, FileMeasure, Lebesgue, SphereUniform
 from particles.presets import PRESETS, check_circle_width, draw_target, gaussian_measure, preset_problem, problem_rngs
 from particles.problem import Problem
+from particles import userparts
 from particles.targets import FileTarget, FourierTarget, GaussianMixture
 
 __all__ = ["build_problem", "c_law_from_config", "y_law_from_config", "INIT_SCHEMA",
@@ -87,8 +91,14 @@ def _part(cfg, where, table):
     """Check one part table against ``table`` (kind -> (schema, required))."""
     if not isinstance(cfg, dict):
         raise C.ConfigError(f"{where}: expected a table with a key 'kind', got {cfg!r}")
+    if "python" in cfg:  # a part in the user's file: its keys are its own
+        if "kind" in cfg:
+            raise C.ConfigError(f"{where}: give either kind or python, not both (python = "
+                                "\"FILE.py:NAME\" builds the part in your file)")
+        return dict(cfg)
     if "kind" not in cfg:
-        raise C.ConfigError(f"{where}: missing key 'kind'; use one of {sorted(table)}")
+        raise C.ConfigError(f"{where}: missing key 'kind'; use one of {sorted(table)}, or "
+                            "python = \"FILE.py:NAME\" for a part written in your own file")
     kind = C.choice(*table)(cfg["kind"], f"{where}.kind")
     schema, required = table[kind]
     extra = sorted(set(cfg) - {"kind"} - set(schema))
@@ -153,10 +163,23 @@ def y_law_from_config(y_cfg, kernel):
         raise C.ConfigError(str(e)) from None
 
 
-def _measure(m, d_cfg, seed):
+def _path(p, base):
+    """``p`` relative to the config's folder ``base`` (absolute paths as they are)."""
+    from pathlib import Path
+
+    p = Path(p)
+    return p if p.is_absolute() else Path(base) / p
+
+
+def _measure(m, d_cfg, seed, base=".", files=None):
     """The measure of a checked ``[problem.measure]`` and its dimension."""
-    kind = m["kind"]
     _, x_rng = problem_rngs(seed)
+    if "python" in m:
+        reserved = {"rng": x_rng, **({} if d_cfg is None else {"d": d_cfg})}
+        measure, info = userparts.build_part("measure", m, base, reserved)
+        userparts.probe_measure(measure, info)
+        return measure
+    kind = m["kind"]
     try:
         if kind == "circle":
             return CircleUniform(m["nodes"])
@@ -166,7 +189,10 @@ def _measure(m, d_cfg, seed):
                                     "need the same length (d)")
             return Lebesgue(m["low"], m["high"], m["nodes"])
         if kind == "file":
-            return FileMeasure(m["path"])
+            p = _path(m["path"], base)
+            measure = FileMeasure(p)
+            files["problem.measure.path"] = userparts.file_record(p)
+            return measure
         if d_cfg is None:
             raise C.ConfigError(f"problem: measure kind={kind!r} does not give d; add d = .. "
                                 "to [problem]")
@@ -199,14 +225,26 @@ def _kernel(k, d):
     return SigmoidUnit(d, kind)
 
 
-def _target(t, kernel, measure, seed):
-    kind, d = t["kind"], measure.d if hasattr(measure, "d") else 1
+def _target(t, kernel, measure, seed, base=".", files=None):
+    d = measure.d if hasattr(measure, "d") else 1
+    if "python" in t:
+        rng, _ = problem_rngs(t.get("seed", seed) if isinstance(t.get("seed"), int) else seed)
+        target, info = userparts.build_part(
+            "target", t, base, {"d": d, "measure": measure, "kernel": kernel, "rng": rng})
+        userparts.probe_target(target, measure, info)
+        return target
+    kind = t["kind"]
     if kind == "fourier":
-        if measure.name != "circle":
-            raise C.ConfigError("problem.target: kind='fourier' needs measure kind='circle'")
+        if getattr(measure, "domain", None) != "circle":
+            raise C.ConfigError("problem.target: kind='fourier' needs a measure on the circle "
+                                "(measure kind='circle', or a Python measure with "
+                                "domain = 'circle')")
         return FourierTarget(t.get("cos", ()), t.get("sin", ()))
     if kind == "file":
-        return FileTarget(t["path"], measure.nodes)
+        p = _path(t["path"], base)
+        target = FileTarget(p, measure.nodes)
+        files["problem.target.path"] = userparts.file_record(p)
+        return target
     if kind == "gaussian_mixture":
         if any(len(c) != d for c in t["centres"]):
             raise C.ConfigError(f"problem.target.centres: every centre needs d={d} numbers")
@@ -215,7 +253,7 @@ def _target(t, kernel, measure, seed):
     return draw_target({"kind": kind, "units": t.get("units")}, kernel, d, rng)[0]
 
 
-def _build_parts(cfg, c_law, y_cfg):
+def _build_parts(cfg, c_law, y_cfg, base="."):
     for key in ("kernel", "measure", "target"):
         if key not in cfg:
             raise C.ConfigError(f"problem: missing table [problem.{key}] (or give a preset "
@@ -230,38 +268,52 @@ def _build_parts(cfg, c_law, y_cfg):
     m = _part(cfg["measure"], "problem.measure", MEASURE_KEYS)
     t = _part(cfg["target"], "problem.target", TARGET_KEYS)
     seed = top.get("seed", 0)
-    if len(t.get("weights", ())) != len(t.get("sigmas", ())) or (
-            "centres" in t and len(t["centres"]) != len(t["weights"])):
+    if "python" not in t and (len(t.get("weights", ())) != len(t.get("sigmas", ())) or (
+            "centres" in t and len(t["centres"]) != len(t["weights"]))):
         raise C.ConfigError("problem.target: weights, centres and sigmas need one entry per "
                             "component")
-    measure = _measure(m, top.get("d"), seed)
-    d = getattr(measure, "d", 1)
+    files = {}
+    measure = _measure(m, top.get("d"), seed, base, files)
+    d = getattr(measure, "d", measure.nodes.shape[1])
     if "d" in top and top["d"] != d:
         raise C.ConfigError(f"problem.d={top['d']} disagrees with the measure's d={d}; drop it")
-    kernel = _kernel(k, d)
-    if k["kind"] == "circle" and m["kind"] == "circle":
-        check_circle_width(k["kappa"], m["nodes"], "problem.measure.nodes")
+    if "python" in k:
+        kernel, k_info = userparts.build_part("kernel", k, base,
+                                              {"d": d, "rng": problem_rngs(seed)[0]})
+    else:
+        kernel = _kernel(k, d)
+    if k.get("kind") == "circle" and m.get("kind") == "circle":
+        check_circle_width(k["kappa"], m["nodes"], "problem.measure.nodes",
+                           *((t.get("cos", ()), t.get("sin", ())) if t.get("kind") == "fourier"
+                             else ()))
     try:
-        target = _target(t, kernel, measure, seed)
+        target = _target(t, kernel, measure, seed, base, files)
     except ValueError as e:
         if isinstance(e, C.ConfigError):
             raise
         raise C.ConfigError(str(e)) from None
     y_law = y_law_from_config(y_cfg, kernel)
+    if "python" in k:
+        userparts.probe_kernel(kernel, measure, y_law, k_info)
     energy = top.get("energy", "data")
     form, reason = kernel_form(kernel, measure, target, energy)
     info = {"kernel.name": kernel.name, "measure.name": measure.name, "target": target.name,
             **{f"target.{a}": b for a, b in target.params().items()},
             "kernel_form": reason, "seed": int(seed)}
-    return Problem(kernel=kernel, measure=measure, target=target, y_law=y_law, c_law=c_law,
-                   kernel_form=form, name="parts", info=info, kernel_form_reason=reason)
+    problem = Problem(kernel=kernel, measure=measure, target=target, y_law=y_law, c_law=c_law,
+                      kernel_form=form, name="parts", info=info, kernel_form_reason=reason)
+    problem.mfpc_files = files
+    return problem
 
 
-def build_problem(problem_cfg, init_cfg=None) -> Problem:
-    """Check ``[problem]`` and ``[init]`` and build the problem (preset or parts)."""
+def build_problem(problem_cfg, init_cfg=None, base=".") -> Problem:
+    """Check ``[problem]`` and ``[init]`` and build the problem (preset, parts, or
+    ``[problem] python``); relative paths are relative to ``base`` (the config's folder)."""
     if not isinstance(problem_cfg, dict):
         raise C.ConfigError(f"problem: expected a table, got {problem_cfg!r}")
     init = C.check_section(init_cfg or {}, INIT_SCHEMA, "init")
+    if "python" in problem_cfg:
+        return _python_problem(problem_cfg, init, base)
     c_law = c_law_from_config(init.get("c"))
     if "kind" in problem_cfg:
         kind = problem_cfg["kind"]
@@ -279,4 +331,20 @@ def build_problem(problem_cfg, init_cfg=None) -> Problem:
         raise C.ConfigError(f"problem: missing key 'kind'; use one of {sorted(PRESETS)}, or "
                             "the parts tables [problem.kernel], [problem.measure], "
                             "[problem.target]")
-    return _build_parts(problem_cfg, c_law, init.get("y"))
+    return _build_parts(problem_cfg, c_law, init.get("y"), base)
+
+
+def _python_problem(problem_cfg, init, base):
+    """``[problem] python = "FILE.py:NAME"``: the whole problem from the user's file."""
+    clash = sorted(k for k in ("kind", "kernel", "measure", "target") if k in problem_cfg)
+    if clash:
+        raise C.ConfigError(f"problem: python builds the whole problem; drop {clash} (or "
+                            "put python in the part tables instead)")
+    extra = sorted(set(init) - {"file"})
+    if extra:
+        raise C.ConfigError(f"init: key(s) {extra} do not apply to [problem] python, whose "
+                            "problem carries its own initial law (y_law, c_law); drop them")
+    seed = C.integer(lo=0)(problem_cfg.get("seed", 0), "problem.seed")
+    rng = problem_rngs(seed)[0]
+    problem, _ = userparts.build_user_problem(problem_cfg, base, rng)
+    return problem

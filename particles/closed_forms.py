@@ -4,9 +4,10 @@ r"""Closed forms of F and K of (2.1), where the parts admit them.
     F(y) = \int \varphi(x, y) f(x)\,\mu(dx), \qquad
     K(y, y') = \int \varphi(x, y)\varphi(x, y')\,\mu(dx)
 
-(THEORY §1–2, §7). :func:`kernel_form` looks the parts' ``name``s up in the static table
-:data:`CLOSED_FORMS` (kernel, measure, target) and returns a
-:class:`~particles.problem.KernelForm`, or None with the reason:
+(THEORY §1–2, §7). :func:`kernel_form` looks the parts' exact types up in the static table
+:data:`CLOSED_FORMS` (kernel, measure, target; never their ``name``) and returns a
+:class:`~particles.problem.KernelForm`, or None with the reason; a kernel with its own
+``kernel_form(measure, target, energy)`` gives its own:
 
 * circle × circle × fourier: :func:`circle_K`, :func:`circle_fourier_F` (THEORY §7);
 * gaussian × lebesgue × gaussian_mixture, any d: :func:`gaussian_line_forms`;
@@ -23,15 +24,21 @@ held against them in ``tests/particles/test_fused_kform.py``.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 
 import numpy as np
 from scipy import special
 
 from particles import kernelforms
+from particles.engine import config as C
 from particles.problem import KernelForm
-from particles.targets import GaussianMixture
+from particles.kernels import CircleKernel, GaussianRBF, SphereRBF
+from particles.measures import CircleUniform, GaussianMeasure, Lebesgue, SphereUniform
+from particles.targets import FourierTarget, GaussianMixture, TeacherNetwork, ThreeSpin
 
-__all__ = ["CLOSED_FORMS", "kernel_form", "circle_fourier_F", "circle_K", "rbf_gaussian_K",
+__all__ = ["CLOSED_FORMS", "kernel_form", "circle_quadrature_error", "check_circle_quadrature",
+           "QUADRATURE_TOL", "circle_fourier_F", "circle_K", "rbf_gaussian_K",
            "teacher_F", "interpolation_form", "gaussian_line_forms"]
 
 
@@ -78,6 +85,91 @@ def _circle(kernel, measure, target):
     K, grad_K = circle_K(kernel)
     return KernelForm(F, grad_F, K, grad_K, "closed forms, uniform mu (THEORY §7)",
                       kernelforms.circle_velocity(kernel.kappa, F, grad_F))
+
+
+#: Relative error of F or K that a quadrature may make: the finest difference a check of
+#: the report resolves is the sampling error of an ensemble mean of f_n, sigma/sqrt(n S) of
+#: f's scale sigma; with at most n S = 1e10 (10^4 seeds of 10^6 particles) that is 1e-5 of
+#: f's scale. An error of the problem's F or K ten times below it changes no verdict.
+QUADRATURE_TOL = 1e-6
+#: errors below this are round-off: no warning
+_QUIET = 1e-13
+
+log = logging.getLogger("particles")
+
+
+def circle_quadrature_error(kappa, Q, cos=(), sin=()):
+    r"""Relative errors of F and K of the circle kernel by the Q-node trapezoid rule.
+
+    The rule integrates :math:`e^{ikx}` exactly unless Q divides k. The product
+    :math:`\varphi(x, y)\varphi(x, y')` has the Fourier coefficients
+    :math:`e^{-2\kappa}I_k(2\kappa|\cos\frac{y-y'}2|)` in x (Jacobi–Anger), so the
+    error of K is at most :math:`2\sum_{m\ge1}e^{-2\kappa}I_{mQ}(2\kappa)`, relative to
+    :math:`K(y, y) = e^{-2\kappa}I_0(2\kappa)`. For F with a Fourier target of
+    coefficients :math:`a_j, b_j`, the aliased modes give at most
+    :math:`\sum_j w_j\sum_{m\ge1}(e^{-\kappa}I_{mQ-j}(\kappa) + e^{-\kappa}I_{mQ+j}
+    (\kappa))`, :math:`w_j = |a_j| + |b_j|`, relative to :math:`\sum_j w_j`.
+
+    Returns
+    -------
+    (eF, eK) : floats
+    """
+    kappa = float(kappa)
+    M = int(min(1e5, math.ceil((math.sqrt(4 * kappa * 750) + 10) / Q) + 2))
+    mQ = Q * np.arange(1, M + 1)
+    with np.errstate(all="ignore"):
+        eK = 2 * np.sum(special.ive(mQ, 2 * kappa)) / special.ive(0, 2 * kappa)
+        n = max(len(cos), len(sin))
+        w = np.zeros(n)
+        w[:len(cos)] += np.abs(cos)
+        w[:len(sin)] += np.abs(sin)
+        eF = 0.0
+        if n and w.sum() > 0:
+            j = np.arange(n)[:, None]
+            al = special.ive(np.abs(mQ - j), kappa) + special.ive(mQ + j, kappa)
+            eF = float(w @ al.sum(1) / w.sum())
+    # beyond the range of ive (kappa ~ 1e300) the rule resolves nothing
+    return tuple(float(e) if math.isfinite(e) else math.inf for e in (eF, eK))
+
+
+def check_circle_quadrature(kappa, Q, key, cos=(), sin=(), kappa_key="kappa"):
+    """Refuse ``Q`` trapezoid nodes for the circle kernel when the error of F or K
+    (:func:`circle_quadrature_error`) exceeds :data:`QUADRATURE_TOL`, saying how large it
+    is and the nodes (or the kappa) that pass; below it, one warning line with its size.
+
+    Returns
+    -------
+    (eF, eK)
+    """
+    eF, eK = circle_quadrature_error(kappa, Q, cos, sin)
+    err = max(eF, eK)
+    what = f"F {eF:.1e}, K {eK:.1e}"
+    if not err > QUADRATURE_TOL:
+        if err > _QUIET:
+            log.warning("%s=%d trapezoid nodes integrate the circle kernel (kappa=%g) with a "
+                        "relative error of %s (below %.0e, which no check resolves)",
+                        key, Q, kappa, what, QUADRATURE_TOL)
+        return eF, eK
+    q = Q  # the fewest nodes that pass: doubling, then bisection (the error falls with Q)
+    while max(circle_quadrature_error(kappa, q, cos, sin)) > QUADRATURE_TOL and q < 10**7:
+        q *= 2
+    lo = max(Q, q // 2)
+    while lo < q:
+        mid = (lo + q) // 2
+        if max(circle_quadrature_error(kappa, mid, cos, sin)) > QUADRATURE_TOL:
+            lo = mid + 1
+        else:
+            q = mid
+    k_lo, k_hi = 1e-8, float(kappa)  # the largest kappa that passes with Q nodes
+    for _ in range(60):
+        mid = math.sqrt(k_lo * k_hi)
+        ok = max(circle_quadrature_error(mid, Q, cos, sin)) <= QUADRATURE_TOL
+        k_lo, k_hi = (mid, k_hi) if ok else (k_lo, mid)
+    use_q = f"{key} >= {q} or " if q <= 10**7 else ""
+    raise C.ConfigError(
+        f"{key}={Q} trapezoid nodes integrate the circle kernel (kappa={kappa:g}) with a "
+        f"relative error of {what}, above {QUADRATURE_TOL:.0e} (what the checks resolve); "
+        f"use {use_q}{kappa_key} <= {math.floor(k_lo * 1000) / 1000:g}")
 
 
 # -- gaussian × lebesgue × gaussian_mixture ------------------------------------------------
@@ -214,7 +306,7 @@ def interpolation_form(kernel, target):
 def _interpolation(kernel, measure, target):
     form = interpolation_form(kernel, target)
     tk = getattr(target, "kernel", None)
-    if (target.name == "teacher" and getattr(tk, "name", None) == "sphere"
+    if (type(target) is TeacherNetwork and type(tk) is SphereRBF
             and tk.alpha == kernel.alpha and tk.d == kernel.d):
         # F = f is a sum over the teacher's units of the same K: one contraction
         fused = kernelforms.sphere_velocity(kernel.alpha, teacher_y=target.y,
@@ -224,23 +316,36 @@ def _interpolation(kernel, measure, target):
     return dataclasses.replace(form, fused=fused)
 
 
-#: (kernel name, measure name, target name, energy) -> builder(kernel, measure, target).
-#: A static table: nothing is added to it at import time or later.
+#: (kernel type, measure type, target type, energy) -> builder(kernel, measure, target),
+#: matched on the exact types: a subclass, or a user's part of the same ``name``, is not
+#: the built-in part and gets the generic path. A static table: nothing is added to it at
+#: import time or later.
 CLOSED_FORMS = {
-    ("circle", "circle", "fourier", "data"): _circle,
-    ("gaussian", "lebesgue", "gaussian_mixture", "data"): _gaussian_line,
-    ("gaussian", "gaussian", "teacher", "data"): _gaussian_teacher,
-    ("sphere", "sphere", "3spin", "interpolation"): _interpolation,
-    ("sphere", "sphere", "teacher", "interpolation"): _interpolation,
+    (CircleKernel, CircleUniform, FourierTarget, "data"): _circle,
+    (GaussianRBF, Lebesgue, GaussianMixture, "data"): _gaussian_line,
+    (GaussianRBF, GaussianMeasure, TeacherNetwork, "data"): _gaussian_teacher,
+    (SphereRBF, SphereUniform, ThreeSpin, "interpolation"): _interpolation,
+    (SphereRBF, SphereUniform, TeacherNetwork, "interpolation"): _interpolation,
 }
+
+
+def _label(part):
+    t = type(part)
+    return f"{getattr(part, 'name', '?')!r} ({t.__name__})"
 
 
 def kernel_form(kernel, measure, target, energy="data"):
     """The (F, K) form of the parts, or None and the reason.
 
+    The form is matched on the parts' exact types (never on their ``name``, which a user's
+    part may share) in :data:`CLOSED_FORMS`; the builders read the parts' declared
+    parameters (``kappa``, ``sigma``, ``scale``, ...). A kernel that provides its own
+    form, a method ``kernel_form(measure, target, energy)`` returning a
+    :class:`~particles.problem.KernelForm` (or None), is asked first.
+
     Parameters
     ----------
-    kernel, measure, target : parts with a ``name``
+    kernel, measure, target : problem parts
     energy : {"data", "interpolation"}
         ``"interpolation"`` asks for the interpolation energy (4.5) of the sphere.
 
@@ -251,13 +356,22 @@ def kernel_form(kernel, measure, target, energy="data"):
         What the form is, or why there is none (names the parts and the combinations
         that have one).
     """
-    key = (kernel.name, measure.name, target.name, energy)
+    own = getattr(kernel, "kernel_form", None)
+    if callable(own):
+        form = own(measure, target, energy)
+        if form is not None:
+            if not isinstance(form, KernelForm):
+                raise TypeError(f"{type(kernel).__name__}.kernel_form returned a "
+                                f"{type(form).__name__}, not a particles.problem.KernelForm")
+            return form, form.description or f"the kernel's own (F, K) ({type(kernel).__name__})"
+    key = (type(kernel), type(measure), type(target), energy)
     build = CLOSED_FORMS.get(key)
     if build is None:
-        have = "; ".join(" x ".join(k[:3]) + ("" if k[3] == "data" else f" ({k[3]} energy)")
+        have = "; ".join(" x ".join(c.name for c in k[:3])
+                         + ("" if k[3] == "data" else f" ({k[3]} energy)")
                          for k in CLOSED_FORMS)
-        return None, (f"no closed (F, K) form for kernel {kernel.name!r} x measure "
-                      f"{measure.name!r} x target {target.name!r} (energy {energy!r}); "
-                      f"closed forms exist for: {have}")
+        return None, (f"no closed (F, K) form for kernel {_label(kernel)} x measure "
+                      f"{_label(measure)} x target {_label(target)} (energy {energy!r}); "
+                      f"closed forms exist for the built-in parts {have}")
     form = build(kernel, measure, target)
     return form, form.description

@@ -28,14 +28,12 @@ and never coincide with these.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from particles.engine import config as C
-from particles.closed_forms import kernel_form
+from particles.closed_forms import check_circle_quadrature, kernel_form
 from particles.kernels import CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
-from particles.kernels.circle import CIRCLE_MODE_TOL, circle_modes
 from particles.laws import CLaw, YNormal, YUniformCircle, YUniformSphere
 from particles.measures import CircleUniform, GaussianMeasure, SphereUniform
 from particles.problem import Problem
@@ -123,26 +121,12 @@ def y_law_normal(N, y_cfg):
 
 
 
-def check_circle_width(kappa, Q, key):
-    r"""Refuse a circle kernel narrower than ``Q`` trapezoid nodes can integrate.
-
-    The rule is exact for products φ(·, y)φ(·, y') when ``Q > 2K`` (:func:`circle_modes`);
-    the hint is the quadrature that passes, or the largest κ that passes for ``Q``.
-    """
-    K = circle_modes(kappa)
-    if Q > 2 * K:
-        return
-    lo, hi = 1e-8, float(kappa)  # the largest kappa with 2 K(kappa) < Q, by bisection
-    for _ in range(60):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if Q > 2 * circle_modes(mid) else (lo, mid)
-    use_q = f"{key} >= {2 * K + 1} or " if 2 * K + 1 <= 10**7 else ""
-    raise C.ConfigError(
-        f"problem.kappa={kappa:g}: phi = exp(kappa (cos(x - y) - 1)) has "
-        f"{K if K < math.inf else 'more than 1e6'} Fourier modes above {CIRCLE_MODE_TOL:g} of "
-        f"k = 0, more than {key}={Q} trapezoid nodes integrate (products of phi need more "
-        f"than twice as many nodes as modes); use {use_q}"
-        f"problem.kappa <= {math.floor(lo * 1000) / 1000:g}")
+def check_circle_width(kappa, Q, key, cos=(), sin=()):
+    """Refuse ``Q`` trapezoid nodes where their error in F or K of the circle kernel
+    matters (:func:`particles.closed_forms.check_circle_quadrature`)."""
+    check_circle_quadrature(kappa, Q, key, cos, sin,
+                            "problem.kappa" if key == "problem.quadrature"
+                            else "problem.kernel.kappa")
 
 
 # -- problems (callable from Python) --------------------------------------------------
@@ -256,7 +240,8 @@ def _circle(cfg, c_law, y_cfg):
             f"problem.quadrature={cfg['quadrature']} cannot resolve target modes up to "
             f"k={kmax - 1}; use quadrature > {2 * kmax}"
         )
-    check_circle_width(cfg["kappa"], cfg["quadrature"], "problem.quadrature")
+    check_circle_width(cfg["kappa"], cfg["quadrature"], "problem.quadrature",
+                       t.get("cos", ()), t.get("sin", ()))
     return circle_problem(cfg["kappa"], cfg["quadrature"], t.get("cos", ()), t.get("sin", ()),
                           c_law=c_law)
 

@@ -145,3 +145,72 @@ def test_report_runs_on_a_user_kernel(problem, tmp_path):
     psd = [v for k, v in verdict.items() if k.startswith("M[ρ] ⪰ 0")]
     assert len(psd) == 3 and set(psd) == {"PASS"}, verdict
     assert "uniform" in res["report"].read_text()  # the user's c law, not a default
+
+
+# -- the same path from a config: examples/user_kernel/ -----------------------------------
+EXAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "user_kernel"
+
+
+def _example(tmp_path, particles_only):
+    """The example's two files copied to a folder of their own (the test edits them)."""
+    import shutil
+
+    folder = tmp_path / "user_kernel"
+    folder.mkdir()
+    shutil.copy(EXAMPLE / "cos2.py", folder)
+    text = (EXAMPLE / "cos2.toml").read_text()
+    if particles_only:  # the default suite: the sweep and the identity, not the solvers
+        text = text.split("[meanfield]")[0]
+    (folder / "cos2.toml").write_text(text)
+    return folder
+
+
+def _mfpc(capsys, *args):
+    from analysis.cli import main
+
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return rc, out.out + out.err
+
+
+def _end_to_end(tmp_path, capsys, particles_only):
+    """Run with --workers 2, report, rerun; change the source: refused, --force; remove
+    it: the report marks what it cannot check. (The default suite's variant runs the
+    later commands serially: same run_id, no second pool of processes.)"""
+    folder = _example(tmp_path, particles_only)
+    cfg, out = folder / "cos2.toml", tmp_path / "run"
+    later = () if particles_only else ("--workers", 2)
+    rc, text = _mfpc(capsys, "run", cfg, "--out", out, "--workers", 2, "--no-progress")
+    assert rc == 0, text
+    if not particles_only:  # (the default variant reports once, below)
+        rc, text = _mfpc(capsys, "report", out, "--no-figures")
+        assert rc == 0, text
+        assert "cannot be rebuilt" not in (out / "report.md").read_text()
+    rc, text = _mfpc(capsys, "run", cfg, "--out", out, *later, "--no-progress")
+    assert rc == 0 and "up to date" in text, text
+    # the file's source changes: the rerun is refused, --force recomputes
+    src = folder / "cos2.py"
+    src.write_text(src.read_text().replace("/ 4\n", "/ 3\n", 1))
+    rc, text = _mfpc(capsys, "run", cfg, "--out", out, *later, "--no-progress")
+    assert rc == 2 and "source_sha256" in text, text
+    rc, text = _mfpc(capsys, "run", cfg, "--out", out, *later, "--no-progress", "--force")
+    assert rc == 0, text
+    # the file is gone: the report refuses nothing and marks what it cannot check
+    src.unlink()
+    rc, text = _mfpc(capsys, "report", out, "--no-figures")
+    assert rc == 0, text
+    report = (out / "report.md").read_text()
+    assert "cos2.py is gone" in report and "n.a." in report
+    return out
+
+
+def test_the_example_runs_from_its_config_with_workers(tmp_path, capsys):
+    _end_to_end(tmp_path, capsys, particles_only=True)
+
+
+@pytest.mark.slow
+def test_the_whole_example_end_to_end(tmp_path, capsys):
+    out = _end_to_end(tmp_path, capsys, particles_only=False)
+    report = (out / "report.md").read_text()
+    assert "LLN slope" in report and "CLT" in report

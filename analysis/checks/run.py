@@ -59,17 +59,56 @@ def _batch_alpha(cfg):
     return float(batch["alpha"]) if isinstance(batch, dict) else None
 
 
-def _problem(cfg, problem):
-    """The run's problem: the ready one given, else rebuilt from the stored config."""
+def _problem(cfg, problem, notes=None):
+    """The run's problem: the ready one given, else rebuilt from the stored config (paths
+    relative to the config's folder, ``cfg["files"]["base"]``).
+
+    When a file the problem was built from (a Python part, a measure or target file) is
+    gone or its SHA-256 differs from the run's (``cfg["files"]``), or the rebuilt problem
+    is not the run's (``cfg["problem_identity"]``), returns None and says why in
+    ``notes``: the checks that need the problem are n.a., the others run.
+    """
     if problem is not None:
         return problem
-    try:
-        return build_problem(cfg["problem"], cfg.get("init"))
-    except ConfigError as e:
-        raise ConfigError(
-            f"the [problem] of this run cannot be rebuilt from its config ({e}); a run of a "
-            "ready Problem (e.g. a user's kernel) is reported from Python: "
-            "make_report(DIR, problem=problem)") from None
+    from particles.userparts import problem_identity, sha256_file
+
+    files = cfg.get("files") or {}
+    why = []
+    for role, rec in files.items():
+        if not role.startswith("problem.") or not isinstance(rec, dict):
+            continue
+        path = Path(rec["path"])
+        if not path.is_file():
+            why.append(f"{role} {path} is gone")
+        elif sha256_file(path) != rec["sha256"]:
+            why.append(f"{role} {path} changed since the run (SHA-256 "
+                       f"{sha256_file(path)[:12]}..., the run read {rec['sha256'][:12]}...)")
+    rebuilt = None
+    if not why:
+        try:
+            rebuilt = build_problem(cfg["problem"], cfg.get("init"), files.get("base", "."))
+        except ConfigError as e:
+            if not files:  # a run of a ready Problem: its [problem] is a description
+                raise ConfigError(
+                    f"the [problem] of this run cannot be rebuilt from its config ({e}); a "
+                    "run of a ready Problem (e.g. a user's kernel) is reported from Python: "
+                    "make_report(DIR, problem=problem)") from None
+            why.append(f"it cannot be rebuilt from its config ({e})")
+    if rebuilt is not None and "problem_identity" in cfg:
+        from analysis.store.runfolder import differing_keys
+
+        keys = differing_keys({"p": cfg["problem_identity"]},
+                              {"p": problem_identity(rebuilt)})
+        if keys:
+            why.append("the problem rebuilt from its config is not the run's (differs in "
+                       f"{', '.join(k[2:] for k in keys)})")
+    if why:
+        if notes is None:
+            raise ConfigError(f"the problem of this run cannot be rebuilt: {'; '.join(why)}")
+        notes.append(f"the run's problem cannot be rebuilt: {'; '.join(why)}; the checks "
+                     "that need it (M-kernel, the high-dimensional ones) are n.a.")
+        return None
+    return rebuilt
 
 
 def incomplete_note(incomplete) -> str:
@@ -92,7 +131,7 @@ def _read_inputs(out, problem, notes):
         particles = particles.isel(realisation=0, drop=True)
     return {"particles": particles, "every": every, "meanfield": meanfield,
             "fluctuations": fluct, "config": cfg, "f0_name": None,
-            "problem": _problem(cfg, problem), "identity": identity}
+            "problem": _problem(cfg, problem, notes), "identity": identity}
 
 
 def _loss_parts(inputs, n_boot, rng):
@@ -120,6 +159,8 @@ def _limit_parts(inputs, n_boot, level, rng):
 
 def _mkernel_parts(inputs, n_boot, level, rng, notes):
     problem, particles, meanfield = (inputs[k] for k in ("problem", "particles", "meanfield"))
+    if problem is None:  # said in notes by _problem
+        return []
     Q = problem.x.shape[0]
     if Q > M_MAX_Q:
         notes.append(f"M[rho]: Q = {Q} > {M_MAX_Q} nodes, the Q x Q kernel is not formed"
@@ -187,7 +228,7 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
     parts = _loss_parts(inputs, n_boot, rng)
     if inputs["meanfield"] is not None:
         parts += _limit_parts(inputs, n_boot, level, rng)
-    else:
+    elif inputs["problem"] is not None:
         parts.append(highdim_checks(inputs["every"], inputs["problem"], inputs["config"],
                                     n_boot=n_boot, level=level, rng=rng, notes=notes))
     parts += _mkernel_parts(inputs, n_boot, level, rng, notes)

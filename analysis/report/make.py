@@ -57,7 +57,8 @@ def _context(a, inputs, notes):
     lines.append(f"- problem: `{p.attrs.get('problem', '')}`")
     lines.append(f"- dynamics: `{p.attrs.get('dynamics', '')}`; n = {p['n'].values.tolist()}, "
                  f"{p.sizes['seed']} seeds, save times {p['t'].values.tolist()}")
-    lines.append(f"- initial c law: `{json.dumps(inputs['problem'].c_law.params())}`")
+    if inputs["problem"] is not None:
+        lines.append(f"- initial c law: `{json.dumps(inputs['problem'].c_law.params())}`")
     lines.append(f"- f_0 reference: {a.attrs.get('f_0_reference')}")
     lines.append(f"- run_id: `{a.attrs.get('run_id', '')}` (every file of this run carries it)")
     mf = inputs["meanfield"]
@@ -185,7 +186,8 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
                 out / "figures", inputs["particles"], inputs["meanfield"],
                 inputs["fluctuations"], a,
                 "f_0_characteristics" if inputs["f0_name"] == "characteristics" else "f_0")
-            if inputs["meanfield"] is None:  # the paper's Sec. 4 figures
+            if inputs["meanfield"] is None and inputs["problem"] is not None:
+                # the paper's Sec. 4 figures
                 from analysis.report.paperfigures import paper_figures
 
                 paths += paper_figures(out / "figures", inputs["every"], a,

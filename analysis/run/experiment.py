@@ -26,6 +26,7 @@ import xarray as xr
 from particles import Dynamics, NumericalFailure, simulate
 from particles.engine import config as C
 from particles.build import build_problem
+from particles import userparts
 from particles.engine.results import finish
 from particles.engine.loop import check_save_times
 from meanfield import defaults as D
@@ -72,10 +73,11 @@ class Experiment:
 USER_PROBLEM_SCHEMA = {"kind": C.string(), "description": C.string()}
 
 
-def _problem(cfg, problem):
-    """The problem: built from ``[problem]`` and ``[init]``, or the ready one given."""
+def _problem(cfg, problem, base="."):
+    """The problem: built from ``[problem]`` and ``[init]`` (paths relative to ``base``),
+    or the ready one given."""
     if problem is None:
-        return build_problem(cfg["problem"], cfg.get("init"))
+        return build_problem(cfg["problem"], cfg.get("init"), base)
     C.check_section(cfg["problem"], USER_PROBLEM_SCHEMA, "problem")
     extra = sorted(set(cfg.get("init") or {}) - {"file"})
     if extra:
@@ -179,7 +181,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     if problem is None:  # the sizes of [problem] before anything is built
         _refuse(budget.problem_need(cfg["problem"]).check())
     ready = problem is not None
-    problem = _problem(cfg, problem)
+    problem = _problem(cfg, problem, base)
     dyn = C.check_section(cfg["dynamics"], DYNAMICS_SCHEMA, "dynamics",
                           required=("scheme", "dt", "t_end", "save_times"))
     _applies(dyn, cfg)
@@ -210,7 +212,20 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
                             "save_times": save_times.tolist()}
     if parts is not None:
         resolved["particles"] = parts
+    # what runs: the problem's parts, their files' hashes (analysis.store.runfolder.identity)
+    files = userparts.problem_files(problem)
+    if (cfg.get("init") or {}).get("file") is not None:
+        files["init.file"] = userparts.file_record(_init_path(cfg["init"]["file"], base))
+    resolved["problem_identity"] = userparts.problem_identity(problem)
+    if files:
+        resolved["problem_identity"]["files"] = {k: v["sha256"] for k, v in files.items()}
+        resolved["files"] = {"base": str(base.resolve()), **files}
     return Experiment(resolved, problem, dynamics, save_times, parts, init, base)
+
+
+def _init_path(file, base):
+    p = Path(file)
+    return p if p.is_absolute() else base / p
 
 
 def _particles_section(cfg, problem, base):
@@ -360,16 +375,35 @@ TITLES = {
 
 
 @functools.lru_cache(maxsize=4)
-def _resolved(config_json, base):  # once a worker process
+def _resolved(config_json, base, files_key=""):  # once a worker process (and file version)
     return resolve(json.loads(config_json), base=base)
 
 
 def run_task(spec, task, tasks_dir, options, attempt=0) -> dict:
     """One task of a sweep, of plain data (any executor ships it): ``spec`` is ``{"config",
-    "base"}`` (resolved once a process) or the Experiment; ``attempt`` makes a retry a new
-    call. Returns :func:`analysis.sweep.tasks.execute`'s."""
-    exp = spec if isinstance(spec, Experiment) else _resolved(
-        json.dumps(spec["config"], sort_keys=True, default=str), str(spec["base"]))
+    "base", "files", "run_id"}`` (resolved once a process) or the Experiment; ``attempt``
+    makes a retry a new call. Returns :func:`analysis.sweep.tasks.execute`'s.
+
+    ``files`` are the run's Python files (:func:`particles.userparts.ship`: their hashes,
+    for a remote worker their bytes), checked before a part is built; a worker whose
+    resolved run differs from the run's ``run_id`` (a data file changed since) refuses."""
+    if isinstance(spec, Experiment):
+        exp = spec
+    else:
+        files = spec.get("files") or {}
+        with userparts.shipping(files):
+            exp = _resolved(json.dumps(spec["config"], sort_keys=True, default=str),
+                            str(spec["base"]),
+                            json.dumps({k: v["sha256"] for k, v in files.items()},
+                                       sort_keys=True))
+        if spec.get("run_id") and run_id(exp.config_json()) != spec["run_id"]:
+            from analysis.store.runfolder import differing_keys
+
+            raise ConfigError(
+                f"this worker's problem is not the run's (run_id {run_id(exp.config_json())}"
+                f", the run {spec['run_id']}; differs in "
+                f"{', '.join(differing_keys(spec['identity'], exp.config)) or 'none found'})"
+                ": a file changed since the run started")
     return tasks.execute(exp, task, RUNNERS[task["section"]], tasks_dir, **options)
 
 
@@ -470,8 +504,15 @@ def run_config(config_path, out, *, force=False, progress=None, command=None, wo
     cfg = load_config(config_path)
     if command is None:
         command = f"mfpc run {config_path} --out {out}" + (" --force" if force else "")
+    exp = resolve(cfg, base=config_path.parent)
+    # what a task carries: the config as read, its Python files (their bytes for a remote
+    # scheduler) and the run's identity, checked by the worker (run_task)
+    source = {"config": cfg, "base": str(config_path.parent.resolve()),
+              "files": userparts.ship(exp.config.get("files"), with_bytes=bool(scheduler)),
+              "run_id": run_id(exp.config_json()),
+              "identity": exp.config}
     return run_experiment(
-        resolve(cfg, base=config_path.parent), out, force=force, progress=progress,
+        exp, out, force=force, progress=progress,
         command=command, retries=retries, checkpoint_every=checkpoint_every,
         executor=functools.partial(make_executor, workers, dask_local, scheduler),
-        source={"config": cfg, "base": str(config_path.parent.resolve())})
+        source=source)

@@ -2,7 +2,11 @@
 
 Every file ``mfpc run`` writes carries ``attrs["run_id"]``, :func:`run_id` of the resolved
 config (a hash of its canonical JSON without the keys that do not change numbers,
-:data:`IDENTITY_IGNORED`). ``mfpc run`` and ``mfpc report`` use this module, in order:
+:data:`IDENTITY_IGNORED`). The resolved config holds what runs, not only what was written:
+``problem_identity`` (:func:`particles.userparts.problem_identity`: every part's type and
+``params()``, the SHA-256 of each Python part's file and of each data file), so a changed
+file or a changed Python-built problem is another run; ``files`` records each file's path
+and hash for the report. ``mfpc run`` and ``mfpc report`` use this module, in order:
 
 1. :func:`check_writable` — ``--out`` names a folder in which a file can be created (a
    temporary probe file is created and removed), before any work;
@@ -54,8 +58,10 @@ FIGURE_NAMES = ("loss.png", "functions.png", "density.png", "lln.png", "clt_qq.p
                 "slice.png", "great_circles.png")
 #: keys of the resolved config that do not change any number: not part of the identity
 #: (``particles.seeds_per_task`` only cuts the ensemble into tasks: every member draws
-#: from its own generator, so the numbers do not depend on it)
-IDENTITY_IGNORED = (("problem", "description"), ("particles", "seeds_per_task"))
+#: from its own generator, so the numbers do not depend on it;
+#: ``files``: the paths and hashes of the files the problem was built from, for the report;
+#: their hashes are in ``problem_identity``, a path alone changes no number)
+IDENTITY_IGNORED = (("problem", "description"), ("particles", "seeds_per_task"), ("files",))
 #: the folder of a sweep's finished tasks inside DIR (:mod:`analysis.sweep.driver`)
 TASKS_DIR = "tasks"
 #: temporary names of :func:`analysis.store.io.atomic_path` (``.NAME.XXXXXXXX.tmp``) for the files
@@ -83,7 +89,8 @@ def _canonical(v):
 
 def identity(config) -> dict:
     """The part of a resolved config that changes numbers, canonical (:func:`_canonical`):
-    a copy without the keys of :data:`IDENTITY_IGNORED`.
+    a copy without the keys of :data:`IDENTITY_IGNORED`, with ``problem_identity`` (the
+    resolved problem and its files' hashes).
 
     Parameters
     ----------
@@ -91,9 +98,11 @@ def identity(config) -> dict:
         The resolved config, or its JSON (``attrs["config"]`` of a run file).
     """
     cfg = json.loads(config) if isinstance(config, str) else json.loads(json.dumps(config))
-    for section, key in IDENTITY_IGNORED:
-        if isinstance(cfg.get(section), dict):
-            cfg[section].pop(key, None)
+    for section, *key in IDENTITY_IGNORED:
+        if not key:
+            cfg.pop(section, None)
+        elif isinstance(cfg.get(section), dict):
+            cfg[section].pop(key[0], None)
     return _canonical(cfg)
 
 

@@ -311,8 +311,11 @@ def run_sweep(exp, out, sections, *, task_fn, spec=None, finish, executor=None,
     out, ex = Path(out), executor or SerialExecutor()
     serial = isinstance(ex, SerialExecutor)
     if spec is None and not serial:
-        raise ConfigError("a Problem built in Python cannot be sent to other processes; run "
-                          "it without --workers, --dask-local or --scheduler")
+        raise ConfigError(
+            "a Problem handed to resolve(cfg, problem=...) cannot be sent to other processes;"
+            " run it without --workers, --dask-local or --scheduler, or name its parts in the"
+            " config (python = \"FILE.py:NAME\" in [problem.kernel], [problem.measure], "
+            "[problem.target] or [problem]: docs/kernels.md), which every executor runs")
     tasks_dir = out / TASKS_DIR
     _start(tasks_dir, exp.config_json())
     tasks = plan_tasks(exp.config, sections)

@@ -70,7 +70,7 @@ def realisation_problem(exp, r: int):
     if int(r) == 0:
         return exp.problem
     return build_problem(realisation_config(exp.config["problem"], r),
-                         exp.config.get("init"))
+                         exp.config.get("init"), exp.base)  # paths relative to the config
 
 
 def stack_realisations(datasets):

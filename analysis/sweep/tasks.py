@@ -12,8 +12,9 @@ A sweep (:mod:`analysis.sweep.driver`) cuts the runnable sections of a resolved 
 
 A task is plain data (a dict: ``id``, ``section``, ``i_n``, ``n``, ``seeds``). Its ``id``
 is stable: 16 hex digits of the SHA-256 of the canonical JSON of the config's identity
-(:func:`analysis.store.runfolder.identity`: the keys that change no number left out) and of the
-task's indices (:func:`task_id`). A finished task's Dataset is written atomically to
+(:func:`analysis.store.runfolder.identity`: the keys that change no number left out, the
+resolved problem and the hashes of its files in) and of the task's indices
+(:func:`task_id`): a task of a changed file is another task. A finished task's Dataset is written atomically to
 ``DIR/tasks/<id>.npz`` (temporary name, then rename: :func:`save_result`); the partial
 Dataset of a task stopped by a :class:`~particles.NumericalFailure` goes to
 ``DIR/tasks/<id>.failed.npz``. These files are numpy ``.npz`` archives (the arrays, and

@@ -3,7 +3,7 @@
 ``docs/kernels.md`` says how to add one (one class in one file).
 """
 from particles.kernels import expblocks
-from particles.kernels.base import Kernel, pullback_reference
+from particles.kernels.base import Kernel, check_kernel, pullback_reference
 from particles.kernels.circle import CircleKernel
 from particles.kernels.gaussian import GaussianRBF
 from particles.kernels.sphere import SphereRBF
@@ -17,4 +17,5 @@ __all__ = [
     "SphereRBF",
     "SigmoidUnit",
     "pullback_reference",
+    "check_kernel",
 ]

@@ -118,5 +118,6 @@ def test_no_closed_form_names_the_parts():
     assert "'tanh'" in reason and "'lebesgue'" in reason and "gaussian x lebesgue" in reason
 
 
-def test_the_table_is_static_and_keyed_by_names():
-    assert all(len(k) == 4 and all(isinstance(v, str) for v in k) for k in CLOSED_FORMS)
+def test_the_table_is_static_and_keyed_by_types():
+    assert all(len(k) == 4 and all(isinstance(v, type) for v in k[:3])
+               and isinstance(k[3], str) for k in CLOSED_FORMS)
