@@ -195,6 +195,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
             form=dyn.get("form", "data"),
             batch=dyn.get("batch"),
             temperature=dyn.get("temperature"),
+            train=tuple(dyn.get("train", ("y", "c"))),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
@@ -203,6 +204,11 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     check_realisations(cfg, parts, ready)
     mf = _meanfield_section(cfg, dynamics, problem) if "meanfield" in cfg else None
     fl = _fluctuations_section(cfg, dynamics) if "fluctuations" in cfg else None
+    if dynamics.frozen_y and fl is not None and (fl["method"] != "influence" or fl.get("sgd")):
+        raise ConfigError(
+            'dynamics.train = ["c"] (random features) is served by fluctuations.method = '
+            '"influence" without the SGD prediction; the ensemble and SGD predictions move y: '
+            "use method = \"influence\" with GD, or drop dynamics.train")
     preflight.preflight(problem, dynamics, mf, fl, save_times=save_times, parts=parts)
     resolved = {k: v for k, v in cfg.items()}
     if mf is not None:
@@ -300,13 +306,14 @@ def run_meanfield(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
                 c_max=g["c_max"], y_range=preflight.y_range(g), cfl=g["cfl"], potential=g["potential"],
                 tau=float(tau),
                 allow_truncation=g["allow_truncation"], dt=g.get("dt"), progress=progress,
-                checkpoint=checkpoint and checkpoint.part("grid")))
+                checkpoint=checkpoint and checkpoint.part("grid"), train=exp.dynamics.train))
         if "characteristics" in mf["solvers"]:
             ch = mf["characteristics"]
             parts.append(solve_characteristics(exp.problem, exp.save_times, ny=ch["y"],
                                                nc=ch["c"], dt=ch["dt"], save_nodes=True,
                                                checkpoint=checkpoint
-                                               and checkpoint.part("characteristics")))
+                                               and checkpoint.part("characteristics"),
+                                               train=exp.dynamics.train))
     except NumericalFailure as e:
         # the partial of the failed solver beside what the solvers before it computed
         done = parts + [p for p in [getattr(e, "partial", None)] if isinstance(p, xr.Dataset)]
@@ -340,7 +347,7 @@ def run_fluctuations(exp: Experiment, progress=None, checkpoint=None) -> xr.Data
             return sgd_covariance_influence(exp.problem, exp.save_times, exp.dynamics,
                                             ny=fl["y"], nc=fl["c"], dt=fl["dt"])
         return clt_covariance_influence(exp.problem, exp.save_times, ny=fl["y"], nc=fl["c"],
-                                        dt=fl["dt"])
+                                        dt=fl["dt"], train=exp.dynamics.train)
     from meanfield.linearised import clt_covariance_ensemble
     from meanfield.sgdensemble import with_sgd_ensemble
 

@@ -23,6 +23,7 @@ DYNAMICS_SCHEMA = {
                         where, required=("P0", "alpha"))
         if isinstance(v, dict) else C.integer(lo=1)(v, where))),
     "temperature": C.schedule(C.number(lo=0)),
+    "train": lambda v, where: _train(v, where),
 }
 MEANFIELD_SCHEMA = {
     "solvers": lambda v, where: _solvers(v, where),
@@ -44,6 +45,23 @@ FLUCTUATIONS_SCHEMA = {
     "dt": C.number(lo=0, lo_open=True),
     "sgd": C.boolean(),  # the SGD fluctuation prediction (meanfield.sgdnoise; issue 13)
 }
+
+
+def _train(v, where):
+    """``dynamics.train``: ["y", "c"] (trained units) or ["c"] (random features)."""
+    if not isinstance(v, list) or sorted(v) not in (["c", "y"], ["c"]) or len(set(v)) != len(v):
+        raise ConfigError(f'{where}={v!r} is not known; use ["y", "c"] (trained units, the '
+                          'default) or ["c"] (random features: y frozen at its draw)')
+    return list(v)
+
+
+def _baselines(v, where):
+    """``particles.baselines``: a list of "monte_carlo", "random_features"."""
+    if not isinstance(v, list):
+        raise ConfigError(f'{where}: expected a list, e.g. ["monte_carlo", "random_features"]')
+    for i, s in enumerate(v):
+        C.choice("monte_carlo", "random_features")(s, f"{where}[{i}]")
+    return C.distinct(list(v), where)
 
 
 def _solvers(v, where):

@@ -196,6 +196,7 @@ def solve_grid(
     on_step=None,
     progress: bool | None = None,
     checkpoint=None,
+    train=("y", "c"),
 ) -> xr.Dataset:
     r"""Solve the mean-field equation (2.9) from :math:`\rho_{in}` on a (y, c) grid.
 
@@ -233,6 +234,8 @@ def solve_grid(
     checkpoint : particles.engine.checkpoint.Checkpoint, optional
         Checkpoints inside the run (:mod:`particles.engine.checkpoint`; the outputs and the step
         statistics are tracked): a run resumed from it is bitwise one that never stopped.
+    train : tuple of str
+        ``("c",)``: random features, the y flux off (:class:`GridSolver`).
 
     Returns
     -------
@@ -265,7 +268,7 @@ def solve_grid(
     grid, m, truncated, eps = prepare(problem, ny=ny, nc=nc, c_min=c_min, c_max=c_max,
                                       y_range=y_range, allow_truncation=allow_truncation,
                                       phi_tol=phi_tol)
-    solver = GridSolver(problem, grid, tau=tau, potential=potential)
+    solver = GridSolver(problem, grid, tau=tau, potential=potential, train=train)
     T = len(ts)
     out = {"f_0": np.full((T, problem.x.shape[0]), np.nan), "loss_0": np.full(T, np.nan),
            "mass": np.full(T, np.nan), "outflow": np.full(T, np.nan)}
@@ -305,6 +308,7 @@ def solve_grid(
             "truncated_mass": truncated,
             "phi_resolution": eps,
             "potential": solver.U_of_g.name,
+            **({} if "y" in train else {"train": "c (random features: y frozen, no y flux)"}),
             "tau": float(tau),
             "cfl": float(cfl),
             "dt_fixed": float(dt) if dt is not None else "adaptive",

@@ -102,3 +102,49 @@ def test_a_y_law_without_a_rule_is_refused_with_the_reason():
     from particles.laws import YUniformSphere
     with pytest.raises(ValueError, match="y law 'uniform_sphere'"):
         solve_G(_circle().replace(y_law=YUniformSphere(2)))
+
+
+# -- random features: train = ["c"] ------------------------------------------------------
+from particles.dynamics import Dynamics, c_velocity  # noqa: E402
+from particles.simulate import simulate  # noqa: E402
+
+
+@pytest.mark.parametrize("dyn", [
+    Dynamics("gd", "euler", 0.1, train=("c",)),
+    Dynamics("gd", "rk4", 0.1, train=("c",)),
+    Dynamics("gd", "euler", 0.1, form="kernel", train=("c",)),
+    Dynamics("sgd", "euler", 0.1, batch=8, train=("c",)),
+    Dynamics("langevin", "euler", 0.1, temperature=1e-3, train=("c",)),
+])
+def test_random_features_keep_y_bitwise_and_train_c(dyn):
+    p = _circle()
+    ds = simulate(p, [16], 3, dyn, [0.0, 0.5, 2.0], root_seed=5, progress=False)
+    y = ds.y.values
+    assert np.array_equal(y[:, :, 1:], np.broadcast_to(y[:, :, :1], y[:, :, 1:].shape),
+                          equal_nan=True)
+    assert not np.array_equal(ds.c.values[:, :, 0], ds.c.values[:, :, -1])
+    if dyn.scheme == "gd":
+        assert np.all(ds.loss.values[..., -1] < ds.loss.values[..., 0])
+    # the same draw as trained units of the same (n, seed)
+    full = simulate(p, [16], 3, Dynamics("gd", "euler", 0.1), [0.0], root_seed=5,
+                    progress=False)
+    np.testing.assert_array_equal(full.y.values[:, :, 0], y[:, :, 0])
+
+
+@pytest.mark.parametrize("form", ["data", "kernel"])
+def test_c_velocity_is_the_c_part_of_the_full_velocity(form, rng):
+    """Two paths to the same sums over Q = 64 nodes (or n = 12 units): round-off of
+    64 terms of size <= sup|phi| |r| ~ 2, 64 * 2.2e-16 * 2 < 1e-13."""
+    p = _circle()
+    y = rng.uniform(0, 2 * np.pi, (2, 12, 1))
+    c = rng.normal(size=(2, 12))
+    _, vc = p.velocity(y, c, 1 / 12, form=form)
+    np.testing.assert_allclose(c_velocity(p, y, c, 1 / 12, form=form), vc, rtol=0, atol=1e-13)
+
+
+def test_other_train_values_are_refused():
+    for bad in [("y",), ("c", "c"), ("z",), "c"]:
+        with pytest.raises(ValueError, match="dynamics.train"):
+            Dynamics("gd", train=bad)
+    assert "train" not in Dynamics("gd").params()  # the default keeps run ids
+    assert Dynamics("gd", train=["c"]).params()["train"] == ["c"]
