@@ -41,7 +41,11 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["GSolution", "solve_G", "monte_carlo_units", "monte_carlo_expected_loss",
-           "monte_carlo_variance", "REG", "NY", "MAX_NODES"]
+           "monte_carlo_variance", "monte_carlo_refusal", "baseline_ensembles", "BASELINES",
+           "REG", "NY", "MAX_NODES"]
+
+#: The baseline ensembles ``[particles] baselines`` may name.
+BASELINES = ("monte_carlo", "random_features")
 
 #: Relative Tikhonov parameter of the regularised solve: λ = REG · (largest eigenvalue
 #: of TT*). Smooth kernels give TT* eigenvalues decaying geometrically; 1e-10 keeps the
@@ -169,6 +173,24 @@ def solve_G(problem, *, ny: int = NY, reg: float = REG) -> GSolution:
     return GSolution(G, h, "regularised", desc, res)
 
 
+def monte_carlo_refusal(problem) -> str | None:
+    """Why :func:`solve_G` cannot serve this problem (checked before any work), or None."""
+    if _circle_exact(problem) is not None:
+        return None
+    try:
+        problem.y_law.quadrature(2)
+    except (TypeError, ValueError, AttributeError):
+        return (f"Monte-Carlo units need G of (2.46), solved on the y law's tensor rule, "
+                f"which the y law {problem.y_law.name!r} has not; use y uniform on the "
+                "circle, uniform on a box or normal, or drop 'monte_carlo'")
+    Q = problem.x.shape[0]
+    if Q > MAX_NODES:
+        return (f"Monte-Carlo units: the regularised solve of (2.46) is a {Q} x {Q} "
+                f"eigen-decomposition, over the limit of {MAX_NODES} x nodes; use fewer "
+                "nodes or drop 'monte_carlo'")
+    return None
+
+
 def monte_carlo_units(problem, rng, n, sol: GSolution | None = None):
     r"""``n`` Monte-Carlo units: y (n, N) from :meth:`Problem.sample_init` (the draw of y a
     trained member with the same generator makes first), c = h(y) (n,).
@@ -204,3 +226,71 @@ def monte_carlo_expected_loss(problem, n, sol: GSolution | None = None, *, ny: i
     the bias 0 for the exact G (up to the rule's error). ``n`` scalar or array."""
     var, bias = monte_carlo_variance(problem, sol, ny=ny)
     return 0.5 * var / np.asarray(n, float) + 0.5 * bias
+
+
+def baseline_ensembles(problem, n, seeds, dynamics, save_times, baselines, *,
+                       root_seed=0, n_index=None, init=None, realisation=0):
+    r"""The baseline ensembles beside a trained one, over the same n and seeds.
+
+    Member (i_n, seed) of each baseline draws its y exactly as the trained member does
+    (the generator :func:`particles.simulate.member_rng` of the same spawn key, or the
+    same rows of ``init``):
+
+    * ``"monte_carlo"``: c = G(y)/ρ̄(y) (:func:`monte_carlo_units`), no training:
+      ``f_n_monte_carlo(n, seed, x)``, ``loss_monte_carlo(n, seed)``;
+    * ``"random_features"``: the same dynamics with ``train = ("c",)``:
+      ``f_n_random_features(n, seed, t, x)``, ``loss_random_features(n, seed, t)``.
+
+    Returns
+    -------
+    xarray.Dataset
+        Those variables, to be merged into the trained ensemble's Dataset;
+        ``attrs["baselines"]`` names them and ``attrs["monte_carlo_G"]`` says how G was
+        computed.
+    """
+    import dataclasses
+
+    import xarray as xr
+
+    from particles.simulate import member_rng, simulate
+
+    ns = [int(n)] if np.isscalar(n) else [int(v) for v in n]
+    seed_ids = list(range(int(seeds))) if np.isscalar(seeds) else [int(s) for s in seeds]
+    n_index = list(range(len(ns))) if n_index is None else [int(i) for i in n_index]
+    parts, attrs = [], {"baselines": ",".join(baselines)}
+    if "monte_carlo" in baselines:
+        sol = solve_G(problem)
+        Q = problem.x.shape[0]
+        f = np.full((len(ns), len(seed_ids), Q), np.nan)
+        for k, nk in enumerate(ns):
+            if init is not None:
+                y = np.asarray(init[0], float)
+                y = y[..., None] if y.ndim == 2 else y
+                c = sol.h(y)
+            else:
+                units = [monte_carlo_units(problem, member_rng(root_seed, n_index[k], s,
+                                                               realisation), nk, sol)
+                         for s in seed_ids]
+                y = np.stack([u[0] for u in units])
+                c = np.stack([u[1] for u in units])
+            f[k] = problem.network(y, c / nk)
+        parts.append(xr.Dataset({
+            "f_n_monte_carlo": (("n", "seed", "x"), f, {
+                "long_name": "Monte-Carlo units' network f_n on the x nodes (c = G/rho_bar)",
+                "units": "1"}),
+            "loss_monte_carlo": (("n", "seed"), problem.loss(f), {
+                "long_name": "Monte-Carlo units' loss (1.2)", "units": "1"})}))
+        attrs["monte_carlo_G"] = sol.description
+    if "random_features" in baselines:
+        rf = simulate(problem, ns, seed_ids, dataclasses.replace(dynamics, train=("c",)),
+                      save_times, root_seed=root_seed, n_index=n_index, init=init,
+                      save_state=False, progress=False, realisation=realisation)
+        parts.append(xr.Dataset({
+            "f_n_random_features": (rf.f_n.dims, rf.f_n.values, {
+                "long_name": "random features' network f_n on the x nodes (y frozen)",
+                "units": "1"}),
+            "loss_random_features": (rf.loss.dims, rf.loss.values, {
+                "long_name": "random features' loss (1.2)", "units": "1"})}))
+    ds = xr.merge(parts) if parts else xr.Dataset()
+    ds.attrs.update(attrs)
+    return ds

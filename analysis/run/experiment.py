@@ -147,6 +147,20 @@ def _applies(dyn, cfg):
             "come from the file) or drop init.file")
 
 
+def _check_baselines(parts, dynamics, problem):
+    """``particles.baselines`` that can run: refused before any work otherwise."""
+    from particles.baselines import monte_carlo_refusal
+
+    names = (parts or {}).get("baselines", [])
+    if "random_features" in names and dynamics.frozen_y:
+        raise ConfigError(
+            'particles.baselines: "random_features" is the trained ensemble itself when '
+            'dynamics.train = ["c"]; drop one of them')
+    if "monte_carlo" in names:
+        _refuse(monte_carlo_refusal(problem) and f"particles.baselines: "
+                f"{monte_carlo_refusal(problem)}")
+
+
 def _refuse(message):
     """Raise the budget's refusal (memory or steps), if any, as a :class:`ConfigError`."""
     if message:
@@ -202,6 +216,7 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     parts = _particles_section(cfg, problem, base) if "particles" in cfg else None
     init = parts.pop("_init", None) if parts is not None else None
     check_realisations(cfg, parts, ready)
+    _check_baselines(parts, dynamics, problem)
     mf = _meanfield_section(cfg, dynamics, problem) if "meanfield" in cfg else None
     fl = _fluctuations_section(cfg, dynamics) if "fluctuations" in cfg else None
     if dynamics.frozen_y and fl is not None and (fl["method"] != "influence" or fl.get("sgd")):
@@ -273,7 +288,7 @@ def run_particles(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
                                               particles={**p, "realisation": r}),
                           progress=progress)
             for r in range(int(p["realisations"]))])
-    return simulate(
+    ds = simulate(
         exp.problem,
         p["n"],
         p["seeds"],
@@ -287,6 +302,16 @@ def run_particles(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
         checkpoint=checkpoint,
         realisation=int(p.get("realisation") or 0),
     )
+    if p.get("baselines"):
+        from particles.baselines import baseline_ensembles
+
+        extra = baseline_ensembles(
+            exp.problem, p["n"], p["seeds"], exp.dynamics, exp.save_times, p["baselines"],
+            root_seed=p["root_seed"], n_index=p.get("n_index"), init=exp.init,
+            realisation=int(p.get("realisation") or 0))
+        ds = ds.assign(extra.data_vars)
+        ds.attrs.update(extra.attrs)
+    return ds
 
 
 def run_meanfield(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset:

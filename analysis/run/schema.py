@@ -82,4 +82,6 @@ PARTICLES_SCHEMA = {
     "seeds_per_task": C.integer(lo=1),  # the sweep's block of seeds (analysis.sweep.tasks)
     # target realisations learnt side by side (issue 12; analysis.sweep.tasks.realisation_config)
     "realisations": C.integer(lo=1),
+    # the baseline ensembles beside the trained one (particles.baselines)
+    "baselines": lambda v, where: _baselines(v, where),
 }
