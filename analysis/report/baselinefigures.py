@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from matplotlib.ticker import NullFormatter
+
 from analysis.report.figures import plt
 
 __all__ = ["baseline_figure", "POINTS"]
@@ -61,6 +63,8 @@ def baseline_figure(particles, analysis, meanfield=None):
     if "lazy_loss" in analysis:
         ax.axhline(float(analysis["lazy_loss"].values[-1]), color="C3", lw=0.8, ls="-.",
                    label="lazy (M frozen)")
+    ax.set_xticks(ns, [f"{v:g}" for v in ns])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("n")
     ax.set_ylabel(f"loss at t = {T:g}")
     ax.set_title("loss against n, every ensemble")
