@@ -32,7 +32,7 @@ from analysis.checks.estimators import (align_to, bootstrap_slope, bootstrap_sta
 from analysis.checks.power import SLOPE_OFFSET, judge, slope_alternatives
 from analysis.checks.rows import NotApplicable, Row, fmt, verdict, with_note
 
-__all__ = ["baseline_checks", "baseline_rows", "ENSEMBLES", "LAZY_MAX_Q"]
+__all__ = ["baseline_checks", "baseline_rows", "ensemble_view", "ENSEMBLES", "LAZY_MAX_Q"]
 
 #: The ensembles compared, in the order of the ``ensemble`` coordinate.
 ENSEMBLES = ("trained", "monte_carlo", "random_features")
@@ -153,6 +153,29 @@ def baseline_checks(problem, particles, meanfield=None, *, train=("y", "c"), n_b
                                            else np.nan))
     out = out.assign_coords(ensemble=list(ENSEMBLES), n=ns)
     out.attrs["baseline_train"] = ",".join(train)
+    return out
+
+
+def ensemble_view(particles, ensemble):
+    """``particles.nc`` as if ``ensemble`` were the trained one: its ``f_n`` and ``loss``
+    in place of the trained units' (``y``, ``c`` dropped), for the per-ensemble rows of the
+    LLN and CLT checks. Monte-Carlo units do not move: their ``f_n`` and ``loss`` are the
+    same at every save time, and their limit is f, not f_0(t).
+
+    Parameters
+    ----------
+    particles : xarray.Dataset
+    ensemble : {"trained", "monte_carlo", "random_features"}
+    """
+    if ensemble == "trained":
+        return particles
+    f, loss = particles[f"f_n_{ensemble}"], particles[f"loss_{ensemble}"]
+    if "t" not in f.dims:
+        f = f.expand_dims(t=particles["t"].values).transpose("n", "seed", "t", "x")
+        loss = loss.expand_dims(t=particles["t"].values).transpose("n", "seed", "t")
+    drop = [v for v in particles.data_vars if v in ("y", "c") or v.startswith(("f_n_", "loss_"))]
+    out = particles.drop_vars(drop).assign(f_n=f, loss=loss)
+    out.attrs["ensemble"] = ensemble
     return out
 
 

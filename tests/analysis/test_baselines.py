@@ -102,3 +102,76 @@ def test_the_figure_draws_every_ensemble(tmp_path):
     assert "trained units" in labels and "Monte-Carlo units" in labels
     assert len(fig.axes) == 2
     assert save(fig, tmp_path / "baselines.png").stat().st_size > 0
+
+
+def test_ensemble_view_puts_a_baseline_in_place_of_the_trained_units():
+    from analysis.checks.baselines import ensemble_view
+
+    rng = np.random.default_rng(4)
+    p = _problem()
+    parts = _particles(p, -2.0, -1.0, rng)
+    parts["f_n_monte_carlo"] = (("n", "seed", "x"), rng.normal(size=(5, S, 16)))
+    v = ensemble_view(parts, "monte_carlo")
+    assert v.loss.dims == ("n", "seed", "t") and v.f_n.dims == ("n", "seed", "t", "x")
+    np.testing.assert_array_equal(v.loss.isel(t=0), parts.loss_monte_carlo)
+    np.testing.assert_array_equal(v.loss.isel(t=1), parts.loss_monte_carlo)
+    assert "loss_monte_carlo" not in v and v.attrs["ensemble"] == "monte_carlo"
+
+
+CONFIG = """
+[problem]
+kind = "circle"
+kappa = 2.0
+quadrature = 32
+[problem.target]
+cos = [0.0, 0.4]
+[init]
+c = { law = "uniform", low = -1.5, high = 1.5 }
+[dynamics]
+scheme = "gd"
+dt = 0.1
+t_end = 0.2
+save_times = [0.0, 0.2]
+[particles]
+n = [4, 8]
+seeds = 2
+"""
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('[dynamics]\ntrain = ["y"]', "dynamics.train"),
+    ('[dynamics]\ntrain = ["c", "c"]', "dynamics.train"),
+    ('[particles]\nbaselines = ["lazy"]', "particles.baselines"),
+    ('[dynamics]\ntrain = ["c"]\n[particles]\nbaselines = ["random_features"]',
+     "particles.baselines"),
+    ('[dynamics]\ntrain = ["c"]\n[fluctuations]\nmethod = "ensemble"', "dynamics.train"),
+])
+def test_bad_train_and_baselines_are_refused_before_any_work(extra, message):
+    import tomllib
+
+    from analysis.run.experiment import ConfigError, resolve
+
+    cfg = tomllib.loads(CONFIG)
+    for section, table in tomllib.loads(extra).items():
+        cfg.setdefault(section, {}).update(table)
+    if "meanfield" not in cfg and "fluctuations" in cfg:
+        cfg["meanfield"] = {"solvers": ["grid"]}
+    with pytest.raises(ConfigError, match=message):
+        resolve(cfg)
+
+
+def test_a_run_with_baselines_writes_them_beside_the_trained_ensemble(tmp_path):
+    import tomllib
+
+    from analysis.run.experiment import resolve, run_experiment
+
+    cfg = tomllib.loads(CONFIG)
+    cfg["particles"]["baselines"] = ["monte_carlo", "random_features"]
+    from analysis.sweep.executors import make_executor
+
+    run_experiment(resolve(cfg), tmp_path / "out", progress=False, executor=make_executor(1))
+    ds = xr.open_dataset(tmp_path / "out" / "particles.nc", engine="h5netcdf")
+    for v in ("f_n_monte_carlo", "loss_monte_carlo", "f_n_random_features",
+              "loss_random_features"):
+        assert np.all(np.isfinite(ds[v].values)), v
+    assert "monte_carlo" in ds.attrs["baselines"] and "exact" in ds.attrs["monte_carlo_G"]

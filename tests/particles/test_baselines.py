@@ -148,3 +148,28 @@ def test_other_train_values_are_refused():
             Dynamics("gd", train=bad)
     assert "train" not in Dynamics("gd").params()  # the default keeps run ids
     assert Dynamics("gd", train=["c"]).params()["train"] == ["c"]
+
+
+def test_baseline_ensembles_share_each_members_draw_of_y():
+    """Members (n, seed) of the trained, Monte-Carlo and random-features ensembles have
+    the same y: the Monte-Carlo network is the one of the trained member's y with
+    c = h(y), the random features' run is the trained run's draw with y frozen."""
+    from particles.baselines import baseline_ensembles
+
+    p = _circle()
+    dyn = Dynamics("gd", "euler", 0.1)
+    ns, ts = [8, 16], [0.0, 0.3]
+    trained = simulate(p, ns, 3, dyn, ts, root_seed=9, progress=False)
+    extra = baseline_ensembles(p, ns, 3, dyn, ts, ["monte_carlo", "random_features"],
+                               root_seed=9)
+    h = solve_G(p).h
+    for k, n in enumerate(ns):
+        y = trained.y.values[k, :, 0, :n]  # wrapped to [0, 2 pi): h is 2 pi-periodic
+        f = p.network(y, h(y) / n)
+        # the same sums over n units of phi at the same y up to the wrap: round-off
+        np.testing.assert_allclose(extra.f_n_monte_carlo.values[k], f, atol=1e-13)
+    rf = simulate(p, ns, 3, Dynamics("gd", "euler", 0.1, train=("c",)), ts, root_seed=9,
+                  progress=False)
+    np.testing.assert_array_equal(rf.y.values[:, :, 0], trained.y.values[:, :, 0])
+    np.testing.assert_array_equal(extra.f_n_random_features.values, rf.f_n.values)
+    assert extra.loss_monte_carlo.dims == ("n", "seed")
