@@ -341,32 +341,44 @@ def c_velocity(problem, y, c, a, *, x=None, w=None, form="data", record=None):
     r"""The c velocity of (2.1) alone, :math:`\dot c_i = -\langle\varphi(\cdot, y_i),
     r\rangle_\mu` (``form = "kernel"``: :math:`F(y_i) - \sum_j K(y_i, y_j)a_jc_j`), for
     frozen y: no gradient in y is computed. Shapes and ``record`` as
-    :meth:`particles.problem.Problem.velocity`; returns vc (B, n)."""
+    :meth:`particles.problem.Problem.velocity`; returns vc (B, n). Blocks of units keep
+    the memory at :data:`DRAW_BUDGET` elements whatever n."""
     a = np.broadcast_to(a, c.shape)
+    B, n = c.shape
+    vc = np.empty((B, n))
     if form == "kernel":
         kf = problem.kernel_form
         if kf is None:
             problem.require("kernel_form", "dynamics.form = 'kernel'")
-        return kf.F(y) - np.einsum("bnm,bm->bn", kf.K(y, y), a * c)
+        ac = a * c
+        chunk = max(1, DRAW_BUDGET // max(1, B * n))
+        for s in range(0, n, chunk):
+            ys = y[:, s:s + chunk]
+            vc[:, s:s + chunk] = kf.F(ys) - np.einsum("bnm,bm->bn", kf.K(ys, y), ac)
+        return vc
     own_nodes = x is None
     if own_nodes:
         x, w, f_x = problem.x, problem.w, problem.f_x
     else:
         f_x = problem.target(x)
-    p = problem.kernel.phi(x, y)  # (B, n, Q)
-    f = np.einsum("bn,bnq->bq", a * c, p)
+    f = problem.network(y, a * c, x)  # (B, Q), blocks of units
     if record is not None and own_nodes and not record:
         record["f"] = f
-    return -np.einsum("bnq,bq->bn", p, w * (f - f_x))
+    wr = w * (f - f_x)
+    chunk = max(1, DRAW_BUDGET // max(1, B * x.shape[-2]))
+    for s in range(0, n, chunk):
+        vc[:, s:s + chunk] = -np.einsum("bnq,bq->bn", problem.kernel.phi(x, y[:, s:s + chunk]),
+                                        wr)
+    return vc
 
 
 def _step_c(problem, dyn, state, h, a, rngs, record):
     """One step of ``train = ["c"]``: y is returned as it came (the same array)."""
     y, c = state.y, state.c
     if dyn.scheme == "gd":
-        v = lambda yy, cc: (0.0, c_velocity(problem, y, cc, a, form=dyn.form,  # noqa: E731
-                                             record=record))
-        _, c1 = INTEGRATORS[dyn.integrator](v, y, c, h)
+        v = lambda _, cc: (0.0, c_velocity(problem, y, cc, a, form=dyn.form,  # noqa: E731
+                                            record=record))
+        _, c1 = INTEGRATORS[dyn.integrator](v, 0.0, c, h)  # y's stages: scalars 0
     elif dyn.scheme == "sgd":
         P = dyn.batch_at(state.t, y.shape[1])
         xb = _batch(problem.measure, rngs, P)

@@ -156,9 +156,9 @@ def _check_baselines(parts, dynamics, problem):
         raise ConfigError(
             'particles.baselines: "random_features" is the trained ensemble itself when '
             'dynamics.train = ["c"]; drop one of them')
-    if "monte_carlo" in names:
-        _refuse(monte_carlo_refusal(problem) and f"particles.baselines: "
-                f"{monte_carlo_refusal(problem)}")
+    why = monte_carlo_refusal(problem) if "monte_carlo" in names else None
+    if why:
+        raise ConfigError(f"particles.baselines: {why}")
 
 
 def _refuse(message):

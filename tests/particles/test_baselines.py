@@ -173,3 +173,12 @@ def test_baseline_ensembles_share_each_members_draw_of_y():
     np.testing.assert_array_equal(rf.y.values[:, :, 0], trained.y.values[:, :, 0])
     np.testing.assert_array_equal(extra.f_n_random_features.values, rf.f_n.values)
     assert extra.loss_monte_carlo.dims == ("n", "seed")
+
+
+def test_monte_carlo_refusal_names_the_reason():
+    from particles.baselines import monte_carlo_refusal
+    from particles.laws import YUniformSphere
+
+    assert monte_carlo_refusal(_circle()) is None
+    why = monte_carlo_refusal(_circle().replace(y_law=YUniformSphere(2)))
+    assert "uniform_sphere" in why and "drop 'monte_carlo'" in why
