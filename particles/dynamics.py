@@ -340,36 +340,28 @@ def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None, *,
 def c_velocity(problem, y, c, a, *, x=None, w=None, form="data", record=None):
     r"""The c velocity of (2.1) alone, :math:`\dot c_i = -\langle\varphi(\cdot, y_i),
     r\rangle_\mu` (``form = "kernel"``: :math:`F(y_i) - \sum_j K(y_i, y_j)a_jc_j`), for
-    frozen y: no gradient in y is computed. Shapes and ``record`` as
-    :meth:`particles.problem.Problem.velocity`; returns vc (B, n). Blocks of units keep
-    the memory at :data:`DRAW_BUDGET` elements whatever n."""
+    frozen y. Shapes and ``record`` as :meth:`particles.problem.Problem.velocity`;
+    returns vc (B, n).
+
+    Through the kernel's fused pull-back (:meth:`particles.kernels.Kernel.pullback`) and
+    the form's fused velocity, whose y gradient is one more contraction of what they
+    compute anyway: evaluating φ alone again costs more (``benchmarks/bench_baselines.py``).
+    The y gradient is dropped, never projected or stepped."""
     a = np.broadcast_to(a, c.shape)
-    B, n = c.shape
-    vc = np.empty((B, n))
     if form == "kernel":
         kf = problem.kernel_form
         if kf is None:
             problem.require("kernel_form", "dynamics.form = 'kernel'")
-        ac = a * c
-        chunk = max(1, DRAW_BUDGET // max(1, B * n))
-        for s in range(0, n, chunk):
-            ys = y[:, s:s + chunk]
-            vc[:, s:s + chunk] = kf.F(ys) - np.einsum("bnm,bm->bn", kf.K(ys, y), ac)
-        return vc
+        return kf.velocity(y, a * c)[0]
     own_nodes = x is None
     if own_nodes:
         x, w, f_x = problem.x, problem.w, problem.f_x
     else:
         f_x = problem.target(x)
-    f = problem.network(y, a * c, x)  # (B, Q), blocks of units
+    f, g_c, _ = problem.kernel.pullback(y, a * c, x, w, f_x)
     if record is not None and own_nodes and not record:
         record["f"] = f
-    wr = w * (f - f_x)
-    chunk = max(1, DRAW_BUDGET // max(1, B * x.shape[-2]))
-    for s in range(0, n, chunk):
-        vc[:, s:s + chunk] = -np.einsum("bnq,bq->bn", problem.kernel.phi(x, y[:, s:s + chunk]),
-                                        wr)
-    return vc
+    return -g_c
 
 
 def _step_c(problem, dyn, state, h, a, rngs, record):
