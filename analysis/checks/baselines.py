@@ -201,6 +201,12 @@ def baseline_rows(a, ctx) -> list:
                             f"max lazy_gap {fmt(gap[k])}",
                             f"<= {fmt(b[k])} (RK4 time error)",
                             verdict(bool(np.all(gap <= b)))))
+        elif a.attrs.get("lazy_train") == "c":
+            rows.append(Row("random features (y frozen): the mean field is the lazy "
+                            "prediction exactly", "M_c constant",
+                            f"max lazy_gap {fmt(gap[k])} ({a.attrs.get('lazy_reference')})",
+                            "the solver's discretisation error; a bound is derived for the "
+                            "characteristics only: add them to meanfield.solvers", "n.a."))
         else:
             ll, tl = a["lazy_loss"].values[-1], t[-1]
             mf = (f" against {fmt(a['lazy_reference_loss'].values[-1])} for the mean field"

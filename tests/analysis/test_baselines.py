@@ -175,3 +175,19 @@ def test_a_run_with_baselines_writes_them_beside_the_trained_ensemble(tmp_path):
               "loss_random_features"):
         assert np.all(np.isfinite(ds[v].values)), v
     assert "monte_carlo" in ds.attrs["baselines"] and "exact" in ds.attrs["monte_carlo_G"]
+
+
+def test_random_features_against_the_grid_alone_is_a_measurement():
+    from meanfield.grid.solve import solve_grid
+
+    p = _problem()
+    ts = [0.0, 2.0]
+    mf = solve_grid(p, ts, ny=64, nc=32, c_min=-5.0, c_max=5.0, train=("c",))
+    mf.attrs["f_0_source"] = "grid"
+    rng = np.random.default_rng(5)
+    a = baseline_checks(p, _particles(p, -2.0, -1.0, rng, ts), mf, train=("c",),
+                        n_boot=50, rng=rng)
+    assert "lazy_gap_bound" not in a
+    row = [r for r in baseline_rows(a, _ctx()) if r.prediction.startswith("random features (y")]
+    assert row[0].verdict == "n.a." and "characteristics" in row[0].expected
+    assert a["lazy_gap"].values[-1] < 1e-3  # the grid's error, small
