@@ -37,7 +37,7 @@ __all__ = ["characteristic_nodes", "c_rule", "solve_characteristics"]
 def solve_characteristics(problem, save_times, *, grid=None,
                           integrator: str = CHARACTERISTICS_INTEGRATOR,
                           save_nodes: bool = False, progress: bool | None = None,
-                          checkpoint=None) -> xr.Dataset:
+                          checkpoint=None, train=("y", "c")) -> xr.Dataset:
     r"""Mean-field :math:`f_0(t, x)` along characteristics of (2.9).
 
     Parameters
@@ -57,6 +57,8 @@ def solve_characteristics(problem, save_times, *, grid=None,
     checkpoint : particles.engine.checkpoint.Checkpoint, optional
         Checkpoints inside the run (:mod:`particles.engine.checkpoint`): a run resumed from it is
         bitwise one that never stopped.
+    train : tuple of str
+        ``("c",)``: random features, the nodes keep their y (the dynamics' ``train``).
 
     Returns
     -------
@@ -73,7 +75,7 @@ def solve_characteristics(problem, save_times, *, grid=None,
     g = options(grid, CHARACTERISTICS, "grid")
     ny, nc, dt = g["y"], g["c"], g["dt"]
     y, c, w = characteristic_nodes(problem, ny, nc)
-    dyn = Dynamics("gd", integrator, dt)
+    dyn = Dynamics("gd", integrator, dt, train=tuple(train))
     T, Q, J = len(ts), problem.x.shape[0], len(w)
     f0 = np.full((T, Q), np.nan)
     ys = np.full((T, J, problem.N), np.nan)
@@ -98,6 +100,7 @@ def solve_characteristics(problem, save_times, *, grid=None,
                                       f"particles.dynamics.step ({integrator})",
             "characteristics_nodes": json.dumps({"y": ny, "c": nc, "total": J}),
             "characteristics_dt": dt,
+            **({} if "y" in dyn.train else {"characteristics_train": "c (y frozen)"}),
             **run_status(failure),
         }
         return cf_dataset(data, coords, attrs, title="mfpc mean-field limit (characteristics)")

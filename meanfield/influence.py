@@ -38,7 +38,7 @@ from particles.steppers import ParticleStepper
 from meanfield.defaults import INFLUENCE, RANK_TOL, options
 from meanfield.nodes import characteristic_nodes
 
-__all__ = ["phi_derivatives", "velocity_vjp", "influence_matrices", "clt_covariance_influence",
+__all__ = ["phi_derivatives", "velocity_vjp", "velocity_vjp_c", "influence_matrices", "clt_covariance_influence",
            "AdjointState", "AdjointStepper", "ForwardRun", "forward_run", "adjoint_sweep",
            "influence_info", "c_domain"]
 
@@ -97,6 +97,35 @@ def velocity_vjp(problem, Y, C, w, lam_Y, lam_C):
     return dY, dC, dw
 
 
+def velocity_vjp_c(problem, P, C, w, lam_C):
+    r"""The vector-Jacobian product of the c velocity :math:`v_C = -\Phi^\top W r` alone,
+    for frozen y (``train = ["c"]``): ``P`` = φ(x_q, Y_j) (J, Q), fixed. Returns
+    :math:`(\lambda\cdot\partial v_C/\partial C, \lambda\cdot\partial v_C/\partial w)`,
+    each (K, J); the y-tangent and the Hessian of φ are not computed."""
+    dA = -((lam_C @ P) * problem.w) @ P.T  # (K, J)
+    return w * dA, C * dA
+
+
+def _rk4_vjp_c(problem, P, C, w, h, lam_C):
+    """Reverse one RK4 step of the c flow with frozen y (``P`` fixed)."""
+    def v(cc):
+        return -P @ (problem.w * ((w * cc) @ P - problem.f_x))
+
+    k1 = v(C)
+    k2 = v(C + 0.5 * h * k1)
+    k3 = v(C + 0.5 * h * k2)
+    z = (C + 0.5 * h * k1, C + 0.5 * h * k2, C + h * k3)
+    gC, gw = lam_C.copy(), np.zeros_like(lam_C)
+    dC, dw = velocity_vjp_c(problem, P, z[2], w, lam_C * (h / 6))
+    gC += dC; gw += dw  # noqa: E702
+    dC, dw = velocity_vjp_c(problem, P, z[1], w, lam_C * (h / 3) + h * dC)
+    gC += dC; gw += dw  # noqa: E702
+    dC, dw = velocity_vjp_c(problem, P, z[0], w, lam_C * (h / 3) + 0.5 * h * dC)
+    gC += dC; gw += dw  # noqa: E702
+    dC, dw = velocity_vjp_c(problem, P, C, w, lam_C * (h / 6) + 0.5 * h * dC)
+    return gC + dC, gw + dw
+
+
 def _rk4_vjp(problem, Y, C, w, h, lam_Y, lam_C):
     """Reverse one RK4 step from (Y, C): cotangents at the step start and of w."""
     def v(yy, cc):
@@ -125,11 +154,19 @@ def _rk4_vjp(problem, Y, C, w, h, lam_Y, lam_C):
     return gY + dY, gC + dC, gw + dw
 
 
-def _observable_basis(problem, Y, C, w, rank_tol):
-    """Cotangents of f(T, x_q) for all q, reduced by an SVD to the numerical rank.
+def _observable_basis(problem, Y, C, w, rank_tol, frozen_y=False):
+    """Cotangents of f(T, x_q) for all q, reduced by an SVD to the numerical rank
+    (``frozen_y``: the y-tangent dropped, lam_Y zero).
 
     Returns (U_r (Q, r), lam_Y (r, J, N), lam_C (r, J), direct dw (r, J)).
     """
+    if frozen_y:
+        P = problem.kernel.phi(problem.x, Y[None])[0]  # (J, Q)
+        J, N = Y.shape
+        U, S, Vt = np.linalg.svd(P.T, full_matrices=False)
+        r = max(1, int(np.sum(S > rank_tol * S[0])))
+        RP = S[:r, None] * Vt[:r]
+        return U[:, :r], np.zeros((r, J, N)), RP * w, RP * C
     P, dP = problem.kernel.phi_grad(problem.x, Y[None])
     P, dP = P[0], dP[0]  # (J, Q), (J, Q, N)
     J, Q, N = dP.shape
@@ -175,13 +212,18 @@ class AdjointStepper:
         Time, Y and C at the start of every forward step.
     hs : list of float
         The forward step sizes.
+    frozen_y : bool
+        ``train = ["c"]``: y never moves; only the c cotangents are carried
+        (:func:`velocity_vjp_c`, φ at the nodes computed once), lam_Y stays 0.
     """
 
     name = "influence (adjoint)"
     advice = "lower fluctuations.dt"
 
-    def __init__(self, problem, w, starts, hs):
+    def __init__(self, problem, w, starts, hs, frozen_y=False):
         self.problem, self.w, self.starts, self.hs = problem, w, starts, hs
+        self.P = (problem.kernel.phi(problem.x, starts[0][1][None])[0]
+                  if frozen_y and starts else None)
 
     def init(self, t_end) -> AdjointState:
         J, N = len(self.w), self.problem.N
@@ -195,7 +237,10 @@ class AdjointStepper:
         s = state.k - 1
         t, Ys, Cs = self.starts[s]
         lam_Y, lam_C, gw = state.lam_Y, state.lam_C, state.gw
-        if lam_C.shape[0]:
+        if lam_C.shape[0] and self.P is not None:
+            lam_C, dw = _rk4_vjp_c(self.problem, self.P, Cs, self.w, self.hs[s], lam_C)
+            gw = gw + dw
+        elif lam_C.shape[0]:
             lam_Y, lam_C, dw = _rk4_vjp(self.problem, Ys, Cs, self.w, self.hs[s], lam_Y, lam_C)
             gw = gw + dw
         return AdjointState(-float(t), s, lam_Y, lam_C, gw)
@@ -237,12 +282,13 @@ class ForwardRun(NamedTuple):
     f0: np.ndarray
 
 
-def forward_run(problem, ts, *, grid=None, partial=None, progress=None) -> ForwardRun:
+def forward_run(problem, ts, *, grid=None, partial=None, progress=None,
+                train=("y", "c")) -> ForwardRun:
     """The forward run of the influence method, every step recorded (:class:`ForwardRun`).
 
     ``grid``: the nodes and step (:func:`influence_grid`); ``partial``: as
     :func:`influence_matrices`; ``progress``: the progress bar (``None`` shows it only on
-    a terminal)."""
+    a terminal); ``train``: the dynamics' trained coordinates."""
     g = influence_grid(grid)
     dt = g["dt"]
     y, c, w = characteristic_nodes(problem, g["y"], g["c"])
@@ -259,7 +305,7 @@ def forward_run(problem, ts, *, grid=None, partial=None, progress=None) -> Forwa
         f0[k] = problem.network(st.y, w * st.c)[0]
 
     fail = None if partial is None else (lambda msg: partial(f0, msg))
-    fwd = ParticleStepper(problem, Dynamics("gd", "rk4", dt), w[None],
+    fwd = ParticleStepper(problem, Dynamics("gd", "rk4", dt, train=tuple(train)), w[None],
                           name="influence (forward)", labels=["nodes"],
                           advice=f"lower fluctuations.dt={dt}")
     run(fwd, fwd.init(y[None], c[None]), ts, observe, before_step=record, progress=progress,
@@ -268,7 +314,7 @@ def forward_run(problem, ts, *, grid=None, partial=None, progress=None) -> Forwa
 
 
 def adjoint_sweep(problem, fw: ForwardRun, ts, *, rank_tol, after_step=None, partial=None,
-                  progress=None):
+                  progress=None, frozen_y=False):
     """The reverse sweep of :class:`AdjointStepper` over a :class:`ForwardRun`, injecting
     the cotangents of :math:`f_0(T_k, x)` (SVD-reduced) at every save time.
 
@@ -289,14 +335,14 @@ def adjoint_sweep(problem, fw: ForwardRun, ts, *, rank_tol, after_step=None, par
     """
     K = len(ts)
     bases, rows, ranks = {}, {}, []
-    back = AdjointStepper(problem, fw.w, fw.starts, fw.hs)
+    back = AdjointStepper(problem, fw.w, fw.starts, fw.hs, frozen_y=frozen_y)
     fail = None if partial is None else (lambda msg: partial(fw.f0, msg))
 
     def inject(j, st):
         if j >= K:
             return None
         k = K - 1 - j
-        U, lY, lC, dw0 = _observable_basis(problem, *fw.ends[k], fw.w, rank_tol)
+        U, lY, lC, dw0 = _observable_basis(problem, *fw.ends[k], fw.w, rank_tol, frozen_y)
         ranks.append(U.shape[1])
         rows[k] = slice(st.lam_C.shape[0], st.lam_C.shape[0] + U.shape[1])
         bases[k] = U
@@ -316,7 +362,7 @@ def influence_grid(grid=None) -> dict:
 
 
 def influence_matrices(problem, save_times, *, grid=None, rank_tol=RANK_TOL, partial=None,
-                       progress=None):
+                       progress=None, train=("y", "c")):
     r"""D_k = ∂f_0(T_k, x)/∂w for each save time (shape (T, Q, J)) and the nodes.
 
     The forward run is the particle stepper with the node weights (:func:`forward_run`);
@@ -329,6 +375,9 @@ def influence_matrices(problem, save_times, *, grid=None, rank_tol=RANK_TOL, par
         Builds the partial result of a failure from ``f0`` (T, Q) observed so far.
     progress : bool or None
         Progress bar; ``None`` shows it only on a terminal.
+    train : tuple of str
+        ``("c",)``: random features; the forward run keeps y and the reverse sweep drops
+        the y-tangent.
 
     Returns
     -------
@@ -339,9 +388,11 @@ def influence_matrices(problem, save_times, *, grid=None, rank_tol=RANK_TOL, par
     info : dict
     """
     ts = check_save_times(save_times)
-    fw = forward_run(problem, ts, grid=grid, partial=partial, progress=progress)
+    fw = forward_run(problem, ts, grid=grid, partial=partial, progress=progress,
+                     train=train)
     end, bases, rows, ranks = adjoint_sweep(problem, fw, ts, rank_tol=rank_tol,
-                                            partial=partial, progress=progress)
+                                            partial=partial, progress=progress,
+                                            frozen_y="y" not in train)
     D = np.stack([bases[k] @ end.gw[rows[k]] for k in range(len(ts))])
     return D, fw.w, fw.f0, influence_info(fw, grid, rank_tol, ranks)
 
@@ -365,8 +416,9 @@ def c_domain(problem) -> list:
 
 
 def clt_covariance_influence(problem, save_times, *, grid=None, rank_tol=RANK_TOL,
-                             progress: bool | None = None) -> xr.Dataset:
-    r"""Predicted covariance of :math:`\sqrt n (f_n - f_0)(t)` by the influence method.
+                             progress: bool | None = None, train=("y", "c")) -> xr.Dataset:
+    r"""Predicted covariance of :math:`\sqrt n (f_n - f_0)(t)` by the influence method
+    (``train = ("c",)``: of random features, y frozen; :func:`influence_matrices`).
 
     ``progress``: the progress bar (``None`` shows it only on a terminal).
 
@@ -414,7 +466,7 @@ def clt_covariance_influence(problem, save_times, *, grid=None, rank_tol=RANK_TO
         return dataset(f0, np.full((len(ts), Q, Q), np.nan), info, message)
 
     D, w, f0, info = influence_matrices(problem, ts, grid=grid, rank_tol=rank_tol,
-                                        partial=partial, progress=progress)
+                                        partial=partial, progress=progress, train=train)
     m = D @ w  # (T, Q)
     cov = np.einsum("tqj,j,tpj->tqp", D, w, D) - m[:, :, None] * m[:, None, :]
     cov = 0.5 * (cov + cov.transpose(0, 2, 1))

@@ -55,8 +55,10 @@ def _tangential_grad(kernel, x, y):
     return p, dp
 
 
-def features(kernel, x, y, c, weights):
-    r"""The factor ``A`` of :math:`M = AA^\top`, shape (Q, J (N + 1)).
+def features(kernel, x, y, c, weights, *, train=("y", "c")):
+    r"""The factor ``A`` of :math:`M = AA^\top`, shape (Q, J (N + 1)); with
+    ``train = ("c",)`` (y frozen) only the columns of c, shape (Q, J): M keeps its
+    :math:`\varphi\varphi` part.
 
     Parameters
     ----------
@@ -65,26 +67,33 @@ def features(kernel, x, y, c, weights):
     y : ndarray, shape (J, N)
     c, weights : ndarray, shape (J,)
         Weights :math:`a_j \ge 0` of the Dirac masses (``1/n``, cell masses, ``w_j``).
+    train : tuple of str
+        The trained coordinates, ``("y", "c")`` or ``("c",)``.
     """
     y = np.asarray(y, float).reshape(len(c), -1)
     c = np.asarray(c, float)
     a = np.asarray(weights, float)
     if np.any(a < 0):
         raise ValueError("m_kernel needs non-negative weights (a measure)")
-    p, dp = _tangential_grad(kernel, np.asarray(x, float), y)
     s = np.sqrt(a)
+    if "y" not in train:
+        return (s[:, None] * kernel.phi(np.asarray(x, float), y[None])[0]).T
+    p, dp = _tangential_grad(kernel, np.asarray(x, float), y)
     J, Q, N = dp.shape
     A0 = (s[:, None] * p).T  # (Q, J)
     A1 = ((s * c)[:, None, None] * dp).transpose(1, 0, 2).reshape(Q, J * N)
     return np.concatenate([A0, A1], axis=1)
 
 
-def m_kernel(kernel, x, y, c, weights, *, chunk: int = 4096):
+def m_kernel(kernel, x, y, c, weights, *, chunk: int = 4096, train=("y", "c")):
     r"""The kernel (2.38) of :math:`\rho = \sum_j a_j\delta_{(y_j, c_j)}` on the nodes.
 
     .. math::
         M(x_q, x_p) = \sum_j a_j\big(c_j^2\nabla_y\varphi(x_q, y_j)\cdot
         \nabla_y\varphi(x_p, y_j) + \varphi(x_q, y_j)\varphi(x_p, y_j)\big)
+
+    over the trained coordinates: with ``train = ("c",)`` (y frozen) only the
+    :math:`\varphi\varphi` term, :math:`M_c`.
 
     Parameters
     ----------
@@ -94,6 +103,8 @@ def m_kernel(kernel, x, y, c, weights, *, chunk: int = 4096):
     c, weights : ndarray, shape (J,)
     chunk : int
         Units per block (bounded memory for large J).
+    train : tuple of str
+        The trained coordinates (:func:`features`).
 
     Returns
     -------
@@ -110,7 +121,8 @@ def m_kernel(kernel, x, y, c, weights, *, chunk: int = 4096):
     Q = np.asarray(x).shape[0]
     M = np.zeros((Q, Q))
     for s in range(0, len(c), chunk):
-        A = features(kernel, x, y[s:s + chunk], c[s:s + chunk], a[s:s + chunk])
+        A = features(kernel, x, y[s:s + chunk], c[s:s + chunk], a[s:s + chunk],
+                     train=train)
         M += A @ A.T
     return 0.5 * (M + M.T)
 

@@ -23,12 +23,14 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["State", "Dynamics", "Integrator", "INTEGRATORS", "Batches", "step", "DRAW_BUDGET",
-           "DRAW_AHEAD", "scaled_batch"]
+           "DRAW_AHEAD", "scaled_batch", "TRAIN_ALL", "c_velocity"]
 
 #: Elements (points times coordinates, all members) of the batches drawn ahead (32 MiB).
 DRAW_BUDGET = 2**22
 #: Most steps whose batches are drawn in one call per member.
 DRAW_AHEAD = 64
+#: ``Dynamics.train`` of trained units: every coordinate moves.
+TRAIN_ALL = ("y", "c")
 
 
 class State(NamedTuple):
@@ -108,6 +110,10 @@ class Dynamics:
         :math:`T_q`; :func:`scaled_batch`).
     temperature : float or list of [time, tau]
         Langevin temperature :math:`\tau`, or a schedule.
+    train : sequence of str
+        The coordinates that move: ``("y", "c")`` (default, trained units) or ``("c",)``
+        (random features: y stays at its initial draw, bitwise; only c is trained, and
+        Langevin noise acts on c only). The y velocity is then never computed.
     """
 
     scheme: str = "gd"
@@ -116,8 +122,17 @@ class Dynamics:
     form: str = "data"
     batch: object = None
     temperature: object = None
+    train: tuple = TRAIN_ALL
 
     def __post_init__(self):
+        train = self.train
+        if isinstance(train, str) or not all(isinstance(v, str) for v in train) or (
+                sorted(train) not in (["c", "y"], ["c"])) or len(set(train)) != len(train):
+            raise ValueError(
+                f"dynamics.train={list(train) if not isinstance(train, str) else train!r} is "
+                'not known; use ["y", "c"] (trained units, the default) or ["c"] (random '
+                "features: y frozen at its draw)")
+        object.__setattr__(self, "train", TRAIN_ALL if len(train) == 2 else ("c",))
         if self.scheme not in ("gd", "sgd", "langevin"):
             raise ValueError(
                 f"dynamics.scheme={self.scheme!r} is not known; use 'gd', 'sgd' or 'langevin'"
@@ -158,8 +173,15 @@ class Dynamics:
     def temperature_at(self, t) -> float:
         return float(_schedule(self.temperature, t))
 
+    @property
+    def frozen_y(self) -> bool:
+        """True when only c is trained (``train = ["c"]``)."""
+        return self.train == ("c",)
+
     def params(self) -> dict:
-        return {
+        """The resolved keys; ``train`` only when it is not the default (the run's
+        identity of a config without it does not depend on the key's existence)."""
+        out = {
             "scheme": self.scheme,
             "integrator": self.integrator,
             "dt": self.dt,
@@ -167,6 +189,9 @@ class Dynamics:
             "batch": self.batch,
             "temperature": self.temperature,
         }
+        if self.frozen_y:
+            out["train"] = list(self.train)
+        return out
 
 
 class Batches:
@@ -289,6 +314,8 @@ def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None, *,
     """
     y, c = state.y, state.c
     kernel = problem.kernel
+    if dyn.frozen_y:
+        return _step_c(problem, dyn, state, h, a, rngs, record)
     if dyn.scheme == "gd":
         v = lambda yy, cc: problem.velocity(yy, cc, a, form=dyn.form,  # noqa: E731
                                             record=record)
@@ -308,3 +335,49 @@ def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None, *,
         y1 = y + h * vy + s * kernel.tangent(y, xi[..., :-1])
         c1 = c + h * vc + s * xi[..., -1]
     return State(state.t + h, kernel.retract(y1), c1)
+
+
+def c_velocity(problem, y, c, a, *, x=None, w=None, form="data", record=None):
+    r"""The c velocity of (2.1) alone, :math:`\dot c_i = -\langle\varphi(\cdot, y_i),
+    r\rangle_\mu` (``form = "kernel"``: :math:`F(y_i) - \sum_j K(y_i, y_j)a_jc_j`), for
+    frozen y. Shapes and ``record`` as :meth:`particles.problem.Problem.velocity`;
+    returns vc (B, n).
+
+    Through the kernel's fused pull-back (:meth:`particles.kernels.Kernel.pullback`) and
+    the form's fused velocity, whose y gradient is one more contraction of what they
+    compute anyway: evaluating φ alone again costs more (``benchmarks/bench_baselines.py``).
+    The y gradient is dropped, never projected or stepped."""
+    a = np.broadcast_to(a, c.shape)
+    if form == "kernel":
+        kf = problem.kernel_form
+        if kf is None:
+            problem.require("kernel_form", "dynamics.form = 'kernel'")
+        return kf.velocity(y, a * c)[0]
+    own_nodes = x is None
+    if own_nodes:
+        x, w, f_x = problem.x, problem.w, problem.f_x
+    else:
+        f_x = problem.target(x)
+    f, g_c, _ = problem.kernel.pullback(y, a * c, x, w, f_x)
+    if record is not None and own_nodes and not record:
+        record["f"] = f
+    return -g_c
+
+
+def _step_c(problem, dyn, state, h, a, rngs, record):
+    """One step of ``train = ["c"]``: y is returned as it came (the same array)."""
+    y, c = state.y, state.c
+    if dyn.scheme == "gd":
+        v = lambda _, cc: (0.0, c_velocity(problem, y, cc, a, form=dyn.form,  # noqa: E731
+                                            record=record))
+        _, c1 = INTEGRATORS[dyn.integrator](v, 0.0, c, h)  # y's stages: scalars 0
+    elif dyn.scheme == "sgd":
+        P = dyn.batch_at(state.t, y.shape[1])
+        xb = _batch(problem.measure, rngs, P)
+        c1 = c + h * c_velocity(problem, y, c, a, x=xb, w=np.full(xb.shape[:2], 1.0 / P))
+    else:
+        tau = dyn.temperature_at(state.t)
+        vc = c_velocity(problem, y, c, a, form=dyn.form, record=record)
+        xi = np.stack([r.standard_normal(y.shape[1]) for r in rngs])  # (B, n)
+        c1 = c + h * vc + np.sqrt(2.0 * tau * h) * xi
+    return State(state.t + h, y, c1)

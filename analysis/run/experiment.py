@@ -146,6 +146,20 @@ def _applies(dyn, cfg):
             "come from the file) or drop init.file")
 
 
+def _check_baselines(parts, dynamics, problem):
+    """``particles.baselines`` that can run: refused before any work otherwise."""
+    from particles.baselines import monte_carlo_refusal
+
+    names = (parts or {}).get("baselines", [])
+    if "random_features" in names and dynamics.frozen_y:
+        raise ConfigError(
+            'particles.baselines: "random_features" is the trained ensemble itself when '
+            'dynamics.train = ["c"]; drop one of them')
+    why = monte_carlo_refusal(problem) if "monte_carlo" in names else None
+    if why:
+        raise ConfigError(f"particles.baselines: {why}")
+
+
 def _refuse(message):
     """Raise the budget's refusal (memory or steps), if any, as a :class:`ConfigError`."""
     if message:
@@ -194,14 +208,21 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
             form=dyn.get("form", "data"),
             batch=dyn.get("batch"),
             temperature=dyn.get("temperature"),
+            train=tuple(dyn.get("train", ("y", "c"))),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
     parts = _particles_section(cfg, problem, base) if "particles" in cfg else None
     init = parts.pop("_init", None) if parts is not None else None
     check_realisations(cfg, parts, ready)
+    _check_baselines(parts, dynamics, problem)
     mf = _meanfield_section(cfg, dynamics, problem) if "meanfield" in cfg else None
     fl = _fluctuations_section(cfg, dynamics) if "fluctuations" in cfg else None
+    if dynamics.frozen_y and fl is not None and (fl["method"] != "influence" or fl.get("sgd")):
+        raise ConfigError(
+            'dynamics.train = ["c"] (random features) is served by fluctuations.method = '
+            '"influence" without the SGD prediction; the ensemble and SGD predictions move y: '
+            "use method = \"influence\" with GD, or drop dynamics.train")
     preflight.preflight(problem, dynamics, mf, fl, save_times=save_times, parts=parts)
     resolved = {k: v for k, v in cfg.items()}
     if mf is not None:
@@ -279,7 +300,7 @@ def run_particles(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
                                               particles={**p, "realisation": r}),
                           progress=progress)
             for r in range(int(p["realisations"]))])
-    return simulate(
+    ds = simulate(
         exp.problem,
         p["n"],
         p["seeds"],
@@ -293,6 +314,16 @@ def run_particles(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
         checkpoint=checkpoint,
         realisation=int(p.get("realisation") or 0),
     )
+    if p.get("baselines"):
+        from particles.baselines import baseline_ensembles
+
+        extra = baseline_ensembles(
+            exp.problem, p["n"], p["seeds"], exp.dynamics, exp.save_times, p["baselines"],
+            root_seed=p["root_seed"], n_index=p.get("n_index"), init=exp.init,
+            realisation=int(p.get("realisation") or 0))
+        ds = ds.assign(extra.data_vars)
+        ds.attrs.update(extra.attrs)
+    return ds
 
 
 def run_meanfield(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset:
@@ -310,14 +341,15 @@ def run_meanfield(exp: Experiment, progress=None, checkpoint=None) -> xr.Dataset
                            else 0.0)
             parts.append(solve_grid(
                 exp.problem, exp.save_times, grid=g, temperature=float(temperature),
-                progress=progress,
-                checkpoint=checkpoint and checkpoint.part("grid")))
+                progress=progress, checkpoint=checkpoint and checkpoint.part("grid"),
+                train=exp.dynamics.train))
         if "characteristics" in mf["solvers"]:
             ch = mf["characteristics"]
             parts.append(solve_characteristics(exp.problem, exp.save_times, grid=ch,
                                                save_nodes=True,
                                                checkpoint=checkpoint
-                                               and checkpoint.part("characteristics")))
+                                               and checkpoint.part("characteristics"),
+                                               train=exp.dynamics.train))
     except NumericalFailure as e:
         # the partial of the failed solver beside what the solvers before it computed
         done = parts + [p for p in [getattr(e, "partial", None)] if isinstance(p, xr.Dataset)]
@@ -351,7 +383,8 @@ def run_fluctuations(exp: Experiment, progress=None, checkpoint=None) -> xr.Data
         if fl.get("sgd"):
             return sgd_covariance_influence(exp.problem, exp.save_times, exp.dynamics,
                                             grid=nodes)
-        return clt_covariance_influence(exp.problem, exp.save_times, grid=nodes)
+        return clt_covariance_influence(exp.problem, exp.save_times, grid=nodes,
+                                        train=exp.dynamics.train)
     from meanfield.linearised import clt_covariance_ensemble
     from meanfield.sgdensemble import with_sgd_ensemble
 

@@ -23,6 +23,7 @@ DYNAMICS_SCHEMA = {
                         where, required=("P0", "alpha"))
         if isinstance(v, dict) else C.integer(lo=1)(v, where))),
     "temperature": C.schedule(C.number(lo=0)),
+    "train": lambda v, where: _train(v, where),
 }
 MEANFIELD_SCHEMA = {
     "solvers": lambda v, where: _solvers(v, where),
@@ -46,6 +47,23 @@ FLUCTUATIONS_SCHEMA = {
 }
 
 
+def _train(v, where):
+    """``dynamics.train``: ["y", "c"] (trained units) or ["c"] (random features)."""
+    if not isinstance(v, list) or sorted(v) not in (["c", "y"], ["c"]) or len(set(v)) != len(v):
+        raise ConfigError(f'{where}={v!r} is not known; use ["y", "c"] (trained units, the '
+                          'default) or ["c"] (random features: y frozen at its draw)')
+    return list(v)
+
+
+def _baselines(v, where):
+    """``particles.baselines``: a list of "monte_carlo", "random_features"."""
+    if not isinstance(v, list):
+        raise ConfigError(f'{where}: expected a list, e.g. ["monte_carlo", "random_features"]')
+    for i, s in enumerate(v):
+        C.choice("monte_carlo", "random_features")(s, f"{where}[{i}]")
+    return C.distinct(list(v), where)
+
+
 def _solvers(v, where):
     if isinstance(v, str):
         v = [v]
@@ -64,4 +82,6 @@ PARTICLES_SCHEMA = {
     "seeds_per_task": C.integer(lo=1),  # the sweep's block of seeds (analysis.sweep.tasks)
     # target realisations learnt side by side (issue 12; analysis.sweep.tasks.realisation_config)
     "realisations": C.integer(lo=1),
+    # the baseline ensembles beside the trained one (particles.baselines)
+    "baselines": lambda v, where: _baselines(v, where),
 }

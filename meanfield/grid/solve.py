@@ -201,6 +201,7 @@ def solve_grid(
     on_step=None,
     progress: bool | None = None,
     checkpoint=None,
+    train=("y", "c"),
 ) -> xr.Dataset:
     r"""Solve the mean-field equation (2.9) from :math:`\rho_{in}` on a (y, c) grid.
 
@@ -236,6 +237,8 @@ def solve_grid(
     checkpoint : particles.engine.checkpoint.Checkpoint, optional
         Checkpoints inside the run (:mod:`particles.engine.checkpoint`; the outputs and the step
         statistics are tracked): a run resumed from it is bitwise one that never stopped.
+    train : tuple of str
+        ``("c",)``: random features, the y flux off (:class:`GridSolver`).
 
     Returns
     -------
@@ -269,7 +272,8 @@ def solve_grid(
     if dt is not None and not dt > 0:
         raise ValueError(f"grid.dt={dt} must be > 0 (or None for the adaptive step)")
     grid, m, truncated, eps = prepare(problem, g, phi_tol=phi_tol)
-    solver = GridSolver(problem, grid, temperature=temperature, potential=g["potential"])
+    solver = GridSolver(problem, grid, temperature=temperature, potential=g["potential"],
+                        train=train)
     T = len(ts)
     out = {"f_0": np.full((T, problem.x.shape[0]), np.nan), "loss_0": np.full(T, np.nan),
            "mass": np.full(T, np.nan), "outflow": np.full(T, np.nan)}
@@ -296,7 +300,7 @@ def solve_grid(
             out["rho_0"][j] = st.m / grid.cell_volume
 
     def dataset(failure=None):
-        attrs = _attrs(problem, grid, solver, g, temperature, truncated, eps, stats_)
+        attrs = _attrs(problem, grid, solver, g, temperature, truncated, eps, stats_, train)
         return _dataset(problem, grid, ts, out, {**attrs, **run_status(failure)})
 
     if checkpoint is not None:
@@ -307,7 +311,7 @@ def solve_grid(
     return dataset()
 
 
-def _attrs(problem, grid, solver, g, temperature, truncated, eps, stats_) -> dict:
+def _attrs(problem, grid, solver, g, temperature, truncated, eps, stats_, train) -> dict:
     """The attrs of a grid run: scheme, grid, initial truncation, steps taken."""
     d = np.asarray(stats_["dt"]) if stats_["dt"] else np.zeros(1)
     return {
@@ -322,6 +326,7 @@ def _attrs(problem, grid, solver, g, temperature, truncated, eps, stats_) -> dic
         "truncated_mass": truncated,
         "phi_resolution": eps,
         "potential": solver.U_of_g.name,
+        **({} if "y" in train else {"train": "c (random features: y frozen, no y flux)"}),
         "temperature": float(temperature),
         "cfl": float(g["cfl"]),
         "dt_fixed": float(g["dt"]) if g["dt"] is not None else "adaptive",

@@ -57,13 +57,18 @@ class GridSolver:
     potential : {"auto", "data", "fft"}
     block : int
         Elements per cache block of the sweeps (a tuning knob; results do not depend on it).
+    train : tuple of str
+        ``("y", "c")`` (default) or ``("c",)``: random features, y frozen; the y flux
+        (transport and diffusion) is off and the grid transports in c only.
     """
 
     def __init__(self, problem, grid: Grid, *, temperature: float = 0.0,
-                 potential: str = "auto", block: int = 2**15):
+                 potential: str = "auto", block: int = 2**15, train=("y", "c")):
         if temperature < 0:
             raise ValueError(f"temperature={temperature} must be >= 0")
         self.problem, self.grid, self.tau = problem, grid, float(temperature)
+        #: the y axes that move (none for train = ("c",))
+        self.y_axes = range(grid.N) if "y" in train else range(0)
         self.data = DataPotential(problem, grid)
         self.U_of_g = _choose_potential(problem, grid, potential)
         self.c = grid.c_centres
@@ -109,7 +114,9 @@ class GridSolver:
 
     def _bound(self, speeds):
         dims = self.grid.dy + (self.grid.dc,)
-        rate = sum(2 * a / d + 2 * self.tau / d**2 for a, d in zip(speeds, dims))
+        moving = [k in self.y_axes for k in range(self.grid.N)] + [True]
+        rate = sum(2 * a / d + 2 * self.tau / d**2
+                   for a, d, on in zip(speeds, dims, moving) if on)
         # a rate below ~1e-300 (velocities vanishing to round-off) sets no bound
         return 1.0 / rate if rate > 1e-300 else math.inf
 
@@ -130,7 +137,7 @@ class GridSolver:
 
     def _speeds(self, U, c_sup):
         a = [c_sup * float(np.max(np.abs(self.y_face_velocity(U, k))))
-             for k in range(self.grid.N)]
+             if k in self.y_axes else 0.0 for k in range(self.grid.N)]
         return a + [float(np.max(np.abs(U)))]
 
     def speeds(self, m):
@@ -148,10 +155,11 @@ class GridSolver:
         through the c faces, positivity bound of a forward-Euler stage from ``m``)."""
         g = self.grid
         U = self.potential(m)
-        for k in range(g.N):
+        for k in self.y_axes:
             v = self.y_face_velocity(U, k)
             self._sweeps[k](m, v, self.c / g.dy[k], self.tau / g.dy[k] ** 2, out, first=(k == 0))
-        rate = self._sweeps[-1](m, -U / g.dc, None, self.tau / g.dc**2, out, first=False)
+        rate = self._sweeps[-1](m, -U / g.dc, None, self.tau / g.dc**2, out,
+                                first=not self.y_axes)
         return rate, self._bound(self._speeds(U, self.support_c_max(m)))
 
     def step_bound(self, m):
