@@ -274,23 +274,15 @@ def baseline_ensembles(problem, n, seeds, dynamics, save_times, baselines, *,
                 y = np.stack([u[0] for u in units])
                 c = np.stack([u[1] for u in units])
             f[k] = problem.network(y, c / nk)
-        parts.append(xr.Dataset({
-            "f_n_monte_carlo": (("n", "seed", "x"), f, {
-                "long_name": "Monte-Carlo units' network f_n on the x nodes (c = G/rho_bar)",
-                "units": "1"}),
-            "loss_monte_carlo": (("n", "seed"), problem.loss(f), {
-                "long_name": "Monte-Carlo units' loss (1.2)", "units": "1"})}))
+        parts.append(xr.Dataset({"f_n_monte_carlo": (("n", "seed", "x"), f),
+                                 "loss_monte_carlo": (("n", "seed"), problem.loss(f))}))
         attrs["monte_carlo_G"] = sol.description
     if "random_features" in baselines:
         rf = simulate(problem, ns, seed_ids, dataclasses.replace(dynamics, train=("c",)),
                       save_times, root_seed=root_seed, n_index=n_index, init=init,
                       save_state=False, progress=False, realisation=realisation)
-        parts.append(xr.Dataset({
-            "f_n_random_features": (rf.f_n.dims, rf.f_n.values, {
-                "long_name": "random features' network f_n on the x nodes (y frozen)",
-                "units": "1"}),
-            "loss_random_features": (rf.loss.dims, rf.loss.values, {
-                "long_name": "random features' loss (1.2)", "units": "1"})}))
+        parts.append(xr.Dataset({"f_n_random_features": (rf.f_n.dims, rf.f_n.values),
+                                 "loss_random_features": (rf.loss.dims, rf.loss.values)}))
     ds = xr.merge(parts) if parts else xr.Dataset()
     ds.attrs.update(attrs)
     return ds

@@ -219,19 +219,19 @@ def baseline_rows(a, ctx) -> list:
     have = [e for e in ENSEMBLES if np.isfinite(_slope(a, e)[0])] \
         if "baseline_excess_slope" in a else []
     pred = "trained units' excess loss decays faster than Monte-Carlo's n^-1"
-    if "monte_carlo" not in have and "trained" in have:
+    if "monte_carlo" not in have:
+        # without Monte-Carlo units the trained units' own rate is the self-healing row
         rows.append(NotApplicable(pred, "no Monte-Carlo ensemble: add particles.baselines "
                                         "= [\"monte_carlo\"]"))
-    if "trained" not in have:
+    elif "trained" not in have:
         rows.append(NotApplicable(pred, "no excess-loss slope of the trained units (a "
                                         "mean-field loss floor and two n are needed)"))
     else:
         s, lo, hi = _slope(a, "trained")
         alt = (-1.0,)
-        v, note = judge(lo, hi, bool(lo < -1.0), alt, center=-1.0 - SLOPE_OFFSET, seeds=ctx.seeds,
-                        min_seeds=ctx.k_95)
-        mc = (" beside Monte-Carlo {} [{}, {}]".format(*map(fmt, _slope(a, "monte_carlo")))
-              if "monte_carlo" in have else "")
+        v, note = judge(lo, hi, bool(lo < -1.0), alt, center=-1.0 - SLOPE_OFFSET,
+                        seeds=ctx.seeds, min_seeds=ctx.k_95)
+        mc = " beside Monte-Carlo {} [{}, {}]".format(*map(fmt, _slope(a, "monte_carlo")))
         rows.append(Row(pred, "§1 (1.3); Prop. 2.3-2.4",
                         f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}]{mc}",
                         with_note("< -1", note), v))

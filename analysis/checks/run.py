@@ -22,6 +22,7 @@ from particles.build import build_problem
 from particles.engine.config import ConfigError
 
 from analysis.checks import limits
+from analysis.checks.baselines import baseline_checks, baseline_rows
 from analysis.checks.highdim import highdim_checks, highdim_rows
 from analysis.checks.limits import limits_rows
 from analysis.checks.losses import losses_rows
@@ -41,7 +42,8 @@ REPORT_SPAWN_KEY = 2**20 + 5
 #: variables always present in analysis.nc
 REQUIRED = ("lln_slope", "lln_slope_low", "lln_slope_high", "clt_var_ratio", "m_min_eigenvalue")
 #: the row builders, in the order of the report's table
-ROW_BUILDERS = (limits_rows, mkernel_rows, losses_rows, sgd_rows, highdim_rows)
+ROW_BUILDERS = (limits_rows, mkernel_rows, losses_rows, sgd_rows, highdim_rows,
+                baseline_rows)
 
 
 def _nodes(meanfield, notes):
@@ -174,6 +176,15 @@ def _mkernel_parts(inputs, n_boot, level, rng, notes):
                            rng=rng)]
 
 
+def _baseline_parts(inputs, n_boot, level, rng):
+    """The lazy prediction and the baseline ensembles (:mod:`analysis.checks.baselines`)."""
+    if inputs["problem"] is None:
+        return []
+    train = inputs["config"]["dynamics"].get("train", ("y", "c"))
+    return [baseline_checks(inputs["problem"], inputs["particles"], inputs["meanfield"],
+                            train=train, n_boot=n_boot, level=level, rng=rng)]
+
+
 def _with_required(ds, particles):
     """``ds`` with the variables every analysis.nc has (NaN where the inputs did not allow
     the check)."""
@@ -232,6 +243,7 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
         parts.append(highdim_checks(inputs["every"], inputs["problem"], inputs["config"],
                                     n_boot=n_boot, level=level, rng=rng, notes=notes))
     parts += _mkernel_parts(inputs, n_boot, level, rng, notes)
+    parts += _baseline_parts(inputs, n_boot, level, rng)
     ds = _with_required(xr.merge(parts, combine_attrs="drop_conflicts"), particles)
     _provenance(ds, out, inputs, notes, n_boot, level)
     for n_ in notes:

@@ -194,6 +194,13 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
                                        inputs["problem"],
                                        quench=quench_time(inputs["config"]["dynamics"]
                                                           .get("batch")))
+            if "lazy_gap" in a or "loss_monte_carlo" in inputs["particles"] \
+                    or "loss_random_features" in inputs["particles"]:
+                from analysis.report.baselinefigures import baseline_figure
+
+                paths.append(plots.save(baseline_figure(inputs["particles"], a,
+                                                        inputs["meanfield"]),
+                                        out / "figures" / "baselines.png"))
     na = [r for r in rows if isinstance(r, NotApplicable)]
     return {"analysis": apath, "report": rpath, "figures": paths,
             "verdicts": counts([r for r in rows if not isinstance(r, NotApplicable)]),

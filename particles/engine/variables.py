@@ -202,6 +202,27 @@ VARIABLES = {
     "sgd_growth": ("growth rate of tr_mu Sigma^SGD_t over the save interval ending at t",
                    "1"),
     "sgd_loss_0": ("mean-field loss 1/2 ||f_0 - f||^2_mu of the reference f_0", "1"),
+    # baselines beside trained units (particles/baselines.py, analysis/checks/baselines.py)
+    "f_n_monte_carlo": ("Monte-Carlo units' network f_n on the x nodes (c = G/rho_bar)", "1"),
+    "loss_monte_carlo": ("Monte-Carlo units' loss (1.2)", "1"),
+    "f_n_random_features": ("random features' network f_n on the x nodes (y frozen)", "1"),
+    "loss_random_features": ("random features' loss (1.2)", "1"),
+    "ensemble": ("ensemble: trained units, Monte-Carlo units or random features", "1"),
+    "f_lazy": ("lazy-regime prediction f + exp(-t M[rho_in])(f(0) - f) on the x nodes", "1"),
+    "lazy_gap": ("||f_0 - f_lazy||_mu / ||f(0) - f||_mu (feature learning)", "1"),
+    "lazy_gap_bound": ("RK4 time-error bound of lazy_gap for y frozen", "1"),
+    "lazy_loss": ("loss 1/2 ||f_lazy - f||^2_mu of the lazy prediction", "1"),
+    "lazy_reference_loss": ("loss of the reference f_0 beside the lazy prediction", "1"),
+    "baseline_excess_loss": ("mean loss at the last save time over the ensemble's limit", "1"),
+    "baseline_excess_slope": ("slope of baseline_excess_loss against n", "1"),
+    "baseline_excess_slope_low": ("lower end of the bootstrap interval of "
+                                  "baseline_excess_slope", "1"),
+    "baseline_excess_slope_high": ("upper end of the bootstrap interval of "
+                                   "baseline_excess_slope", "1"),
+    "baseline_floor": ("the ensemble's limit loss: l(f_0(T)), l(f_lazy,c(T)) or the "
+                       "Monte-Carlo bias", "1"),
+    "monte_carlo_expected_loss": ("exact expected loss of Monte-Carlo units, (1/2n) Var + "
+                                  "bias", "1"),
 }
 
 
