@@ -39,7 +39,7 @@ from analysis.store.io import atomic_path, write_dataset
 from analysis.checks.highdim import final_alpha, highdim_checks, highdim_rows, quench_time
 from analysis.checks.mkernel import mkernel_checks
 from analysis.checks.power import VERDICTS, bootstrap_min_seeds, judge, slope_alternatives
-from analysis.store.runfolder import check_writable, holding, read_run
+from analysis.store.runfolder import check_writable, claim_report, holding, read_run
 from analysis.checks.sgd import gd_rows_na, sgd_checks, sgd_rows
 from analysis.store.variables import cf_meta
 
@@ -488,7 +488,9 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
                                 f"CONFIG --out {out}` first")
     check_writable(out, create=False, what="report folder")
     with holding(out, "mfpc report"):
+        claim_report(out, figures, check_only=True)  # nothing of the user's in the way
         a, inputs, notes = run_checks(out, n_boot=n_boot, rng=rng, problem=problem)
+        claim_report(out, figures)  # on the manifest before they are written
         finish(a, title=TITLE, meta=cf_meta(a),
                command=f"mfpc report {out}" if command is None else command)
         apath = write_dataset(a, out / "analysis.nc", overwrite=True)
