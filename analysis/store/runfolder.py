@@ -597,6 +597,19 @@ def remove_stale(out, paths):
         man.save()
 
 
+def _check_digest(path, ds):
+    """Refuse a file whose data or config no longer match the digest mfpc wrote in it
+    (``attrs["data_sha256"]``, :func:`particles.engine.results.data_digest`)."""
+    from particles.engine.results import data_digest
+
+    stored = ds.attrs.get("data_sha256")
+    if stored is not None and data_digest(ds) != str(stored):
+        raise RunFolderError(
+            f"{path} was changed after mfpc wrote it: its data or config no longer match the "
+            "digest written with them (attrs data_sha256); its numbers cannot be trusted. "
+            f"Rerun its config with `mfpc run CONFIG --out {path.parent} --force`")
+
+
 def read_run(out):
     """Read the run files of ``out`` for ``mfpc report``.
 
@@ -633,6 +646,7 @@ def read_run(out):
         except Exception as e:  # noqa: BLE001 - any reading failure: the file is damaged
             raise RunFolderError(_damaged(path, e)) from None
         attrs = _identity(path, section, dict(ds.attrs))
+        _check_digest(path, ds)
         ids[name] = attrs["run_id"]
         if not int(attrs.get("complete", 1)):
             incomplete.append((name, str(attrs.get("failure", "no reason stored"))))
