@@ -176,13 +176,14 @@ def particles_need(problem, dynamics, parts, T) -> Need:
     nmax, L = float(max(ns)), len(ns)
     Q, N = problem.x.shape[0], problem.N
     need = Need("particles")
-    need.add(R * L * S * T * (Q + 1), "the outputs f_n(n, seed, t, x)",
-             "particles.seeds, the number of particles.n or of dynamics.save_times (or "
-             "particles.realisations)")
+    many = f"particles.realisations (= {R:.0f}), " if R > 1 else ""
+    need.add(R * L * S * T * (Q + 1), "the outputs f_n(n, seed, t, x)" + (
+             f" of {R:.0f} target realisations" if R > 1 else ""),
+             f"{many}particles.seeds, the number of particles.n or of dynamics.save_times")
     if parts.get("save_state", True):
         need.add(R * L * S * T * nmax * (N + 1), "the saved units y, c (n, seed, t, "
-                 "particle)", "particles.n or particles.seeds, or set particles.save_state "
-                 "= false")
+                 "particle)" + (f" of {R:.0f} target realisations" if R > 1 else ""),
+                 f"{many}particles.n or particles.seeds, or set particles.save_state = false")
     stages = 6 if dynamics.integrator == "rk4" else 3
     need.add(stages * S * nmax * (N + 1), "the state and its integrator stages",
              "particles.n or particles.seeds")

@@ -40,7 +40,8 @@ from analysis.run.schema import (DYNAMICS_SCHEMA, FLUCTUATIONS_SCHEMA, MEANFIELD
                      PARTICLES_SCHEMA)
 from analysis.store.runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
                         run_id)
-from analysis.sweep.driver import SectionFailure, TasksFailed, check_tasks, run_sweep
+from analysis.sweep.driver import (SectionFailure, TasksFailed, cap_workers, check_tasks,
+                                   run_sweep)
 from analysis.store.variables import cf_meta
 
 __all__ = ["load_config", "resolve", "run_config", "run_experiment", "run_task", "Experiment",
@@ -475,8 +476,11 @@ def run_config(config_path, out, *, force=False, progress=None, command=None, wo
     cfg = load_config(config_path)
     if command is None:
         command = f"mfpc run {config_path} --out {out}" + (" --force" if force else "")
+    exp = resolve(cfg, base=config_path.parent)
+    workers = cap_workers(workers, len(tasks.plan_tasks(
+        exp.config, [s for s in RUNNERS if s in exp.config])))
     return run_experiment(
-        resolve(cfg, base=config_path.parent), out, force=force, progress=progress,
+        exp, out, force=force, progress=progress,
         command=command, retries=retries, checkpoint_every=checkpoint_every,
         executor=functools.partial(make_executor, workers, dask_local, scheduler),
         source={"config": cfg, "base": str(config_path.parent.resolve())})

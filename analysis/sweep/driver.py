@@ -13,7 +13,8 @@ executor with retries, merge them into the run files.
 3. the others are submitted to the executor (:mod:`analysis.sweep.executors`); one progress bar
    counts the tasks, wherever they run. A task that raises is submitted again, up to
    ``retries`` times, then reported by id with its error. A task stopped by a
-   :class:`~particles.NumericalFailure` (or a bound found during its run) is not retried:
+   :class:`~particles.NumericalFailure` (or a bound reached during its run, a numerical
+   failure too: it depends on the data the run reached) is not retried:
    the tasks after it (larger n, later sections) are cancelled, as a serial run would
    never have reached them;
 4. every section is merged (particles: the blocks of seeds put back in their places of the
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -55,7 +57,7 @@ from analysis.store.runfolder import (RUN_FILES, TASKS_DIR, RunFolderError, clai
 from analysis.sweep.tasks import (SECTION_ORDER, _ranges, done_path, failed_path, load_result,
                                   plan_tasks, result_damage, task_label)
 
-__all__ = ["run_sweep", "check_tasks", "merge_particles", "missing_members",
+__all__ = ["run_sweep", "check_tasks", "cap_workers", "merge_particles", "missing_members",
            "SectionFailure", "TasksFailed", "MANIFEST"]
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,24 @@ class TasksFailed(RuntimeError):
     def __init__(self, message, failed, status):
         super().__init__(message)
         self.failed, self.status = failed, status
+
+
+def cap_workers(workers, n_tasks, option="--workers"):
+    """``workers`` capped at the number of tasks ``n_tasks`` (more processes would idle),
+    said with a warning, as is a count beyond this machine's cores."""
+    if workers is None or int(workers) <= 1:
+        return workers
+    workers = int(workers)
+    if workers > n_tasks:
+        log.warning("%s %d: the sweep has %d task(s), so %d process(es) run them",
+                    option, workers, n_tasks, max(1, n_tasks))
+        workers = max(1, n_tasks)
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    if workers > cores:
+        log.warning("%s %d exceeds the %d core(s) this process may use: the processes share "
+                    "them (slower than --workers %d)", option, workers, cores, cores)
+    return workers
 
 
 def check_tasks(out, config_json, *, force=False):
@@ -373,8 +393,12 @@ def _write(exp, out, sections, tasks, results, errors, stop, finish, retries):
         if stop is not None and stop["section"] == section:
             msg = results[stop["id"]]["message"]
             if results[stop["id"]]["status"] == "bound":
+                # a bound that depends on what the run reached (a later CFL bound): a
+                # numerical failure of this section, the sections before it kept (exit 3)
                 remove_task_files(out)
-                raise ConfigError(f"[{section}]: {msg}")
+                raise SectionFailure(f"[{section}]: {msg} (a bound reached during the run, "
+                                     "after the sections before it were written)", None,
+                                     section, None, status)
             ds = _section_dataset(section, mine, tasks_dir, exp.config)
             kept = None
             if ds is not None:
