@@ -39,7 +39,7 @@ from analysis.store.io import atomic_path, write_dataset
 from analysis.checks.highdim import final_alpha, highdim_checks, highdim_rows, quench_time
 from analysis.checks.mkernel import mkernel_checks
 from analysis.checks.power import VERDICTS, bootstrap_min_seeds, judge, slope_alternatives
-from analysis.store.runfolder import check_writable, claim_report, holding, read_run
+from analysis.store.runfolder import check_writable, claim_report, holding, read_run, stamp
 from analysis.checks.sgd import gd_rows_na, sgd_checks, sgd_rows
 from analysis.store.variables import cf_meta
 
@@ -512,6 +512,7 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
                                        inputs["problem"],
                                        quench=quench_time(inputs["config"]["dynamics"]
                                                           .get("batch")))
+        stamp(out, [p.relative_to(out).as_posix() for p in [apath, rpath, *paths]])
     verdicts = {v: sum(r.verdict == v for r in table) for v in VERDICTS}
     return {"analysis": apath, "report": rpath, "figures": paths, "verdicts": verdicts,
             "run_id": a.attrs["run_id"], "incomplete": a.attrs.get("incomplete")}

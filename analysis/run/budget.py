@@ -107,7 +107,10 @@ def problem_need(problem_cfg) -> Need:
                    ("problem.measure.nodes", _int(measure.get("nodes")))):
         if Q is not None:
             if key == "problem.measure.nodes" and measure.get("kind") == "lebesgue":
-                Q = float(Q) ** d
+                try:
+                    Q = float(Q) ** d
+                except OverflowError:  # nodes^d beyond any float: beyond any memory
+                    Q = math.inf
             need.add(2.0 * Q * (d + 3), "the data nodes, weights and target values", key)
     if target.get("kind") == "3spin":
         # a, its symmetrised sum (4.6), the temporary of the sum and a contiguous copy

@@ -240,7 +240,7 @@ def remove_leftovers(out, lock) -> list:
                 continue
             rel = f"{sub}/{name}" if sub else name
             if (not sub and name in (_PROBE, MANIFEST_NAME)) or (man is not None
-                                                                and man.owns(rel)):
+                                                                and man.lists(rel)):
                 p.unlink()
                 gone.append(p)
     return gone
@@ -279,9 +279,11 @@ class Manifest:
     is written (:func:`claim`), so a killed process never leaves a file of its own off
     the list. Saved atomically as JSON in ``DIR/.mfpc-manifest.json``."""
 
-    def __init__(self, out, files=(), dirs=(), tasks=()):
+    def __init__(self, out, files=(), dirs=(), tasks=(), stamps=None):
         self.out = Path(out)
         self.files, self.dirs, self.tasks = set(files), set(dirs), set(tasks)
+        #: ``{rel: [size, mtime_ns]}`` of the files as mfpc left them (:func:`stamp`)
+        self.stamps = dict(stamps or {})
 
     @property
     def path(self):
@@ -307,15 +309,37 @@ class Manifest:
             if not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
                        for v in lists):
                 raise ValueError("its lists are not lists of names")
+            stamps = d.get("stamps", {})
+            if not isinstance(stamps, dict) or not all(
+                    isinstance(v, list) and len(v) == 2
+                    and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                    for v in stamps.values()):
+                raise ValueError("its stamps are not [size, mtime_ns] pairs")
         except (OSError, ValueError, UnicodeDecodeError) as e:
             raise RunFolderError(
                 f"{path} (the list of the files mfpc wrote in {out}) cannot be read "
                 f"({type(e).__name__}: {e}); mfpc removes nothing it cannot prove its own: "
                 f"choose another folder, or sort {out} by hand and delete {path}") from None
-        return cls(out, *lists)
+        return cls(out, *lists, stamps=stamps)
 
     def owns(self, rel) -> bool:
-        """Whether ``rel`` (a path relative to DIR, ``/``-separated) is mfpc's."""
+        """Whether ``rel`` (a path relative to DIR, ``/``-separated) is mfpc's: on the list,
+        and as mfpc left it (a file the user changed since, e.g. notes added to
+        report.md, is the user's)."""
+        rel = str(rel)
+        if not self.lists(rel):
+            return False
+        stamp = self.stamps.get(rel)
+        if stamp is None:
+            return True  # entered, not yet stamped (a process killed after the write)
+        try:
+            st = os.stat(self.out / rel)
+        except OSError:
+            return True
+        return [st.st_size, st.st_mtime_ns] == stamp
+
+    def lists(self, rel) -> bool:
+        """Whether the name ``rel`` is on the manifest (whatever the file now holds)."""
         rel = str(rel)
         if rel in self.files:
             return True
@@ -330,8 +354,10 @@ class Manifest:
     def save(self):
         from analysis.store.io import atomic_path
 
+        self.stamps = {k: v for k, v in self.stamps.items() if self.lists(k)}
         text = json.dumps({"mfpc": "run folder", "files": sorted(self.files),
-                           "dirs": sorted(self.dirs), "tasks": sorted(self.tasks)})
+                           "dirs": sorted(self.dirs), "tasks": sorted(self.tasks),
+                           "stamps": self.stamps})
         with atomic_path(self.path) as tmp:
             Path(tmp).write_text(text)
 
@@ -396,8 +422,8 @@ def claim(out, rels=(), *, tasks=(), dirs=(), check_only=False) -> Manifest:
         if (p.exists() or p.is_symlink()) and not man.owns(r):
             raise RunFolderError(
                 f"{p} is in the way: mfpc writes {r} here, and this file is not one it "
-                f"wrote (it is not on {man.path}); move it away (mfpc never removes or "
-                "overwrites a file it did not write)")
+                f"wrote (it is not on {man.path}, or it changed since mfpc wrote it); move "
+                "it away (mfpc never removes or overwrites a file it did not write)")
     for d in sorted(set(probe)):
         if (out / d).is_dir():
             check_writable(out / d, create=False, what="folder")
@@ -425,6 +451,29 @@ def claim_report(out, figures=True, *, check_only=False) -> Manifest:
 
 
 __all__ += ["claim_report"]
+
+
+def stamp(out, rels):
+    """Record the size and modification time of the files ``rels`` mfpc has just written
+    (on the manifest): a file that later differs was changed by someone else and is no
+    longer removed or overwritten by mfpc."""
+    out = Path(out)
+    man = Manifest.load(out)
+    if man is None:
+        return None
+    for r in rels:
+        r = str(r)
+        try:
+            st = os.stat(out / r)
+        except OSError:
+            continue
+        if man.lists(r):
+            man.stamps[r] = [st.st_size, st.st_mtime_ns]
+    man.save()
+    return man
+
+
+__all__ += ["stamp"]
 
 
 def remove_owned(out, rels) -> list:
@@ -547,8 +596,8 @@ def plan_run(out, config_json, sections, *, force=False):
             if not man.owns(name):
                 raise RunFolderError(
                     f"{path} is not a file mfpc wrote in this folder (it is not on "
-                    f"{man.path}), so --force does not remove it; move it away, or choose "
-                    "another --out")
+                    f"{man.path}, or it changed since mfpc wrote it), so --force does not "
+                    "remove it; move it away, or choose another --out")
             remove.append(path)
             if section in sections:
                 todo.append(section)

@@ -53,7 +53,8 @@ from analysis.sweep.executors import SerialExecutor
 from analysis.store.io import atomic_path, write_dataset
 from analysis.run.realisations import stack_realisations
 from analysis.store.runfolder import (RUN_FILES, TASKS_DIR, RunFolderError, claim,
-                                     differing_keys, remove_task_files, run_id, temporary_of)
+                                     differing_keys, remove_task_files, run_id, stamp,
+                                     temporary_of)
 from analysis.sweep.tasks import (SECTION_ORDER, _ranges, done_path, failed_path, load_result,
                                   plan_tasks, result_damage, task_label)
 
@@ -156,9 +157,10 @@ def _start(out, tasks, sections, config_json):
         with atomic_path(manifest) as tmp:
             Path(tmp).write_text(json.dumps({"run_id": run_id(config_json),
                                              "config": json.loads(config_json)}))
+        man = stamp(out, [f"{TASKS_DIR}/{MANIFEST}"])
     for p in tasks_dir.iterdir():
         name = temporary_of(p.name)
-        if name is not None and man.owns(f"{TASKS_DIR}/{name}") and p.is_file():
+        if name is not None and man.lists(f"{TASKS_DIR}/{name}") and p.is_file():
             p.unlink()
     for t in tasks:
         path = done_path(tasks_dir, t["id"])
@@ -380,12 +382,25 @@ def run_sweep(exp, out, sections, *, task_fn, spec=None, finish, executor=None,
     args = (lambda t, k: (task_fn, exp if serial else spec, t, str(tasks_dir), options, k))
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="mfpc tasks",
               unit="task", disable=None if progress is None else not progress) as bar:
-        results, errors, stop = _run_tasks(ex, todo, args, retries, bar)
+        try:
+            results, errors, stop = _run_tasks(ex, todo, args, retries, bar)
+        finally:  # the results as the tasks left them: a file changed later is not mfpc's
+            stamp(out, [f"{TASKS_DIR}/{p.name}" for t in todo
+                        for p in (done_path(tasks_dir, t["id"]), failed_path(tasks_dir, t["id"]))])
     return _write(exp, out, sections, tasks, results, errors, stop, finish, retries)
 
 
 def _write(exp, out, sections, tasks, results, errors, stop, finish, retries):
-    """Merge and write every section (module doc, step 4)."""
+    """Merge and write every section (module doc, step 4); each file written is stamped
+    on the run folder's manifest (:func:`analysis.store.runfolder.stamp`)."""
+    try:
+        return _write_sections(exp, out, sections, tasks, results, errors, stop, finish,
+                               retries)
+    finally:
+        stamp(out, [RUN_FILES[s] for s in sections])
+
+
+def _write_sections(exp, out, sections, tasks, results, errors, stop, finish, retries):
     tasks_dir, status, failed = out / TASKS_DIR, {}, []
     for section in [s for s in SECTION_ORDER if s in sections]:
         mine = [t for t in tasks if t["section"] == section]

@@ -167,3 +167,21 @@ def test_leftover_temporaries_of_other_names_stay(tmp_path):
     with runfolder.holding(P):
         pass
     assert not ours.exists() and theirs.exists()
+
+
+def test_a_file_of_mfpcs_the_user_changed_becomes_the_users(tmp_path, capsys):
+    """Notes added to mfpc's report.md: the file is no longer as mfpc left it (size and
+    time stamped on the manifest), so a rerun keeps it and the report refuses it."""
+    P = tmp_path / "P"
+    assert run(tmp_path, config("particles"), P) == 0
+    assert main(["report", str(P), "--no-figures"]) == 0
+    with open(P / "report.md", "a") as fh:
+        fh.write("\nmy notes on this run\n")
+    mine = (P / "report.md").read_bytes()
+    assert run(tmp_path, config("particles", kappa=3.0), P, "--force", name="b.toml") == 0
+    assert (P / "report.md").read_bytes() == mine
+    assert not (P / "analysis.nc").exists()  # unchanged: mfpc's, stale, removed
+    capsys.readouterr()
+    assert main(["report", str(P), "--no-figures"]) == 2
+    assert f"{P / 'report.md'} is in the way" in capsys.readouterr().err
+    assert (P / "report.md").read_bytes() == mine
