@@ -278,9 +278,10 @@ def _circle(cfg, c_law, y_cfg):
         raise C.ConfigError("init.y: the circle problem takes y = { law = 'uniform' } only "
                             "(the whole circle)")
     t = cfg["target"]  # the values are checked by circle_problem (one rule for both)
+    problem = circle_problem(cfg["kappa"], cfg["quadrature"], t.get("cos", ()),
+                             t.get("sin", ()), c_law=c_law)
     check_circle_width(cfg["kappa"], cfg["quadrature"], "problem.quadrature")
-    return circle_problem(cfg["kappa"], cfg["quadrature"], t.get("cos", ()), t.get("sin", ()),
-                          c_law=c_law)
+    return problem
 
 
 def _rbf(cfg, c_law, y_cfg):
