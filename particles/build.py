@@ -268,7 +268,7 @@ def _build_parts(cfg, c_law, y_cfg):
     y_law = y_law_from_config(y_cfg, kernel)
     energy = top.get("energy", "data")
     form, reason = kernel_form(kernel, measure, target, energy)
-    if energy == "interpolation" and form is None:  # else accepted and ignored
+    if energy == "interpolation" and form is None:  # it would run the data loss instead
         raise C.ConfigError(
             f"problem.energy = 'interpolation' (4.5) exists for kernel 'sphere' x measure "
             f"'sphere' x target '3spin' or 'teacher'; problem.kernel kind={kernel.name!r}, "
