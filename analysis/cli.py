@@ -19,11 +19,8 @@ import logging
 import shlex
 import sys
 
-from particles import NumericalFailure
-
-from analysis.run.experiment import ConfigError, TasksFailed, run_config
-from analysis.checks.power import VERDICTS
-
+# the packages are imported inside main (after the parser): a Ctrl-C while numpy, scipy
+# and xarray load is then an interruption like any other (exit 130, no traceback)
 __all__ = ["main"]
 
 
@@ -100,6 +97,11 @@ def main(argv=None) -> int:
 
 
 def _main(args, command) -> int:
+    from particles import NumericalFailure
+
+    from analysis.checks.power import VERDICTS
+    from analysis.run.experiment import ConfigError, TasksFailed, run_config
+
     if args.command == "run":
         try:
             status = run_config(args.config, args.out, force=args.force,
