@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,32 @@ def test_the_python_api_checks_its_arguments_as_the_config(case):
     with pytest.raises(ConfigError) as e:
         call()
     assert message in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_real_sigint_exits_130_and_resumes(tmp_path):
+    """SIGINT to a running ``mfpc run`` (default handler, as a terminal's Ctrl-C): exit
+    130, the message, no traceback; the same command then finishes (exit 0)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = config("particles")
+    cfg["dynamics"].update(t_end=400.0, save_times=[0.0, 400.0])
+    path = tmp_path / "c.toml"
+    from .test_cli import write_toml
+
+    write_toml(path, cfg)
+    cmd = [sys.executable, "-m", "analysis.cli", "run", str(path), "--out",
+           str(tmp_path / "P"), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                                   signal.SIG_DFL))
+    time.sleep(8)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "mfpc: interrupted" in err and "Traceback" not in err
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
