@@ -79,7 +79,6 @@ def test_users_files_in_a_run_folder_survive_force_and_report(tmp_path, capsys):
     subfolders: --force with another config, the sweep and the report leave them."""
     P = tmp_path / "P"
     assert run(tmp_path, config("particles"), P) == 0
-    assert main(["report", str(P), "--no-figures"]) == 0
     (P / "figures" / "drafts").mkdir(parents=True)
     (P / "figures" / "drafts" / "a.png").write_bytes(PNG)
     (P / "figures" / "mine.png").write_bytes(PNG)
@@ -90,6 +89,7 @@ def test_users_files_in_a_run_folder_survive_force_and_report(tmp_path, capsys):
     mine = {k: v for k, v in snapshot(P).items()
             if k.startswith(("figures/", "tasks/", "notes"))}
     capsys.readouterr()
+    assert main(["report", str(P), "--no-figures"]) == 0
     assert run(tmp_path, config("particles", kappa=3.0), P, "--force", name="b.toml") == 0
     kept(mine, P)
     assert not (P / "analysis.nc").exists()  # mfpc's stale report is gone
