@@ -9,7 +9,8 @@ Exit codes: 0 done (or nothing to do), 2 bad input (refused before any work: not
 written; also an output folder that cannot be used: not writable, in use by another run,
 holding files of another run, a failed run without ``--force``), 3 numerical failure in any section (what was computed is kept in
 ``DIR/<section>.nc`` marked ``complete = 0``; the sections before it are complete), or
-tasks that failed after their retries (the others merged; ``missing_members``).
+tasks that failed after their retries (the others merged; ``missing_members``), 130
+interrupted (Ctrl-C: finished tasks are kept, the same command resumes).
 """
 from __future__ import annotations
 
@@ -18,11 +19,8 @@ import logging
 import shlex
 import sys
 
-from particles import NumericalFailure
-
-from analysis.run.experiment import ConfigError, TasksFailed, run_config
-from analysis.checks.power import VERDICTS
-
+# the packages are imported inside main (after the parser): a Ctrl-C while numpy, scipy
+# and xarray load is then an interruption like any other (exit 130, no traceback)
 __all__ = ["main"]
 
 
@@ -72,6 +70,18 @@ def _failure(e):
     return 3
 
 
+def _interrupted(args, command) -> int:
+    """Ctrl-C: what was kept and how to go on (exit 130, as a shell reports SIGINT)."""
+    if args.command == "run":
+        print(f"mfpc: interrupted: the run stopped. Finished tasks are kept in "
+              f"{args.out}/tasks and files already written are whole; run the same command "
+              f"again to resume: {command}", file=sys.stderr)
+    else:
+        print(f"mfpc: interrupted: the report stopped (every file it wrote is whole); run "
+              f"the same command again: {command}", file=sys.stderr)
+    return 130
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
@@ -80,6 +90,18 @@ def main(argv=None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="mfpc: %(levelname)s: %(message)s",
     )
+    try:
+        return _main(args, command)
+    except KeyboardInterrupt:
+        return _interrupted(args, command)
+
+
+def _main(args, command) -> int:
+    from particles import NumericalFailure
+
+    from analysis.checks.power import VERDICTS
+    from analysis.run.experiment import ConfigError, TasksFailed, run_config
+
     if args.command == "run":
         try:
             status = run_config(args.config, args.out, force=args.force,

@@ -20,7 +20,7 @@ from particles.engine import config as C
 from particles.closed_forms import kernel_form
 from particles.kernels import ACTIVATIONS, CircleKernel, GaussianRBF, SigmoidUnit, SphereRBF
 from particles.laws import CLaw, YNormal, YUniformBox, YUniformCircle, YUniformSphere
-from particles.measures import CircleUniform, FileMeasure, Lebesgue, SphereUniform
+from particles.measures import DATA_MAX, CircleUniform, FileMeasure, Lebesgue, SphereUniform
 from particles.presets import PRESETS, check_circle_width, draw_target, gaussian_measure, preset_problem, problem_rngs
 from particles.problem import Problem
 from particles import userparts
@@ -118,16 +118,34 @@ def c_law_from_config(cfg):
             f"init.c: key(s) {sorted(extra)} do not apply to law={law!r}; "
             f"it takes {sorted(allowed[law])}"
         )
+    _check_init_sizes(cfg, "init.c")
     try:
         return CLaw(**cfg)
     except ValueError as e:
         raise C.ConfigError(str(e)) from None
 
 
+def _check_init_sizes(cfg, where):
+    """The numbers of an initial law at most :data:`particles.measures.DATA_MAX` = 1e8
+    in size, the bound on the values of an ``init.file`` (the same reason: initial units
+    are O(1), and beyond 1e8 no dt is stable)."""
+    for key, v in cfg.items():
+        if key == "law":
+            continue
+        for i, x in enumerate(v if isinstance(v, list) else [v]):
+            if isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) > DATA_MAX:
+                at = f"[{i}]" if isinstance(v, list) else ""
+                raise C.ConfigError(
+                    f"{where}.{key}{at} = {x:g} is beyond {DATA_MAX:g} in size, the bound on "
+                    "initial units (as for init.file): initial laws are O(1); check the units")
+
+
 def y_law_from_config(y_cfg, kernel):
     """The y law of a checked ``init.y`` for ``kernel`` (default by the kernel's y domain:
     the whole circle, the uniform sphere, or N(0, I))."""
     dom, N = kernel.y_domain, kernel.N
+    if y_cfg is not None:
+        _check_init_sizes(y_cfg, "init.y")
     if y_cfg is None:
         return {"circle": YUniformCircle, "sphere": lambda: YUniformSphere(N)}.get(
             dom, lambda: YNormal(N))()
@@ -297,6 +315,12 @@ def _build_parts(cfg, c_law, y_cfg, base="."):
         userparts.probe_kernel(kernel, measure, y_law, k_info)
     energy = top.get("energy", "data")
     form, reason = kernel_form(kernel, measure, target, energy)
+    if energy == "interpolation" and form is None:  # it would run the data loss instead
+        raise C.ConfigError(
+            f"problem.energy = 'interpolation' (4.5) exists for kernel 'sphere' x measure "
+            f"'sphere' x target '3spin' or 'teacher'; problem.kernel kind={kernel.name!r}, "
+            f"problem.measure kind={measure.name!r}, problem.target kind={target.name!r} "
+            f"have none ({reason}); drop problem.energy (the data loss)")
     info = {"kernel.name": kernel.name, "measure.name": measure.name, "target": target.name,
             **{f"target.{a}": b for a, b in target.params().items()},
             "kernel_form": reason, "seed": int(seed)}

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from particles.engine import config as C
+
 __all__ = ["State", "Dynamics", "Integrator", "INTEGRATORS", "Batches", "step", "DRAW_BUDGET",
            "DRAW_AHEAD", "scaled_batch", "TRAIN_ALL", "c_velocity"]
 
@@ -64,6 +66,19 @@ class Integrator:
 INTEGRATORS = {"euler": Integrator("euler", 1), "rk4": Integrator("rk4", 4)}
 
 
+def _plain(v):
+    """numpy scalars and arrays as Python numbers and lists (for the config's checks)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 def _schedule(value, t):
     """Value of a piecewise-constant schedule [[t0, v0], [t1, v1], ...] at time t."""
     if np.isscalar(value) or value is None or isinstance(value, dict):
@@ -84,6 +99,23 @@ def scaled_batch(spec, n) -> int:
     if spec.get("round", "ceil") == "floor":
         return max(1, math.floor(P * (1 + 1e-12)))
     return max(1, math.ceil(P * (1 - 1e-12)))
+
+
+def _batch_value(v, where):
+    """One batch: an integer P >= 1 or a scaling table ``{P0 > 0, 0 <= alpha <= 1[,
+    round]}``."""
+    if isinstance(v, dict):
+        return C.check_section(v, {"P0": C.number(lo=0, lo_open=True),
+                                   "alpha": C.number(lo=0, hi=1),
+                                   "round": C.choice("ceil", "floor")},
+                               where, required=("P0", "alpha"))
+    return C.integer(lo=1)(v, where)
+
+
+#: the rules of ``dynamics.batch`` and ``dynamics.temperature``: the config's schema
+#: (:mod:`analysis.run.schema`) and :class:`Dynamics` check with the same ones
+BATCH = C.schedule(_batch_value)
+TEMPERATURE = C.schedule(C.number(lo=0))
 
 
 @dataclass(frozen=True)
@@ -150,6 +182,11 @@ class Dynamics:
             raise ValueError(f"dynamics.dt={self.dt} must be a finite number > 0")
         if self.form not in ("data", "kernel"):
             raise ValueError(f"dynamics.form={self.form!r} is not known; use 'data' or 'kernel'")
+        if self.batch is not None:  # ConfigError (a ValueError) with the config's message
+            object.__setattr__(self, "batch", BATCH(_plain(self.batch), "dynamics.batch"))
+        if self.temperature is not None:
+            object.__setattr__(self, "temperature",
+                               TEMPERATURE(_plain(self.temperature), "dynamics.temperature"))
         if self.scheme == "sgd" and self.batch is None:
             raise ValueError("dynamics.scheme='sgd' needs dynamics.batch = P (an integer >= 1)")
         if self.scheme == "langevin" and self.temperature is None:

@@ -19,10 +19,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from particles.engine.config import require
+from particles.engine.config import ConfigError, require
 
 __all__ = ["CircleUniform", "GaussianMeasure", "SphereUniform", "UniformBox", "Lebesgue",
-           "FileMeasure"]
+           "FileMeasure", "DATA_MAX", "check_values"]
+
+#: Largest |value| accepted for data a user gives (nodes, weights, target values, box
+#: bounds), the bound :data:`analysis.run.inputs.INIT_MAX` puts on initial units: the
+#: problems are O(1); the loss sums w f² and the velocities c² φ ∇φ over the nodes, so a
+#: value of 1e8 already makes them 1e16 times those of O(1) data while staying far from
+#: overflow (1.8e308); larger values are data in the wrong units or broken.
+DATA_MAX = 1e8
+
+
+def check_values(v, key, name, *, nonnegative=False, hint="check the file's units"):
+    """Refuse NaN, infinite, beyond :data:`DATA_MAX` (or, ``nonnegative``, negative)
+    entries of the array ``v`` read from ``key``, naming the first bad entry."""
+    v = np.asarray(v, float)
+    for bad, what in ((~np.isfinite(v), "NaN or infinite"),
+                      (np.isfinite(v) & (np.abs(v) > DATA_MAX), f"beyond |{name}| <= {DATA_MAX:g}"),
+                      ((v < 0) if nonnegative else None, "negative")):
+        if bad is not None and bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ConfigError(
+                f"{key}: {name} has {int(bad.sum())} value(s) {what} (first at index "
+                f"{where if len(where) != 1 else where[0]}: {v[where]:.6g}); every entry must be "
+                f"a finite number{' >= 0' if nonnegative else ''} of at most {DATA_MAX:g} in "
+                f"size: {hint}")
 
 
 def _product_rule(t, wt, d):
@@ -123,6 +146,11 @@ class SphereUniform:
 
     def __init__(self, d: int, Q: int, rng):
         self.d, self.Q = int(d), int(Q)
+        if self.d < 2:
+            raise ConfigError(
+                f"problem.d = {self.d}: the sphere |x| = sqrt(d) in d = {self.d} is "
+                f"{'the two points -1 and 1' if self.d == 1 else 'no set of points'}, not a "
+                "sphere; use d >= 2 (or measure kind = 'circle' for the circle)")
         self.nodes = self.sample(rng, self.Q)
         self.weights = np.full(self.Q, 1.0 / self.Q)
 
@@ -158,6 +186,9 @@ class Lebesgue:
         self.low = np.atleast_1d(np.asarray(low, float))
         self.high = np.atleast_1d(np.asarray(high, float))
         self.d, self.m = len(self.low), int(nodes)
+        for name, v in (("low", self.low), ("high", self.high)):
+            check_values(v, f"problem.measure.{name}", name,
+                         hint="the box holds the data, which are O(1)")
         if self.high.shape != self.low.shape or np.any(self.high <= self.low) or self.m < 2:
             raise ValueError(
                 f"problem.measure: low={self.low.tolist()}, high={self.high.tolist()} need the "
@@ -203,16 +234,25 @@ class FileMeasure:
             with xr.open_dataset(self.path, engine="h5netcdf") as ds:
                 x = np.asarray(ds["x"].values, float)
                 w = np.asarray(ds["weight"].values, float)
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(
+        except Exception as e:  # noqa: BLE001 - whatever the damage: the file is refused
+            raise ConfigError(
                 f"problem.measure.path={self.path!r}: cannot read x(x, x_dim) and weight(x) "
-                f"({e}); write a netCDF file with those two variables"
+                f"({type(e).__name__}: {e}); write a netCDF file with those two variables"
             ) from None
         if x.ndim == 1:
             x = x[:, None]
         if x.ndim != 2 or w.shape != (len(x),):
-            raise ValueError(f"problem.measure.path={self.path!r}: x must be (x, x_dim) and "
-                             f"weight (x,), got {x.shape} and {w.shape}")
+            raise ConfigError(f"problem.measure.path={self.path!r}: x must be (x, x_dim) and "
+                              f"weight (x,), got {x.shape} and {w.shape}")
+        key = f"problem.measure.path={self.path!r}"
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ConfigError(f"{key}: x has {x.shape[0]} node(s) of {x.shape[1]} "
+                              "coordinate(s); a measure needs at least one node in d >= 1")
+        check_values(x, key, "x")
+        check_values(w, key, "weight", nonnegative=True)
+        if not w.sum() > 0:
+            raise ConfigError(f"{key}: every weight is 0, so the measure is 0 and the loss "
+                              "is 0 whatever the network; give some node a positive weight")
         self.nodes, self.weights = x, w
         self.d, self.Q = x.shape[1], len(w)
 

@@ -129,9 +129,37 @@ def check_circle_width(kappa, Q, key, cos=(), sin=()):
                             else "problem.kernel.kappa")
 
 
+def _plain(v):
+    """numpy scalars and arrays as Python numbers and lists (for the config's checks)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
 # -- problems (callable from Python) --------------------------------------------------
 def circle_problem(kappa=2.0, quadrature=64, cos=(), sin=(), c_law=None, y_law=None):
-    """The circle problem of THEORY §7 with a Fourier target."""
+    """The circle problem of THEORY §7 with a Fourier target.
+
+    Raises
+    ------
+    ConfigError
+        The config's refusals (``problem.kappa``, ``problem.quadrature``, target modes the
+        quadrature cannot resolve): one rule for the config and for Python. A config is
+        also refused a kernel too narrow for its quadrature (:func:`check_circle_width`);
+        Python may choose a coarse rule on purpose.
+    """
+    kappa = C.number(lo=0, lo_open=True)(_plain(kappa), "problem.kappa")
+    quadrature = C.integer(lo=4)(_plain(quadrature), "problem.quadrature")
+    cos, sin = (C.number_list()(list(_plain(v)), f"problem.target.{k}")
+                for k, v in (("cos", cos), ("sin", sin)))
+    kmax = max(len(cos), len(sin))
+    if quadrature <= 2 * kmax:
+        raise C.ConfigError(
+            f"problem.quadrature={quadrature} cannot resolve target modes up to "
+            f"k={kmax - 1}; use quadrature > {2 * kmax}"
+        )
     target = FourierTarget(cos, sin)
     return _problem("circle", CircleKernel(kappa), CircleUniform(quadrature), target,
                     y_law or YUniformCircle(), c_law or CLaw("normal"),
@@ -233,17 +261,12 @@ def _circle(cfg, c_law, y_cfg):
     if y_cfg and (y_cfg["law"] != "uniform" or set(y_cfg) != {"law"}):
         raise C.ConfigError("init.y: the circle problem takes y = { law = 'uniform' } only "
                             "(the whole circle)")
-    t = cfg["target"]
-    kmax = max(len(t.get("cos", [])), len(t.get("sin", [])))
-    if cfg["quadrature"] <= 2 * kmax:
-        raise C.ConfigError(
-            f"problem.quadrature={cfg['quadrature']} cannot resolve target modes up to "
-            f"k={kmax - 1}; use quadrature > {2 * kmax}"
-        )
+    t = cfg["target"]  # the values are checked by circle_problem (one rule for both)
+    problem = circle_problem(cfg["kappa"], cfg["quadrature"], t.get("cos", ()),
+                             t.get("sin", ()), c_law=c_law)
     check_circle_width(cfg["kappa"], cfg["quadrature"], "problem.quadrature",
                        t.get("cos", ()), t.get("sin", ()))
-    return circle_problem(cfg["kappa"], cfg["quadrature"], t.get("cos", ()), t.get("sin", ()),
-                          c_law=c_law)
+    return problem
 
 
 def _rbf(cfg, c_law, y_cfg):

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from particles.engine.config import ConfigError
+
 __all__ = ["Problem", "KernelForm"]
 
 
@@ -45,6 +47,29 @@ class KernelForm:
         vc = self.F(y) - np.einsum("bnm,bm->bn", self.K(y, y), ac)
         gy = self.grad_F(y) - np.einsum("bnmk,bm->bnk", self.grad_K(y, y), ac)
         return vc, gy
+
+
+def _check_parts(kernel, measure, target):
+    """Refuse missing parts and parts that disagree on the dimension d of x (a target or a
+    kernel of d = 2 on a measure of d = 1), naming both parts."""
+    missing = [k for k, v in (("kernel", kernel), ("measure", measure), ("target", target))
+               if v is None]
+    if missing:
+        raise ConfigError(f"Problem needs a kernel, a measure and a target "
+                          f"(Problem(kernel=..., measure=..., target=...)); missing: "
+                          f"{', '.join(missing)}")
+    nodes = np.asarray(getattr(measure, "nodes", None))
+    if nodes.ndim != 2:
+        raise ConfigError(f"the measure {getattr(measure, 'name', type(measure).__name__)} "
+                          f"has nodes of shape {nodes.shape}; expected (Q, d)")
+    d = nodes.shape[1]
+    for what, part in (("kernel", kernel), ("target", target)):
+        pd = getattr(part, "d", None)
+        if isinstance(pd, (int, np.integer)) and not isinstance(pd, bool) and pd != d:
+            raise ConfigError(
+                f"the {what} {getattr(part, 'name', type(part).__name__)} has d = {pd}, the "
+                f"measure {getattr(measure, 'name', type(measure).__name__)} d = {d}: the "
+                f"parts must agree on the dimension of x; give the {what} d = {d}")
 
 
 class Problem:
@@ -82,7 +107,15 @@ class Problem:
         self.kernel_form_reason = kernel_form_reason or (
             "" if kernel_form is not None
             else f"problem {self.name!r} has no closed (F, K) form")
+        _check_parts(kernel, measure, target)
         self._f_x = np.asarray(self.target(self.measure.nodes), float)
+        if self._f_x.shape != (len(self.measure.nodes),):
+            raise ConfigError(
+                f"the target {getattr(target, 'name', type(target).__name__)} gives values of "
+                f"shape {self._f_x.shape} on the {len(self.measure.nodes)} nodes of the "
+                f"measure {getattr(measure, 'name', type(measure).__name__)} (one value per "
+                "node expected); give a target of the measure's dimension "
+                f"d = {np.shape(measure.nodes)[-1]}")
 
     def replace(self, **changes) -> "Problem":
         """A new problem with some parts changed. A changed kernel, measure or target

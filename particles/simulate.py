@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 from particles.dynamics import Dynamics
+from particles.engine import config as C
 from particles.engine.loop import NumericalFailure, check_save_times, run  # noqa: F401 - re-exported
 from particles.engine.results import dataset as cf_dataset
 from particles.engine.results import run_status, x_coord
@@ -24,6 +25,38 @@ from particles.engine.variables import VARIABLES
 from particles.steppers import ParticleStepper
 
 __all__ = ["simulate", "member_rng", "NumericalFailure"]
+
+
+#: the largest root seed: the outputs store it as a netCDF attribute, whose widest
+#: integer type is uint64 (h5py refuses a larger Python int)
+ROOT_SEED_MAX = 2**64 - 1
+
+
+def _root_seed(v, where):
+    v = C.integer(lo=0)(v, where)
+    if v > ROOT_SEED_MAX:
+        raise C.ConfigError(
+            f"{where}: {v} is larger than {ROOT_SEED_MAX} (2**64 - 1), the largest integer "
+            "a netCDF attribute (uint64) holds, where the outputs store the root seed; "
+            "choose a smaller seed")
+    return v
+
+
+#: the rules of ``particles.root_seed`` and ``particles.n``: the config's schema
+#: (:mod:`analysis.run.schema`) and :func:`simulate` check with the same ones
+ROOT_SEED = _root_seed
+SIZES = C.integer_list(lo=1, unique=True)
+
+
+def _plain(v):
+    """numpy scalars and arrays as Python numbers and lists (for the config's checks)."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, tuple):
+        return list(v)
+    return v
 
 
 def member_rng(root_seed: int, i_n: int, i_seed: int, realisation: int = 0
@@ -96,8 +129,14 @@ def simulate(
     NumericalFailure
         When a member's state stops being finite; ``.partial`` is the Dataset so far.
     """
-    ns = [int(n)] if np.isscalar(n) else [int(v) for v in n]
-    seed_ids = list(range(int(seeds))) if np.isscalar(seeds) else [int(s) for s in seeds]
+    ns = SIZES(_plain(n), "particles.n")  # ConfigError with the config's messages
+    root_seed = ROOT_SEED(_plain(root_seed), "particles.root_seed")
+    seeds = _plain(seeds)
+    if isinstance(seeds, list):
+        seed_ids = C.distinct([C.integer(lo=0)(s, f"particles.seeds[{i}]")
+                               for i, s in enumerate(seeds)], "particles.seeds")
+    else:
+        seed_ids = list(range(C.integer(lo=1)(seeds, "particles.seeds")))
     n_index = list(range(len(ns))) if n_index is None else [int(i) for i in n_index]
     ts = check_save_times(save_times)
     if any(v < 1 for v in ns):

@@ -48,7 +48,9 @@ __all__ = ["ParticleState", "ParticleStepper", "Watch", "GD_RTOL", "ATOL",
 #: the absolute part below covers. 1e-10 leaves a margin of 50 or more.
 GD_RTOL = 1e-10
 #: Absolute part of every loss tolerance, relative to the loss scale
-#: ``L_ref = 0.5 |f|^2_mu + L(0)``: the absolute round-off of the loss,
+#: ``L_ref = 0.5 |f|^2_mu + L(0) + 0.5 E[c^2 |phi|^2_mu]`` (the last term: the scale of the
+#: units themselves, which keeps L_ref > 0 when f = 0 and L(0) = 0, a target the network
+#: already represents): the absolute round-off of the loss,
 #: ``sqrt(2 L) * n eps * sum_i |a_i c_i| sup|phi|``, is ~ 1e4 * 2.2e-16 * L_ref ~ 2e-12 L_ref
 #: for n <= 10^4 units with charges of the target's size.
 ATOL = 1e-10
@@ -138,6 +140,21 @@ class ParticleStepper:
         # about 1/8 to the run
         return max(1, math.ceil(8 * Q / max(work, 1)))
 
+    def _unit_scale(self, y, c, sample=16):
+        r"""The loss scale of the units themselves, :math:`\tfrac12 E[c^2 \|\varphi(\cdot,
+        y)\|^2_\mu]` (B,) (weighted by ``a``, over at most ``sample`` evenly spaced units):
+        the floor of the loss scale when the target and the initial loss are 0 (a target
+        the network already represents), where the round-off of the network values
+        (``n eps sum_i |a_i c_i phi|``, :data:`ATOL`) is still of this size."""
+        n = c.shape[-1]
+        idx = np.unique(np.linspace(0, n - 1, min(n, sample)).round().astype(int))
+        a = np.broadcast_to(self.a, c.shape)[..., idx]
+        with np.errstate(all="ignore"):
+            phi2 = np.sum(self.problem.kernel.phi(self.problem.x, y[..., idx, :]) ** 2
+                          * self.problem.w, axis=-1)  # (B, m): ||phi(., y_j)||^2_mu
+            scale = 0.5 * np.sum(a * c[..., idx] ** 2 * phi2, axis=-1) / np.sum(a, axis=-1)
+        return np.where(np.isfinite(scale), scale, 0.0)
+
     def _loss(self, y, c):
         a = np.broadcast_to(self.a, c.shape)
         return self.problem.loss(self.problem.network(y, a * c))
@@ -153,7 +170,8 @@ class ParticleStepper:
         if watch is None:
             cref = np.maximum(1.0, np.max(np.abs(state.c), axis=-1))
             l0 = seen[0] if seen else self._loss(state.y, state.c)
-            lref = self._f_scale + np.where(np.isfinite(l0), l0, 0.0)
+            lref = (self._f_scale + np.where(np.isfinite(l0), l0, 0.0)
+                    + self._unit_scale(state.y, state.c))
             watch = Watch(l0.copy(), l0.copy(), cref, lref, 0)
         steps = watch.steps + 1
         # a step that lands on a save time is checked at its end, before it is observed

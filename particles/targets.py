@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from particles.engine.config import require
+from particles.engine.config import ConfigError, require
 from particles.engine.parallel import SINGLE_GEMM
+from particles.measures import check_values
 
 __all__ = ["FourierTarget", "TeacherNetwork", "ThreeSpin", "GaussianMixture", "FileTarget"]
 
@@ -207,17 +208,18 @@ class FileTarget:
         try:
             with xr.open_dataset(self.path, engine="h5netcdf") as ds:
                 self.values = np.asarray(ds["f"].values, float)
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(
-                f"problem.target.path={self.path!r}: cannot read f(x) ({e}); write a netCDF "
-                "file with a variable f on the measure's nodes"
+        except Exception as e:  # noqa: BLE001 - whatever the damage: the file is refused
+            raise ConfigError(
+                f"problem.target.path={self.path!r}: cannot read f(x) ({type(e).__name__}: "
+                f"{e}); write a netCDF file with a variable f on the measure's nodes"
             ) from None
         self.nodes = np.asarray(nodes, float)
         if self.values.shape != (len(self.nodes),):
-            raise ValueError(
+            raise ConfigError(
                 f"problem.target.path={self.path!r}: f has shape {self.values.shape}, the "
                 f"measure has {len(self.nodes)} nodes; give one value per node"
             )
+        check_values(self.values, f"problem.target.path={self.path!r}", "f")
 
     def params(self):
         return {"path": self.path}

@@ -38,9 +38,15 @@ def loss_monotonicity(particles, meanfield=None):
         ``loss_0_max_increase(solver)``.
     """
     L = particles["loss"].transpose("n", "seed", "t").values
-    with np.errstate(invalid="ignore"):
-        inc = np.nanmax(np.diff(L, axis=2) / L[:, :, :1], axis=(1, 2)) if L.shape[2] > 1 \
-            else np.full(L.shape[0], np.nan)
+    # NaN (never a warning) where nothing can be compared: one save time (t_end = 0),
+    # members that are all NaN, or l(0) = 0 (a relative increase of nothing)
+    inc = np.full(L.shape[0], np.nan)
+    if L.shape[2] > 1:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rel = np.diff(L, axis=2) / np.where(L[:, :, :1] > 0, L[:, :, :1], np.nan)
+        rel = rel.reshape(L.shape[0], -1)
+        seen = ~np.isnan(rel).all(axis=1)  # a loss that blew up (+inf) stays +inf
+        inc[seen] = np.max(np.where(np.isnan(rel[seen]), -np.inf, rel[seen]), axis=1)
     ds = xr.Dataset({"loss_max_increase": ("n", inc)}, coords={"n": particles["n"].values})
     if meanfield is not None:
         names = [v for v in ("loss_0", "loss_0_characteristics") if v in meanfield]

@@ -126,7 +126,7 @@ def _read_inputs(out, problem, notes):
     notes.extend(read_notes)
     particles, meanfield, fluct = (data[s] for s in ("particles", "meanfield", "fluctuations"))
     cfg = json.loads(particles.attrs["config"])
-    every = particles  # all target realisations (analysis.run.realisations)
+    every = particles  # all target realisations (analysis.sweep.realisations)
     if "realisation" in particles.dims:
         notes.append(f"{particles.sizes['realisation']} target realisations: the scaling rows "
                      "fit each and their mean; the other checks read realisation 0")

@@ -35,7 +35,7 @@ from analysis.checks.power import VERDICTS
 from analysis.checks.rows import NotApplicable, fmt
 from analysis.checks.run import check_rows, run_checks
 from analysis.store.io import atomic_path, write_dataset
-from analysis.store.runfolder import check_writable, holding
+from analysis.store.runfolder import check_writable, claim_report, holding, stamp
 from particles.engine.variables import cf_meta
 
 __all__ = ["make_report", "render", "TITLE"]
@@ -171,7 +171,9 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
                                 f"CONFIG --out {out}` first")
     check_writable(out, create=False, what="report folder")
     with holding(out, "mfpc report"):
+        claim_report(out, figures, check_only=True)  # nothing of the user's in the way
         a, inputs, notes = run_checks(out, n_boot=n_boot, rng=rng, problem=problem)
+        claim_report(out, figures)  # on the manifest before they are written
         finish(a, title=TITLE, meta=cf_meta(a),
                command=f"mfpc report {out}" if command is None else command)
         apath = write_dataset(a, out / "analysis.nc", overwrite=True)
@@ -201,6 +203,7 @@ def make_report(out, *, n_boot=1000, figures=True, rng=None, problem=None,
                 paths.append(plots.save(baseline_figure(inputs["particles"], a,
                                                         inputs["meanfield"]),
                                         out / "figures" / "baselines.png"))
+        stamp(out, [p.relative_to(out).as_posix() for p in [apath, rpath, *paths]])
     na = [r for r in rows if isinstance(r, NotApplicable)]
     return {"analysis": apath, "report": rpath, "figures": paths,
             "verdicts": counts([r for r in rows if not isinstance(r, NotApplicable)]),

@@ -107,7 +107,10 @@ def problem_need(problem_cfg) -> Need:
                    ("problem.measure.nodes", _int(measure.get("nodes")))):
         if Q is not None:
             if key == "problem.measure.nodes" and measure.get("kind") == "lebesgue":
-                Q = float(Q) ** d
+                try:
+                    Q = float(Q) ** d
+                except OverflowError:  # nodes^d beyond any float: beyond any memory
+                    Q = math.inf
             need.add(2.0 * Q * (d + 3), "the data nodes, weights and target values", key)
     if target.get("kind") == "3spin":
         # a, its symmetrised sum (4.6), the temporary of the sum and a contiguous copy
@@ -176,13 +179,14 @@ def particles_need(problem, dynamics, parts, T) -> Need:
     nmax, L = float(max(ns)), len(ns)
     Q, N = problem.x.shape[0], problem.N
     need = Need("particles")
-    need.add(R * L * S * T * (Q + 1), "the outputs f_n(n, seed, t, x)",
-             "particles.seeds, the number of particles.n or of dynamics.save_times (or "
-             "particles.realisations)")
+    many = f"particles.realisations (= {R:.0f}), " if R > 1 else ""
+    need.add(R * L * S * T * (Q + 1), "the outputs f_n(n, seed, t, x)" + (
+             f" of {R:.0f} target realisations" if R > 1 else ""),
+             f"{many}particles.seeds, the number of particles.n or of dynamics.save_times")
     if parts.get("save_state", True):
         need.add(R * L * S * T * nmax * (N + 1), "the saved units y, c (n, seed, t, "
-                 "particle)", "particles.n or particles.seeds, or set particles.save_state "
-                 "= false")
+                 "particle)" + (f" of {R:.0f} target realisations" if R > 1 else ""),
+                 f"{many}particles.n or particles.seeds, or set particles.save_state = false")
     stages = 6 if dynamics.integrator == "rk4" else 3
     need.add(stages * S * nmax * (N + 1), "the state and its integrator stages",
              "particles.n or particles.seeds")

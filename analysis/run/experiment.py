@@ -41,7 +41,8 @@ from analysis.run.schema import (DYNAMICS_SCHEMA, FLUCTUATIONS_SCHEMA, MEANFIELD
                      PARTICLES_SCHEMA)
 from analysis.store.runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
                         run_id)
-from analysis.sweep.driver import SectionFailure, TasksFailed, check_tasks, run_sweep
+from analysis.sweep.driver import (SectionFailure, TasksFailed, cap_workers, check_tasks,
+                                   run_sweep)
 from particles.engine.variables import cf_meta
 
 __all__ = ["load_config", "resolve", "run_config", "run_experiment", "run_task", "Experiment",
@@ -544,6 +545,8 @@ def run_config(config_path, out, *, force=False, progress=None, command=None, wo
               "files": userparts.ship(exp.config.get("files"), with_bytes=bool(scheduler)),
               "run_id": run_id(exp.config_json()),
               "identity": exp.config}
+    workers = cap_workers(workers, len(tasks.plan_tasks(
+        exp.config, [s for s in RUNNERS if s in exp.config])))
     return run_experiment(
         exp, out, force=force, progress=progress,
         command=command, retries=retries, checkpoint_every=checkpoint_every,

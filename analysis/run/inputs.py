@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from particles.engine import config as C
+from particles.measures import DATA_MAX
 
 from analysis.store.io import read_dataset
 
@@ -54,7 +55,8 @@ def load_config(path) -> dict:
 #: 1e8 already makes the first step's velocity 1e16 times larger than for O(1) units
 #: (no dt a config gives is stable for it) while its square (1e16) is still far from
 #: overflow (1.8e308); larger values are refused as a file in the wrong units or broken.
-INIT_MAX = 1e8
+#: The same bound as the data files' and the initial laws' (:data:`particles.measures.DATA_MAX`).
+INIT_MAX = DATA_MAX
 
 
 def read_init_file(path, base):

@@ -27,7 +27,7 @@ from particles.engine import config as C
 
 from analysis.run import budget
 
-__all__ = ["capabilities", "check_dynamics", "check_meanfield", "check_fluctuations",
+__all__ = ["capabilities", "check_parts", "check_dynamics", "check_meanfield", "check_fluctuations",
            "preflight"]
 
 ConfigError = C.ConfigError
@@ -73,6 +73,38 @@ def check_dynamics(problem, dynamics) -> None:
             "it needs dynamics.form = 'kernel' and scheme 'gd' or 'langevin' "
             "(use energy = 'data' for SGD or the data form)"
         )
+
+
+def _part(problem, which):
+    """``problem.kernel kind='sphere'``: a part named as in a config."""
+    part = getattr(problem, which, None)
+    return f"problem.{which} kind={getattr(part, 'name', type(part).__name__)!r}"
+
+
+def check_parts(problem) -> None:
+    """The parts agree on the domain and the dimension of x: a sphere kernel needs data on
+    the sphere |x| = sqrt(d) (its velocity and its closed forms assume it), a Fourier
+    target on the circle needs more nodes than twice its highest mode (or it aliases to a
+    lower one); the refusal names both parts."""
+    kernel, measure, target = (getattr(problem, k, None) for k in ("kernel", "measure",
+                                                                     "target"))
+    if getattr(kernel, "y_domain", None) == "sphere" and getattr(measure, "domain",
+                                                                   None) != "sphere":
+        raise ConfigError(
+            f"{_part(problem, 'kernel')} works on data on the sphere |x| = sqrt(d), and "
+            f"{_part(problem, 'measure')} puts x {'on the circle' if getattr(measure, 'domain', None) == 'circle' else 'in R^d'} "
+            f"(node norms up to {float(np.linalg.norm(measure.nodes, axis=-1).max()):.3g}, "
+            f"not sqrt(d) = {np.sqrt(measure.nodes.shape[-1]):.3g}); use measure kind = "
+            "'sphere', or a kernel of x in R^d (gaussian, sigmoid, relu, tanh)")
+    if getattr(target, "name", None) == "fourier" and getattr(measure, "name", None) == "circle":
+        k = int(max(len(np.atleast_1d(target.cos)), len(np.atleast_1d(target.sin)))) - 1
+        Q = len(measure.nodes)
+        if k >= 0 and Q <= 2 * k:
+            raise ConfigError(
+                f"{_part(problem, 'target')} has modes up to k = {k}, and "
+                f"{_part(problem, 'measure')} has {Q} nodes: on {Q} nodes mode {k} aliases "
+                f"to mode {abs((k + Q // 2) % Q - Q // 2)} (the trapezoid rule resolves "
+                f"modes below Q/2); use problem.measure.nodes > {2 * k}")
 
 
 def _characteristic_rule(problem, key):
@@ -193,6 +225,11 @@ def check_fluctuations(problem, dynamics, fl, mf) -> None:
     if dynamics.scheme == "langevin":
         raise ConfigError("fluctuations: the CLT prediction is for gd/sgd without "
                           "thermal noise; remove [fluctuations] or use scheme = 'gd'")
+    if fl.get("sgd") and dynamics.scheme != "sgd":
+        raise ConfigError(
+            f"fluctuations.sgd = true predicts the fluctuations of SGD's batches (3.23), and "
+            f"dynamics.scheme = {dynamics.scheme!r} draws none (no dynamics.batch): drop "
+            "fluctuations.sgd, or use scheme = 'sgd' with a batch")
     if fl["method"] == "influence":
         _require(capabilities(problem), "hessian_y", "fluctuations.method",
                  "the influence method (the adjoint of (2.24) along characteristics)",
@@ -216,6 +253,7 @@ def preflight(problem, dynamics, mf=None, fl=None, *, save_times=None, parts=Non
     With ``save_times``, also the budget (:mod:`analysis.run.budget`): step counts first, then
     each section's memory before its preflight allocates anything (the grid's cells).
     """
+    check_parts(problem)
     check_dynamics(problem, dynamics)
     if save_times is not None:
         T, t_last = len(save_times), float(save_times[-1])

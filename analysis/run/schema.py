@@ -4,7 +4,9 @@ per key (:mod:`particles.engine.config`), read by :func:`analysis.run.experiment
 :mod:`particles.presets`)."""
 from __future__ import annotations
 
+from particles.dynamics import BATCH, TEMPERATURE
 from particles.engine import config as C
+from particles.simulate import ROOT_SEED, SIZES
 
 __all__ = ["DYNAMICS_SCHEMA", "MEANFIELD_SCHEMA", "FLUCTUATIONS_SCHEMA", "PARTICLES_SCHEMA"]
 
@@ -17,12 +19,8 @@ DYNAMICS_SCHEMA = {
     "t_end": C.number(lo=0),
     "save_times": C.number_list(min_len=1, unique=True),
     "form": C.choice("data", "kernel"),
-    "batch": C.schedule(lambda v, where: (
-        C.check_section(v, {"P0": C.number(lo=0, lo_open=True), "alpha": C.number(lo=0, hi=1),
-                            "round": C.choice("ceil", "floor")},
-                        where, required=("P0", "alpha"))
-        if isinstance(v, dict) else C.integer(lo=1)(v, where))),
-    "temperature": C.schedule(C.number(lo=0)),
+    "batch": BATCH,  # the rules Dynamics checks its arguments with
+    "temperature": TEMPERATURE,
     "train": lambda v, where: _train(v, where),
 }
 MEANFIELD_SCHEMA = {
@@ -75,9 +73,9 @@ def _solvers(v, where):
 
 
 PARTICLES_SCHEMA = {
-    "n": C.integer_list(lo=1, unique=True),
+    "n": SIZES,  # the rules simulate checks its arguments with
     "seeds": C.integer(lo=1),
-    "root_seed": C.integer(lo=0),
+    "root_seed": ROOT_SEED,
     "save_state": C.boolean(),
     "seeds_per_task": C.integer(lo=1),  # the sweep's block of seeds (analysis.sweep.tasks)
     # target realisations learnt side by side (issue 12; analysis.sweep.tasks.realisation_config)

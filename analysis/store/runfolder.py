@@ -12,14 +12,22 @@ and hash for the report. ``mfpc run`` and ``mfpc report`` use this module, in or
    temporary probe file is created and removed), before any work;
 2. :func:`holding` — the folder's :class:`~analysis.store.lock.FolderLock` (a second live
    process is refused with a :class:`RunFolderError`), inside which :func:`remove_leftovers`
-   deletes the temporary files a killed process left (only names of the pattern
-   :data:`TMP_PATTERN`);
+   deletes the temporary files a killed process left (only temporaries of names on the
+   manifest);
 3. :func:`plan_run` (``mfpc run``) — which sections to compute, which files are up to date,
    which must go (``--force``: sections the config no longer has, old derived outputs);
    refusing files of another run, foreign or damaged files and a failed run
    (``complete = 0``) unless ``--force``;
 4. :func:`read_run` (``mfpc report``) — the run files read whole, refused if any is damaged,
    foreign, or of another run than the others.
+
+mfpc deletes or overwrites only files it wrote itself: the folder's manifest
+``DIR/.mfpc-manifest.json`` (:class:`Manifest`) lists them, each entered before it is
+written (:func:`claim`). ``mfpc run`` refuses a folder that is not empty and has no
+manifest (:func:`open_run_folder`); a file of a name mfpc writes that is not on the
+manifest, or a folder where a file goes, is refused (:func:`claim`), and ``--force`` and the
+removal of leftovers and stale files touch only files on it (:func:`remove_owned`,
+:func:`remove_task_files`).
 
 All refusals are :class:`RunFolderError` (a :class:`~particles.engine.config.ConfigError`:
 ``mfpc`` exits 2) naming the file and what to do.
@@ -39,7 +47,7 @@ import xarray as xr
 from particles.engine.config import ConfigError
 
 from analysis.store.io import read_dataset
-from analysis.store.lock import FolderBusy, FolderLock
+from analysis.store.lock import LOCK_NAME, FolderBusy, FolderLock
 
 __all__ = ["run_id", "RunFolderError", "IDENTITY_IGNORED", "RUN_FILES", "DERIVED",
            "FIGURE_NAMES", "TMP_PATTERN", "check_writable", "holding", "remove_leftovers",
@@ -55,7 +63,9 @@ FIGURE_NAMES = ("loss.png", "functions.png", "density.png", "lln.png", "clt_qq.p
                 "m_spectrum.png",
                 # runs without a mean field (analysis.report.paperfigures.paper_figures)
                 "training_loss.png", "loss_n.png", "signed_pos_n.png", "signed_neg_n.png",
-                "slice.png", "great_circles.png")
+                "slice.png", "great_circles.png", "sgd_variance.png",
+                # the baselines beside trained units (analysis.report.baselinefigures)
+                "baselines.png")
 #: keys of the resolved config that do not change any number: not part of the identity
 #: (``particles.seeds_per_task`` only cuts the ensemble into tasks: every member draws
 #: from its own generator, so the numbers do not depend on it;
@@ -220,22 +230,302 @@ def holding(out, what="mfpc run"):
 
 
 def remove_leftovers(out, lock) -> list:
-    """Delete the temporary files a killed process left in ``out`` and ``out/figures``.
-
-    Only names matching :data:`TMP_PATTERN`, and only while ``lock`` (this folder's
-    :class:`FolderLock`) is held: a live writer's temporaries are never touched.
+    """Delete the temporary files a killed process left in ``out``, ``out/figures`` and
+    ``out/tasks``: only temporaries of names on the folder's manifest
+    (:func:`temporary_of`: ``.NAME.XXXXXXXX.tmp`` with ``NAME`` mfpc's) and of mfpc's own
+    probe and manifest, and only while ``lock`` (this folder's :class:`FolderLock`) is
+    held: a live writer's temporaries are never touched.
     """
     out = Path(out)
     if not getattr(lock, "_held", False) or lock.path.parent != out:
         raise RuntimeError(f"remove_leftovers needs the lock of {out} held")
+    man = Manifest.load(out)
     gone = []
-    for folder in (out, out / "figures"):
-        if not folder.is_dir():
+    for sub in ("", "figures", TASKS_DIR):
+        folder = out / sub if sub else out
+        if not folder.is_dir() or folder.is_symlink():
             continue
         for p in folder.iterdir():
-            if TMP_PATTERN.match(p.name) and p.is_file() and not p.is_symlink():
+            name = temporary_of(p.name)
+            if name is None or not p.is_file() or p.is_symlink():
+                continue
+            rel = f"{sub}/{name}" if sub else name
+            if (not sub and name in (_PROBE, MANIFEST_NAME)) or (man is not None
+                                                                and man.lists(rel)):
                 p.unlink()
                 gone.append(p)
+    return gone
+
+
+# ------------------------------------------------------------------------------ manifest
+#: ``DIR/.mfpc-manifest.json``: the files mfpc wrote in DIR (the only ones it may remove)
+MANIFEST_NAME = ".mfpc-manifest.json"
+#: the name of the writability probe (:func:`check_writable`)
+_PROBE = ".mfpc-probe"
+_TEMPORARY = re.compile(r"^\.(.+)\.[A-Za-z0-9_]+\.tmp$")
+#: the names a task writes in ``DIR/tasks`` (:mod:`analysis.sweep.tasks`) besides sweep.json
+TASK_SUFFIXES = (".npz", ".failed.npz", ".ckpt.npz")
+__all__ += ["MANIFEST_NAME", "Manifest", "claim", "remove_owned", "remove_task_files",
+            "open_run_folder", "temporary_of", "TASK_SUFFIXES"]
+
+
+def temporary_of(name):
+    """``NAME`` of a temporary ``.NAME.XXXXXXXX.tmp`` (:func:`analysis.store.io.atomic_path`,
+    checkpoints, the probe), else None."""
+    m = _TEMPORARY.match(name)
+    if m is None:
+        return None
+    return _PROBE if m.group(1) == _PROBE[1:] else m.group(1)
+
+
+def _ignorable(name) -> bool:
+    """mfpc's own bookkeeping in DIR: the lock, the probe and their temporaries."""
+    return name in (LOCK_NAME, MANIFEST_NAME) or temporary_of(name) in (_PROBE, MANIFEST_NAME)
+
+
+class Manifest:
+    """What mfpc wrote in a run folder: ``files`` (paths relative to DIR), ``dirs``
+    (folders it created) and ``tasks`` (the task ids whose files ``tasks/<id>.npz``,
+    ``.failed.npz`` and ``.ckpt.npz`` are mfpc's). Names are entered *before* the file
+    is written (:func:`claim`), so a killed process never leaves a file of its own off
+    the list. Saved atomically as JSON in ``DIR/.mfpc-manifest.json``."""
+
+    def __init__(self, out, files=(), dirs=(), tasks=(), stamps=None):
+        self.out = Path(out)
+        self.files, self.dirs, self.tasks = set(files), set(dirs), set(tasks)
+        #: ``{rel: [size, mtime_ns]}`` of the files as mfpc left them (:func:`stamp`)
+        self.stamps = dict(stamps or {})
+
+    @property
+    def path(self):
+        return self.out / MANIFEST_NAME
+
+    @classmethod
+    def load(cls, out):
+        """The manifest of ``out``, or None if it has none.
+
+        Raises
+        ------
+        RunFolderError
+            The manifest cannot be read (damaged, a folder, not mfpc's).
+        """
+        path = Path(out) / MANIFEST_NAME
+        if not path.exists() and not path.is_symlink():
+            return None
+        try:
+            d = json.loads(path.read_text())
+            if not isinstance(d, dict) or d.get("mfpc") != "run folder":
+                raise ValueError("not an mfpc manifest")
+            lists = [d.get(k, []) for k in ("files", "dirs", "tasks")]
+            if not all(isinstance(v, list) and all(isinstance(x, str) for x in v)
+                       for v in lists):
+                raise ValueError("its lists are not lists of names")
+            stamps = d.get("stamps", {})
+            if not isinstance(stamps, dict) or not all(
+                    isinstance(v, list) and len(v) == 2
+                    and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                    for v in stamps.values()):
+                raise ValueError("its stamps are not [size, mtime_ns] pairs")
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise RunFolderError(
+                f"{path} (the list of the files mfpc wrote in {out}) cannot be read "
+                f"({type(e).__name__}: {e}); mfpc removes nothing it cannot prove its own: "
+                f"choose another folder, or sort {out} by hand and delete {path}") from None
+        return cls(out, *lists, stamps=stamps)
+
+    def owns(self, rel) -> bool:
+        """Whether ``rel`` (a path relative to DIR, ``/``-separated) is mfpc's: on the list,
+        and as mfpc left it (a file the user changed since, e.g. notes added to
+        report.md, is the user's)."""
+        rel = str(rel)
+        if not self.lists(rel):
+            return False
+        stamp = self.stamps.get(rel)
+        if stamp is None:
+            return True  # entered, not yet stamped (a process killed after the write)
+        try:
+            st = os.stat(self.out / rel)
+        except OSError:
+            return True
+        return [st.st_size, st.st_mtime_ns] == stamp
+
+    def lists(self, rel) -> bool:
+        """Whether the name ``rel`` is on the manifest (whatever the file now holds)."""
+        rel = str(rel)
+        if rel in self.files:
+            return True
+        head, _, name = rel.partition("/")
+        if head != TASKS_DIR or "/" in name:
+            return False
+        for suffix in TASK_SUFFIXES:
+            if name.endswith(suffix) and name[: -len(suffix)] in self.tasks:
+                return True
+        return False
+
+    def save(self):
+        from analysis.store.io import atomic_path
+
+        self.stamps = {k: v for k, v in self.stamps.items() if self.lists(k)}
+        text = json.dumps({"mfpc": "run folder", "files": sorted(self.files),
+                           "dirs": sorted(self.dirs), "tasks": sorted(self.tasks),
+                           "stamps": self.stamps})
+        with atomic_path(self.path) as tmp:
+            Path(tmp).write_text(text)
+
+
+def _in_the_way(out, names, limit=6) -> str:
+    shown = ", ".join(str(Path(out) / n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def open_run_folder(out, *, what="mfpc run") -> Manifest:
+    """The manifest of the run folder ``out`` (a new, unsaved one for an empty folder).
+
+    ``mfpc run`` uses only an empty folder or a folder with a manifest (a run folder);
+    ``mfpc report`` also a folder without one (run files copied by hand): it enters the
+    files it writes then (:func:`claim` refuses those in the way).
+
+    Raises
+    ------
+    RunFolderError
+        ``mfpc run`` on a folder that is not empty and has no manifest (the message names
+        what is in it), or a damaged manifest.
+    """
+    out = Path(out)
+    man = Manifest.load(out)
+    if man is not None:
+        return man
+    if what == "mfpc run":
+        names = sorted(p.name for p in out.iterdir() if not _ignorable(p.name))
+        if names:
+            raise RunFolderError(
+                f"{out} is not empty and is not an mfpc run folder (it has no {MANIFEST_NAME}"
+                f", the list of the files mfpc wrote there): {_in_the_way(out, names)} would "
+                "be in the way. mfpc removes only files it wrote itself; choose a new or "
+                "empty --out, or move these away")
+    return Manifest(out)
+
+
+def claim(out, rels=(), *, tasks=(), dirs=(), check_only=False) -> Manifest:
+    """Enter ``rels`` (files mfpc is about to write, relative to ``out``), the task ids
+    ``tasks`` and the folders ``dirs`` (created here if missing) on the manifest, before
+    any of them is written (``check_only``: only the refusals, nothing created or saved).
+
+    Raises
+    ------
+    RunFolderError
+        A file of ``rels`` exists and is not mfpc's (not on the manifest), or a folder is
+        where a file goes (or a file where a folder goes); nothing entered then.
+    """
+    out = Path(out)
+    man = Manifest.load(out) or Manifest(out)
+    for d in dirs:
+        p = out / d
+        if (p.exists() or p.is_symlink()) and not p.is_dir():
+            raise RunFolderError(f"{p} is a file where mfpc writes the folder {d}/; move it "
+                                 "away (mfpc removes only files it wrote itself)")
+    probe = [Path(r).parent for r in rels if str(Path(r).parent) != "."]
+    for r in rels:
+        p = out / r
+        if p.is_dir():
+            raise RunFolderError(f"{p} is a folder where mfpc writes the file {r}; move it "
+                                 "away (mfpc removes only files it wrote itself)")
+        if (p.exists() or p.is_symlink()) and not man.owns(r):
+            raise RunFolderError(
+                f"{p} is in the way: mfpc writes {r} here, and this file is not one it "
+                f"wrote (it is not on {man.path}, or it changed since mfpc wrote it); move "
+                "it away (mfpc never removes or overwrites a file it did not write)")
+    for d in sorted(set(probe)):
+        if (out / d).is_dir():
+            check_writable(out / d, create=False, what="folder")
+    if check_only:
+        return man
+    for d in dirs:
+        p = out / d
+        if not p.exists():
+            p.mkdir(parents=True)
+            man.dirs.add(str(d))
+    man.files.update(str(r) for r in rels)
+    man.tasks.update(tasks)
+    if rels or tasks or dirs or not man.path.exists():
+        man.save()
+    return man
+
+
+def claim_report(out, figures=True, *, check_only=False) -> Manifest:
+    """Enter what ``mfpc report`` writes (``analysis.nc``, ``report.md``, ``figures/``) on
+    the manifest of ``out`` before any work: a user's file of one of these names, a folder
+    where a file goes, a ``figures`` that is a file or read-only, are refused
+    (:func:`claim`)."""
+    rels = list(DERIVED) + ([f"figures/{n}" for n in FIGURE_NAMES] if figures else [])
+    return claim(out, rels, dirs=["figures"] if figures else [], check_only=check_only)
+
+
+__all__ += ["claim_report"]
+
+
+def stamp(out, rels):
+    """Record the size and modification time of the files ``rels`` mfpc has just written
+    (on the manifest): a file that later differs was changed by someone else and is no
+    longer removed or overwritten by mfpc."""
+    out = Path(out)
+    man = Manifest.load(out)
+    if man is None:
+        return None
+    for r in rels:
+        r = str(r)
+        try:
+            st = os.stat(out / r)
+        except OSError:
+            continue
+        if man.lists(r):
+            man.stamps[r] = [st.st_size, st.st_mtime_ns]
+    man.save()
+    return man
+
+
+__all__ += ["stamp"]
+
+
+def remove_owned(out, rels) -> list:
+    """Delete the files of ``rels`` that are mfpc's (on the manifest) and exist; the
+    others are left. Returns those deleted."""
+    out = Path(out)
+    man = Manifest.load(out)
+    if man is None:
+        return []
+    gone = []
+    for r in rels:
+        p = out / r
+        if man.owns(str(r)) and p.is_file() and not p.is_symlink():
+            p.unlink()
+            gone.append(p)
+        man.files.discard(str(r))
+    man.save()
+    return gone
+
+
+def remove_task_files(out) -> list:
+    """Delete mfpc's files in ``DIR/tasks`` (sweep.json, the results, checkpoints and
+    temporaries of the task ids on the manifest) and the folder if mfpc created it and
+    it is left empty; a user's file there stays. Returns those deleted."""
+    out = Path(out)
+    tasks_dir = out / TASKS_DIR
+    man = Manifest.load(out)
+    if man is None or not tasks_dir.is_dir() or tasks_dir.is_symlink():
+        return []
+    gone = []
+    for p in tasks_dir.iterdir():
+        name = temporary_of(p.name) or p.name
+        if man.owns(f"{TASKS_DIR}/{name}") and p.is_file() and not p.is_symlink():
+            p.unlink()
+            gone.append(p)
+    man.tasks.clear()
+    man.files = {f for f in man.files if not f.startswith(f"{TASKS_DIR}/")}
+    if TASKS_DIR in man.dirs and not any(tasks_dir.iterdir()):
+        tasks_dir.rmdir()
+        man.dirs.discard(TASKS_DIR)
+    man.save()
     return gone
 
 
@@ -305,6 +595,7 @@ def plan_run(out, config_json, sections, *, force=False):
         the sweep reruns only the tasks missing from ``DIR/tasks/``.
     """
     out, rid = Path(out), run_id(config_json)
+    man = open_run_folder(out)
     todo, status, remove = [], {}, []
     for section, name in RUN_FILES.items():
         path = out / name
@@ -313,6 +604,11 @@ def plan_run(out, config_json, sections, *, force=False):
                 todo.append(section)
             continue
         if force:  # removed before any work: a failure leaves no file of the old run
+            if not man.owns(name):
+                raise RunFolderError(
+                    f"{path} is not a file mfpc wrote in this folder (it is not on "
+                    f"{man.path}, or it changed since mfpc wrote it), so --force does not "
+                    "remove it; move it away, or choose another --out")
             remove.append(path)
             if section in sections:
                 todo.append(section)
@@ -342,16 +638,36 @@ def plan_run(out, config_json, sections, *, force=False):
         status[section] = (path, "up to date")
     if todo or force:  # new data: what was derived from the old files is stale
         remove += [out / n for n in DERIVED] + [out / "figures" / n for n in FIGURE_NAMES]
-    return todo, status, [p for p in remove if p.exists()]
+    # only mfpc's own files: a user's report.md or figures/loss.png stays
+    return todo, status, [p for p in remove if p.exists()
+                          and man.owns(p.relative_to(out).as_posix())]
 
 
 def remove_stale(out, paths):
-    """Delete ``paths`` (from :func:`plan_run`) and ``out/figures`` if it is left empty."""
-    for p in paths:
-        p.unlink()
-    figures = Path(out) / "figures"
-    if figures.is_dir() and not any(figures.iterdir()):
+    """Delete ``paths`` (from :func:`plan_run`; only files on the manifest are deleted)
+    and ``out/figures`` if mfpc created it and it is left empty."""
+    out = Path(out)
+    remove_owned(out, [Path(p).relative_to(out).as_posix() for p in paths])
+    figures = out / "figures"
+    man = Manifest.load(out)
+    if (man is not None and "figures" in man.dirs and figures.is_dir()
+            and not figures.is_symlink() and not any(figures.iterdir())):
         figures.rmdir()
+        man.dirs.discard("figures")
+        man.save()
+
+
+def _check_digest(path, ds):
+    """Refuse a file whose data or config no longer match the digest mfpc wrote in it
+    (``attrs["data_sha256"]``, :func:`particles.engine.results.data_digest`)."""
+    from particles.engine.results import data_digest
+
+    stored = ds.attrs.get("data_sha256")
+    if stored is not None and data_digest(ds) != str(stored):
+        raise RunFolderError(
+            f"{path} was changed after mfpc wrote it: its data or config no longer match the "
+            "digest written with them (attrs data_sha256); its numbers cannot be trusted. "
+            f"Rerun its config with `mfpc run CONFIG --out {path.parent} --force`")
 
 
 def read_run(out):
@@ -390,6 +706,7 @@ def read_run(out):
         except Exception as e:  # noqa: BLE001 - any reading failure: the file is damaged
             raise RunFolderError(_damaged(path, e)) from None
         attrs = _identity(path, section, dict(ds.attrs))
+        _check_digest(path, ds)
         ids[name] = attrs["run_id"]
         if not int(attrs.get("complete", 1)):
             incomplete.append((name, str(attrs.get("failure", "no reason stored"))))

@@ -13,12 +13,19 @@ executor with retries, merge them into the run files.
 3. the others are submitted to the executor (:mod:`analysis.sweep.executors`); one progress bar
    counts the tasks, wherever they run. A task that raises is submitted again, up to
    ``retries`` times, then reported by id with its error. A task stopped by a
-   :class:`~particles.NumericalFailure` (or a bound found during its run) is not retried:
+   :class:`~particles.NumericalFailure` (or a bound reached during its run, a numerical
+   failure too: it depends on the data the run reached) is not retried:
    the tasks after it (larger n, later sections) are cancelled, as a serial run would
    never have reached them;
 4. every section is merged (particles: the blocks of seeds put back in their places of the
    ``(n, seed)`` ensemble) and written atomically to ``DIR/<section>.nc``, value for value
-   what one uninterrupted serial run writes. Then ``DIR/tasks/`` is removed.
+   what one uninterrupted serial run writes. Then mfpc's files in ``DIR/tasks/`` are
+   removed (those on the run folder's manifest: :func:`analysis.store.runfolder.claim`),
+   and the folder if it is left empty.
+
+A finished result that cannot be read (truncated, empty, not an archive, a folder under its
+name) is set aside as ``DIR/tasks/<id>.npz.set-aside`` with a warning, and its task is
+computed again.
 
 Failures: a numerical failure writes its section's partial result (``complete = 0``),
 no later section, removes ``DIR/tasks/`` and raises :class:`SectionFailure` (exit 3); tasks
@@ -31,8 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import shutil
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -46,19 +52,19 @@ from particles.engine.config import ConfigError
 from analysis.sweep.executors import SerialExecutor
 from analysis.store.io import atomic_path, write_dataset
 from analysis.sweep.realisations import stack_realisations
-from analysis.store.runfolder import TASKS_DIR, RunFolderError, differing_keys, run_id
-from analysis.sweep.tasks import (SECTION_ORDER, _ranges, done_path, failed_path, load_result, plan_tasks,
-                    task_label)
+from analysis.store.runfolder import (RUN_FILES, TASKS_DIR, RunFolderError, claim,
+                                     differing_keys, remove_task_files, run_id, stamp,
+                                     temporary_of)
+from analysis.sweep.tasks import (SECTION_ORDER, _ranges, done_path, failed_path, load_result,
+                                  plan_tasks, result_damage, task_label)
 
-__all__ = ["run_sweep", "check_tasks", "merge_particles", "missing_members",
+__all__ = ["run_sweep", "check_tasks", "cap_workers", "merge_particles", "missing_members",
            "SectionFailure", "TasksFailed", "MANIFEST"]
 
 log = logging.getLogger(__name__)
 
 #: ``DIR/tasks/sweep.json``: the run_id and resolved config the task results belong to
 MANIFEST = "sweep.json"
-#: temporary names :func:`analysis.store.io.atomic_path` leaves in ``DIR/tasks`` when killed
-_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
 
 
 class SectionFailure(NumericalFailure):
@@ -86,6 +92,24 @@ class TasksFailed(RuntimeError):
         self.failed, self.status = failed, status
 
 
+def cap_workers(workers, n_tasks, option="--workers"):
+    """``workers`` capped at the number of tasks ``n_tasks`` (more processes would idle),
+    said with a warning, as is a count beyond this machine's cores."""
+    if workers is None or int(workers) <= 1:
+        return workers
+    workers = int(workers)
+    if workers > n_tasks:
+        log.warning("%s %d: the sweep has %d task(s), so %d process(es) run them",
+                    option, workers, n_tasks, max(1, n_tasks))
+        workers = max(1, n_tasks)
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    if workers > cores:
+        log.warning("%s %d exceeds the %d core(s) this process may use: the processes share "
+                    "them (slower than --workers %d)", option, workers, cores, cores)
+    return workers
+
+
 def check_tasks(out, config_json, *, force=False):
     """Refuse ``DIR/tasks/`` of another config, before any work (``--force`` removes it).
 
@@ -96,10 +120,13 @@ def check_tasks(out, config_json, *, force=False):
         that differ (:func:`analysis.store.runfolder.differing_keys`).
     """
     tasks_dir = Path(out) / TASKS_DIR
+    if (tasks_dir.exists() or tasks_dir.is_symlink()) and not tasks_dir.is_dir():
+        raise RunFolderError(f"{tasks_dir} is a file where mfpc keeps the folder of a "
+                             "sweep's finished tasks; move it away, or choose another --out")
     if not tasks_dir.is_dir():
         return
     if force:
-        shutil.rmtree(tasks_dir)
+        remove_task_files(out)  # mfpc's files only: a user's file there stays
         return
     try:
         old = json.loads((tasks_dir / MANIFEST).read_text())
@@ -117,17 +144,42 @@ def check_tasks(out, config_json, *, force=False):
             "remove them and run this config, or choose another --out")
 
 
-def _start(tasks_dir, config_json):
-    """Create ``DIR/tasks`` with its manifest; remove temporaries of killed writers."""
-    tasks_dir.mkdir(exist_ok=True)
+def _start(out, tasks, sections, config_json):
+    """Enter the files of the sweep on the run folder's manifest (refusing any in the
+    way, a read-only ``DIR/tasks``), create ``DIR/tasks`` with its ``sweep.json``, remove
+    the temporaries killed writers left of mfpc's files, and set aside finished results
+    that cannot be read (:func:`_set_aside`)."""
+    tasks_dir = Path(out) / TASKS_DIR
+    man = claim(out, [RUN_FILES[s] for s in sections] + [f"{TASKS_DIR}/{MANIFEST}"],
+                tasks=[t["id"] for t in tasks], dirs=[TASKS_DIR])
     manifest = tasks_dir / MANIFEST
     if not manifest.exists():
         with atomic_path(manifest) as tmp:
             Path(tmp).write_text(json.dumps({"run_id": run_id(config_json),
                                              "config": json.loads(config_json)}))
+        man = stamp(out, [f"{TASKS_DIR}/{MANIFEST}"])
     for p in tasks_dir.iterdir():
-        if _TMP.match(p.name) and p.is_file():
+        name = temporary_of(p.name)
+        if name is not None and man.lists(f"{TASKS_DIR}/{name}") and p.is_file():
             p.unlink()
+    for t in tasks:
+        path = done_path(tasks_dir, t["id"])
+        if path.exists() or path.is_symlink():
+            why = result_damage(path)
+            if why is not None:
+                _set_aside(path, t, why)
+
+
+def _set_aside(path, task, why):
+    """Rename the unreadable result ``path`` to ``<name>.set-aside[-k]`` (kept for a look,
+    never removed by mfpc) and say so: its task is computed again."""
+    k, aside = 0, path.with_name(path.name + ".set-aside")
+    while aside.exists() or aside.is_symlink():
+        k += 1
+        aside = path.with_name(f"{path.name}.set-aside-{k}")
+    path.rename(aside)
+    log.warning("the result of task %s (%s), %s, cannot be read (%s): set aside as %s; "
+                "the task is computed again", task["id"], task_label(task), path, why, aside)
 
 
 def _later(a, b) -> bool:
@@ -260,8 +312,14 @@ def _section_dataset(section, tasks, tasks_dir, config):
     parts = []
     for t in tasks:
         for path in (done_path(tasks_dir, t["id"]), failed_path(tasks_dir, t["id"])):
-            if path.exists():
-                parts.append((t, load_result(path)))
+            if path.is_file():
+                try:
+                    parts.append((t, load_result(path)))
+                except Exception as e:  # noqa: BLE001 - damaged since it was checked
+                    raise RunFolderError(
+                        f"{path} cannot be read ({type(e).__name__}: {e}); run the same "
+                        "command again: it sets the file aside and computes the task "
+                        "again") from None
                 break
     if not parts:
         return None
@@ -317,8 +375,8 @@ def run_sweep(exp, out, sections, *, task_fn, spec=None, finish, executor=None,
             " config (python = \"FILE.py:NAME\" in [problem.kernel], [problem.measure], "
             "[problem.target] or [problem]: docs/kernels.md), which every executor runs")
     tasks_dir = out / TASKS_DIR
-    _start(tasks_dir, exp.config_json())
     tasks = plan_tasks(exp.config, sections)
+    _start(out, tasks, sections, exp.config_json())
     todo = [t for t in tasks if not done_path(tasks_dir, t["id"]).exists()]
     if len(todo) < len(tasks):
         log.info("%d of %d tasks finished before: not run again", len(tasks) - len(todo),
@@ -327,12 +385,25 @@ def run_sweep(exp, out, sections, *, task_fn, spec=None, finish, executor=None,
     args = (lambda t, k: (task_fn, exp if serial else spec, t, str(tasks_dir), options, k))
     with tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="mfpc tasks",
               unit="task", disable=None if progress is None else not progress) as bar:
-        results, errors, stop = _run_tasks(ex, todo, args, retries, bar)
+        try:
+            results, errors, stop = _run_tasks(ex, todo, args, retries, bar)
+        finally:  # the results as the tasks left them: a file changed later is not mfpc's
+            stamp(out, [f"{TASKS_DIR}/{p.name}" for t in todo
+                        for p in (done_path(tasks_dir, t["id"]), failed_path(tasks_dir, t["id"]))])
     return _write(exp, out, sections, tasks, results, errors, stop, finish, retries)
 
 
 def _write(exp, out, sections, tasks, results, errors, stop, finish, retries):
-    """Merge and write every section (module doc, step 4)."""
+    """Merge and write every section (module doc, step 4); each file written is stamped
+    on the run folder's manifest (:func:`analysis.store.runfolder.stamp`)."""
+    try:
+        return _write_sections(exp, out, sections, tasks, results, errors, stop, finish,
+                               retries)
+    finally:
+        stamp(out, [RUN_FILES[s] for s in sections])
+
+
+def _write_sections(exp, out, sections, tasks, results, errors, stop, finish, retries):
     tasks_dir, status, failed = out / TASKS_DIR, {}, []
     for section in [s for s in SECTION_ORDER if s in sections]:
         mine = [t for t in tasks if t["section"] == section]
@@ -340,14 +411,18 @@ def _write(exp, out, sections, tasks, results, errors, stop, finish, retries):
         if stop is not None and stop["section"] == section:
             msg = results[stop["id"]]["message"]
             if results[stop["id"]]["status"] == "bound":
-                shutil.rmtree(tasks_dir)
-                raise ConfigError(f"[{section}]: {msg}")
+                # a bound that depends on what the run reached (a later CFL bound): a
+                # numerical failure of this section, the sections before it kept (exit 3)
+                remove_task_files(out)
+                raise SectionFailure(f"[{section}]: {msg} (a bound reached during the run, "
+                                     "after the sections before it were written)", None,
+                                     section, None, status)
             ds = _section_dataset(section, mine, tasks_dir, exp.config)
             kept = None
             if ds is not None:
                 write_dataset(finish(section, ds, msg), path, overwrite=True)
                 status[section] = (kept := path, "incomplete")
-            shutil.rmtree(tasks_dir)
+            remove_task_files(out)
             raise SectionFailure(f"[{section}]: {msg}", ds, section, kept, status)
         lost = [t for t in mine if t["id"] in errors]
         ds = _section_dataset(section, mine, tasks_dir, exp.config)
@@ -369,5 +444,5 @@ def _write(exp, out, sections, tasks, results, errors, stop, finish, retries):
             f"{len(failed)} task(s) failed after {retries} retries: {lines}. The other "
             f"tasks are merged; run the same command again to run only the missing tasks "
             f"(finished ones are kept in {tasks_dir})", failed, status)
-    shutil.rmtree(tasks_dir)
+    remove_task_files(out)
     return status

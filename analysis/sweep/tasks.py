@@ -44,7 +44,7 @@ from analysis.store.runfolder import identity
 
 __all__ = ["plan_tasks", "task_id", "task_label", "default_seeds_per_task",
            "sub_experiment", "execute", "done_path", "failed_path", "save_result",
-           "load_result", "SECTION_ORDER"]
+           "load_result", "result_damage", "SECTION_ORDER"]
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,21 @@ def load_result(path) -> xr.Dataset:
             (coords if v["coord"] else data)[v["name"]] = (tuple(v["dims"]), z[key], attrs)
     return xr.Dataset(data, coords=coords,
                       attrs={k: _from_json(x) for k, x in meta["attrs"].items()})
+
+
+def result_damage(path):
+    """Why the task result ``path`` cannot be used (truncated, empty, not an archive of
+    :func:`save_result`, a folder), or None when :func:`load_result` reads it whole (every
+    array is read: a zip member's checksum is checked as it is read)."""
+    path = Path(path)
+    if not path.is_file():
+        return "not a file"
+    try:
+        ds = load_result(path)
+        ds.close()
+    except Exception as e:  # noqa: BLE001 - whatever the damage: set aside, recompute
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _checkpoint(tasks_dir, tid, every):

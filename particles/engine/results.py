@@ -30,7 +30,7 @@ import xarray as xr
 
 from particles.engine.variables import long_name_units
 
-__all__ = ["REFERENCES", "dataset", "finish", "versions", "history_line",
+__all__ = ["REFERENCES", "dataset", "finish", "data_digest", "versions", "history_line",
            "x_coord", "run_status",
            "check_cf"]
 
@@ -136,7 +136,30 @@ def finish(ds: xr.Dataset, *, title: str, meta: dict | None = None,
         "source": f"mfpc {versions()['mfpc']}",
         "references": REFERENCES,
     })
+    ds.attrs["data_sha256"] = data_digest(ds)
     return ds
+
+
+def data_digest(ds: xr.Dataset) -> str:
+    """SHA-256 (hex) of every variable's name, dims and values and of ``attrs["config"]``:
+    what a file holds, as written and as read back (NaN of any payload hashed as one NaN;
+    strings by their UTF-8 text), so that an edited value or config is found
+    (``attrs["data_sha256"]``, checked by :func:`analysis.store.runfolder.read_run`)."""
+    import hashlib
+
+    h = hashlib.sha256(str(ds.attrs.get("config", "")).encode())
+    for name in sorted(ds.variables, key=str):
+        v = ds.variables[name]
+        a = np.asarray(v.values)
+        h.update(f"\0{name}\0{','.join(map(str, v.dims))}\0{a.shape}\0".encode())
+        if a.dtype.kind in "fc":
+            a = np.where(np.isnan(a), np.nan, a).astype(a.dtype.newbyteorder("<"))
+        if a.dtype.kind in "fciub":
+            h.update(a.dtype.newbyteorder("<").str.encode())
+            h.update(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).tobytes())
+        else:
+            h.update("\0".join(str(x) for x in a.ravel()).encode())
+    return h.hexdigest()
 
 
 def dataset(data_vars: dict, coords: dict, attrs: dict | None = None, *, title: str,

@@ -73,7 +73,8 @@ def test_run_writes_particles_nc(tmp_path, capsys):
         assert cfg["particles"]["root_seed"] == 1 and ds.attrs["root_seed"] == 1
         assert "numpy" in json.loads(ds.attrs["versions"])
         np.testing.assert_allclose(ds["x"].values, 2 * np.pi * np.arange(64) / 64)
-    assert [p.name for p in out.iterdir()] == ["particles.nc"]  # no temporary left
+    # no temporary left (the manifest lists mfpc's files: analysis.store.runfolder)
+    assert sorted(p.name for p in out.iterdir()) == [".mfpc-manifest.json", "particles.nc"]
 
 
 def test_rerun_changes_nothing_and_says_so(tmp_path, capsys):

@@ -52,7 +52,7 @@ def sphere():
 
 def sigmoid():
     cfg = sphere()
-    cfg["problem"] = {"kind": "sigmoid", "d": 1, "nodes": 16,
+    cfg["problem"] = {"kind": "sigmoid", "d": 2, "nodes": 16,  # the sphere needs d >= 2
                       "target": {"kind": "teacher", "units": 2}}
     del cfg["fluctuations"]
     return cfg

@@ -54,7 +54,9 @@ def attrs(path):
 
 
 def listing(folder):
-    return sorted(p.name for p in Path(folder).iterdir()) if Path(folder).exists() else None
+    """The names in ``folder`` but mfpc's manifest (its bookkeeping of its own files)."""
+    return sorted(p.name for p in Path(folder).iterdir()
+                  if p.name != runfolder.MANIFEST_NAME) if Path(folder).exists() else None
 
 
 @pytest.fixture
@@ -239,8 +241,10 @@ def test_a_killed_run_leaves_neither_lock_nor_temporaries(tmp_path, capsys):
     (out / "figures").mkdir()
     (out / "figures" / ".loss.png.abc_1234.tmp").write_text("")
     assert run(tmp_path, config("particles"), out) == 0
-    # the temporaries are gone, and figures/ with them (left empty: new data, no report)
-    assert listing(out) == sorted(keep + ["particles.nc", "started"])
+    # the temporaries of mfpc's files are gone; figures/.loss.png.abc_1234.tmp is not a
+    # temporary of a file mfpc wrote here (no loss.png on the manifest): it stays
+    assert listing(out) == sorted(keep + ["figures", "particles.nc", "started"])
+    assert listing(out / "figures") == [".loss.png.abc_1234.tmp"]
 
 
 def test_leftovers_are_removed_only_under_the_lock(tmp_path):
@@ -249,6 +253,9 @@ def test_leftovers_are_removed_only_under_the_lock(tmp_path):
     with pytest.raises(RuntimeError, match="lock"):
         runfolder.remove_leftovers(tmp_path, runfolder.FolderLock(tmp_path))
     assert leftover.exists()
+    with runfolder.holding(tmp_path):  # particles.nc is not on a manifest: not mfpc's
+        assert leftover.exists()
+    runfolder.claim(tmp_path, ["particles.nc"])
     with runfolder.holding(tmp_path):
         assert not leftover.exists()
 
@@ -420,11 +427,14 @@ def test_report_on_a_damaged_or_foreign_file(tmp_path, capsys, good_particles, s
     err = capsys.readouterr().err
     assert f"mfpc: error: {out / name} {message}" in err and "Traceback" not in err
     assert listing(out) == before  # no analysis.nc, report.md, figures, lock or temporary
-    # mfpc run into that folder is refused too (for particles.nc: the hint --force works)
-    if name == "particles.nc":
-        assert run(tmp_path, config("particles"), out) == 2
-        assert f"{out / name} {message}" in capsys.readouterr().err
-        assert run(tmp_path, config("particles"), out, "--force") == 0
+    # mfpc run into that folder is refused too, --force included: these files are not
+    # on a manifest of mfpc's, so mfpc does not remove them
+    for force in ((), ("--force",)):
+        assert run(tmp_path, config("particles"), out, *force) == 2
+        err = capsys.readouterr().err
+        assert f"{out} is not empty and is not an mfpc run folder" in err
+        assert str(out / name) in err and "Traceback" not in err
+        assert listing(out) == before
 
 
 def test_report_into_a_read_only_folder(tmp_path, capsys, monkeypatch, good_particles):

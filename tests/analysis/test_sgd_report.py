@@ -80,8 +80,9 @@ def test_sgd_key_defaults_and_refusals():
     gd["dynamics"].pop("batch")
     gd["dynamics"].update(scheme="gd")
     assert "sgd" not in resolve(gd).config["fluctuations"]  # a GD config's identity stays
-    gd["fluctuations"]["sgd"] = True
-    assert resolve(gd).config["fluctuations"]["sgd"] is True
+    gd["fluctuations"]["sgd"] = True  # no batch to predict the noise of: refused
+    with pytest.raises(ConfigError, match="fluctuations.sgd = true .*scheme = 'gd'"):
+        resolve(gd)
     bad = small_sgd()
     bad["fluctuations"]["sgd"] = "yes"
     with pytest.raises(ConfigError, match="fluctuations.sgd"):

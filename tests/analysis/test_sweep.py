@@ -183,7 +183,7 @@ def test_a_failing_task_is_retried_then_reported_while_the_rest_merge(tmp_path, 
     calls2 = counting(monkeypatch)
     assert run(tmp_path, cfg, out) == 0
     assert calls2 == [bad]
-    assert_same_run(load(out / "particles.nc"), ref, ignore=("config", "run_id"))
+    assert_same_run(load(out / "particles.nc"), ref, ignore=("config", "run_id", "data_sha256"))
 
 
 def test_a_task_that_fails_once_succeeds_on_retry(tmp_path, monkeypatch, serial):
@@ -191,7 +191,8 @@ def test_a_task_that_fails_once_succeeds_on_retry(tmp_path, monkeypatch, serial)
     calls = counting(monkeypatch, fail="particles n=8 seeds 1", times=1)
     assert run(tmp_path, sweep_config(sections=()), out) == 0
     assert len(calls) == 7  # 6 tasks, one of them twice
-    assert_same_run(load(out / "particles.nc"), serial["particles"], ignore=("config", "run_id"))
+    assert_same_run(load(out / "particles.nc"), serial["particles"],
+                    ignore=("config", "run_id", "data_sha256"))
 
 
 def test_no_retries_reports_at_once(tmp_path, capsys, monkeypatch):

@@ -247,14 +247,23 @@ def test_grid_loss_and_bound_rules(ucircle):
 
 def test_failure_at_the_first_step_points_at_the_data(tmp_path, capsys):
     # c of order 1e300: the first step overflows whatever dt is, so lowering dt alone is
-    # the wrong advice; the message must also point at the initial law and the target
+    # the wrong advice; a config is refused the law (beyond 1e8, the bound of init.file),
+    # a run from Python is told to look at the initial law and the target
     cfg = only(example("circle"), {"particles"})
     cfg["particles"] = {"n": [16], "seeds": 2, "root_seed": 1}
     cfg["dynamics"].update(t_end=1.0, save_times=[0.0, 1.0])
     cfg["init"]["c"] = {"law": "uniform", "low": -1e300, "high": 1e300}
     rc, _ = run(tmp_path, cfg)
     err = capsys.readouterr().err
-    assert rc == 3 and "first step" in err and "initial law" in err, err
+    assert rc == 2 and "init.c.low = -1e+300 is beyond 1e+08" in err, err
+    from particles import Dynamics, NumericalFailure, simulate
+    from particles.laws import CLaw
+    from particles.presets import circle_problem
+
+    pr = circle_problem(2.0, 64, cos=[0.0, 1.0], c_law=CLaw("uniform", low=-1e300, high=1e300))
+    with pytest.raises(NumericalFailure) as e:
+        simulate(pr, [16], 2, Dynamics("gd", "euler", 0.05), [0.0, 1.0], root_seed=1)
+    assert "first step" in str(e.value) and "initial law" in str(e.value), str(e.value)
     # a (finite) divergence, a dt problem, does not say so
     (tmp_path / "b").mkdir()
     rc, _ = run(tmp_path / "b", only(big_step(50.0), {"particles"}))
