@@ -212,11 +212,19 @@ SELF_HEALING = "self-healing: final loss vs n"
 SGD_EXPONENT = "SGD: variance of f_n − f_0 vs n at the last save time"
 
 
+#: why an increase cannot be measured (all NaN): one save time, or nothing to lose
+NO_INTERVAL = ("no save interval to compare (one save time, t_end = 0) or a loss of 0 at "
+               "t = 0 (nothing to decrease)")
+
+
 def _monotonicity_rows(a, ctx):
-    inc = float(np.nanmax(a["loss_max_increase"].values))
+    vals = a["loss_max_increase"].values
+    inc = np.nan if np.isnan(vals).all() else float(np.nanmax(vals))
     if ctx.scheme != "gd":
         out = [NotApplicable(GD_DECREASE, "holds for gradient descent; this run's scheme is "
                              f"{ctx.scheme}, whose noise can raise the loss")]
+    elif np.isnan(inc):
+        out = [NotApplicable(GD_DECREASE, NO_INTERVAL)]
     else:
         out = [Row(GD_DECREASE, "(2.2), (2.37), (2.43)", f"largest increase {fmt(inc, 2)} ℓ(0)",
                    f"≤ {LOSS_INCREASE_TOL:g} ℓ(0)", verdict(bool(inc <= LOSS_INCREASE_TOL)))]
@@ -225,7 +233,10 @@ def _monotonicity_rows(a, ctx):
     if ctx.scheme == "langevin":
         return out + [NotApplicable(MF_DECREASE, "holds without temperature; this run's "
                                     "scheme is langevin")]
-    inc0 = float(np.nanmax(a["loss_0_max_increase"].values))
+    vals0 = a["loss_0_max_increase"].values
+    if np.isnan(vals0).all():
+        return out + [NotApplicable(MF_DECREASE, NO_INTERVAL)]
+    inc0 = float(np.nanmax(vals0))
     return out + [Row(MF_DECREASE, "(2.37), (2.39)", f"largest increase {fmt(inc0, 2)} ℓ_0(0)",
                       f"≤ {LOSS_INCREASE_TOL:g} ℓ_0(0)",
                       verdict(bool(inc0 <= LOSS_INCREASE_TOL)))]

@@ -217,3 +217,23 @@ def test_fluctuation_scaling_recovers_the_exponent(sigmas):
     ds = checks.fluctuation_scaling(p, alpha=alpha, n_boot=500, rng=rng)
     assert float(ds.fluct_expected_slope) == -2 * alpha
     assert np.all(ds.fluct_slope_low.values <= -0.6) and np.all(ds.fluct_slope_high.values >= -0.6)
+
+
+def test_monotonicity_without_an_interval_does_not_apply():
+    """One save time (t_end = 0) or a loss of 0 at t = 0 leaves loss_max_increase NaN: the
+    row is a check that does not apply, with the reason, never a FAIL on "nan"."""
+
+    from analysis.checks.losses import GD_DECREASE, MF_DECREASE, _monotonicity_rows
+    from analysis.checks.rows import NotApplicable, RowContext
+
+    ctx = RowContext(config={}, scheme="gd", seeds=4, level=0.95, p_min=0.05, z_max=2.0,
+                     k_t=2, k_95=2, alpha=None)
+    a = xr.Dataset({"loss_max_increase": ("n", [np.nan, np.nan]),
+                    "loss_0_max_increase": ("solver", [np.nan])})
+    rows = _monotonicity_rows(a, ctx)
+    assert [type(r) for r in rows] == [NotApplicable, NotApplicable]
+    assert [r.prediction for r in rows] == [GD_DECREASE, MF_DECREASE]
+    assert "one save time" in rows[0].reason
+    # one n measured is enough for a verdict; an increase beyond round-off is a FAIL
+    a = xr.Dataset({"loss_max_increase": ("n", [np.nan, 1e-3])})
+    assert _monotonicity_rows(a, ctx)[0].verdict == "FAIL"
