@@ -28,14 +28,18 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from particles.engine.loop import substeps
+
+from meanfield.defaults import options
 from meanfield.mkernel import m_kernel
 from meanfield.nodes import characteristic_nodes
 
 __all__ = ["LazyOperator", "lazy_operator", "f_lazy", "lazy_gap", "lazy_loss",
            "lazy_prediction", "rk4_gap_bound", "LAZY_NODES"]
 
-#: Default quadrature of ρ_in for M[ρ_in]: y nodes per dimension, c nodes.
-LAZY_NODES = {"ny": 128, "nc": 24}
+#: Default quadrature of ρ_in for M[ρ_in]: y nodes per dimension, c nodes (the keys of
+#: ``[meanfield] characteristics``).
+LAZY_NODES = {"y": 128, "c": 24}
 
 
 class LazyOperator:
@@ -67,10 +71,12 @@ class LazyOperator:
         return (np.exp(-np.outer(t, self.lam)) * coef) @ self.V.T / self.s
 
 
-def lazy_operator(problem, *, train=("y", "c"), ny=LAZY_NODES["ny"], nc=LAZY_NODES["nc"]):
+def lazy_operator(problem, *, train=("y", "c"), grid=None):
     r""":class:`LazyOperator` of :math:`M[\rho_{in}]` over the trained coordinates and
-    :math:`f(0)` on the nodes, from the tensor quadrature of :math:`\rho_{in}`."""
-    y, c, w = characteristic_nodes(problem, ny, nc)
+    :math:`f(0)` on the nodes, from the tensor quadrature of :math:`\rho_{in}` with
+    ``grid = {"y": ..., "c": ...}`` nodes (default :data:`LAZY_NODES`)."""
+    g = options(grid, LAZY_NODES, "grid")
+    y, c, w = characteristic_nodes(problem, g["y"], g["c"])
     M = m_kernel(problem.kernel, problem.x, y, c, w, train=train)
     f_start = problem.network(y[None], (w * c)[None])[0]
     return LazyOperator(M, problem.w), f_start
@@ -111,12 +117,16 @@ def rk4_gap_bound(op: LazyOperator, times, h):
     z = h * float(op.lam[-1])
     if z > 2:
         raise ValueError(f"h * lambda_max = {z:.3g} > 2: RK4 is not contracting; lower dt")
-    steps = np.ceil(np.asarray(times, float) / h - 1e-9)
+    # the steps the characteristics took to each save time: the engine's one rule per
+    # save interval (particles.engine.loop.substeps), from t = 0
+    ts = np.asarray(times, float)
+    starts = np.concatenate([[0.0], ts[:-1]])
+    steps = np.cumsum([substeps(a, b, h)[0] for a, b in zip(starts, ts)])
     return steps * z**5 / 120 + 10 * (steps + len(op.lam)) * np.finfo(float).eps
 
 
-def lazy_prediction(problem, times, *, train=("y", "c"), f_0=None, ny=LAZY_NODES["ny"],
-                    nc=LAZY_NODES["nc"]) -> xr.Dataset:
+def lazy_prediction(problem, times, *, train=("y", "c"), f_0=None,
+                    grid=None) -> xr.Dataset:
     r"""The lazy prediction beside a mean field.
 
     Parameters
@@ -127,8 +137,8 @@ def lazy_prediction(problem, times, *, train=("y", "c"), f_0=None, ny=LAZY_NODES
         The trained coordinates of M.
     f_0 : ndarray, shape (T, Q), optional
         The mean field at ``times``; then ``lazy_gap`` is recorded.
-    ny, nc : int
-        The quadrature of ρ_in.
+    grid : dict, optional
+        The quadrature of ρ_in: ``{"y": ..., "c": ...}`` nodes (default :data:`LAZY_NODES`).
 
     Returns
     -------
@@ -137,13 +147,14 @@ def lazy_prediction(problem, times, *, train=("y", "c"), f_0=None, ny=LAZY_NODES
         ``lazy_train``, ``lazy_nodes``.
     """
     ts = np.asarray(times, float)
-    op, f_start = lazy_operator(problem, train=train, ny=ny, nc=nc)
+    g = options(grid, LAZY_NODES, "grid")
+    op, f_start = lazy_operator(problem, train=train, grid=g)
     fl = f_lazy(op, ts, f_start, problem.f_x)
     data = {"f_lazy": (("t", "x"), fl),
             "lazy_loss": (("t",), lazy_loss(fl, problem.f_x, problem.w))}
     if f_0 is not None:
         data["lazy_gap"] = (("t",), lazy_gap(f_0, fl, f_start, problem.f_x, problem.w))
-    attrs = {"lazy_train": ",".join(train), "lazy_nodes": f"y={ny}, c={nc}",
+    attrs = {"lazy_train": ",".join(train), "lazy_nodes": f"y={g['y']}, c={g['c']}",
              "lazy_definition": "f + exp(-t M[rho_in])(f(0) - f), M over the trained "
                                 "coordinates, exact exponential (eigen-decomposition)"}
     return xr.Dataset(data, coords={"t": ts}, attrs=attrs)

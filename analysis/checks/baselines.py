@@ -57,7 +57,7 @@ def _lazy(problem, particles, meanfield, train):
     bound = None
     if name == "characteristics" and "characteristics_nodes" in meanfield.attrs:
         nodes = json.loads(meanfield.attrs["characteristics_nodes"])
-        kw = {"ny": int(nodes["y"]), "nc": int(nodes["c"])}
+        kw = {"grid": {"y": int(nodes["y"]), "c": int(nodes["c"])}}
     op, f_start = lazy.lazy_operator(problem, train=train, **kw)
     fl = lazy.f_lazy(op, ts, f_start, problem.f_x)
     data = {"f_lazy": (("t", "x"), fl),

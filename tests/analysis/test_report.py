@@ -42,7 +42,7 @@ y = 16
 c = 6
 """
 FIGURES = {"loss.png", "functions.png", "density.png", "lln.png", "clt_qq.png",
-           "m_spectrum.png"}
+           "m_spectrum.png", "baselines.png"}  # baselines: the lazy prediction beside f_0
 
 
 @pytest.fixture(scope="module")

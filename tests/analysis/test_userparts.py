@@ -328,6 +328,7 @@ def test_a_resume_after_a_kill_with_a_changed_file_is_refused(tmp_path, capsys):
     """A killed sweep leaves DIR/tasks with its manifest: a changed file refuses it."""
     from analysis.run.inputs import load_config
     from analysis.sweep.driver import _start
+    from analysis.sweep.tasks import plan_tasks
 
     cfgdir = tmp_path / "cfg"
     _data_files(cfgdir)
@@ -335,7 +336,8 @@ def test_a_resume_after_a_kill_with_a_changed_file_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     exp = resolve(load_config(cfgdir / "c.toml"), base=cfgdir)
-    _start(out / "tasks", exp.config_json())  # what the killed run left
+    sections = ["particles"]
+    _start(out, plan_tasks(exp.config, sections), sections, exp.config_json())  # a killed run
     _data_files(tmp_path / "spare", scale=2.0)
     shutil.copy(tmp_path / "spare" / "m.nc", cfgdir / "m.nc")
     rc, _, err = _run(capsys, cfgdir / "c.toml", "--out", out)

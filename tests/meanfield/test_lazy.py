@@ -55,13 +55,13 @@ def test_characteristics_of_random_features_are_the_lazy_prediction():
     ny, nc, dt = 32, 6, 0.1
     ch = solve_characteristics(p, ts, grid={"y": ny, "c": nc, "dt": dt}, save_nodes=True, train=("c",))
     assert np.array_equal(ch.y_nodes.values[0], ch.y_nodes.values[-1])
-    op, f_start = lazy.lazy_operator(p, train=("c",), ny=ny, nc=nc)
+    op, f_start = lazy.lazy_operator(p, train=("c",), grid={"y": ny, "c": nc})
     fl = lazy.f_lazy(op, ts, f_start, p.f_x)
     gap = lazy.lazy_gap(ch.f_0_characteristics.values, fl, f_start, p.f_x, p.w)
     assert np.all(gap <= lazy.rk4_gap_bound(op, ts, dt))
     # the trained units' mean field leaves it: far beyond the bound
     full = solve_characteristics(p, ts[:2], grid={"y": ny, "c": nc, "dt": dt})
-    opf, _ = lazy.lazy_operator(p, ny=ny, nc=nc)
+    opf, _ = lazy.lazy_operator(p, grid={"y": ny, "c": nc})
     gf = lazy.lazy_gap(full.f_0_characteristics.values, lazy.f_lazy(opf, ts[:2], f_start, p.f_x),
                        f_start, p.f_x, p.w)
     assert gf[1] > 1e3 * lazy.rk4_gap_bound(opf, ts[:2], dt)[1]
