@@ -43,6 +43,8 @@ FLUCTUATIONS_SCHEMA = {
     "c": C.integer(lo=1),
     "dt": C.number(lo=0, lo_open=True),
     "sgd": C.boolean(),  # the SGD fluctuation prediction (meanfield.sgdnoise; issue 13)
+    # horizon h of the closure (2.50) check (analysis.checks.healing); default the save spacing
+    "closure_horizon": C.number(lo=0, lo_open=True),
 }
 
 
