@@ -70,14 +70,14 @@ def test_batch_advice_formulas():
     assert gd["sgd_term_ratio"][0] == 0.0 and gd["predicted_var"][0] == 2.0
 
 
-def _cfg(**dyn):
+def _cfg(n=64, amp=1.0, **dyn):
     return {
         "problem": {"kind": "circle", "kappa": 2.0, "quadrature": 32,
-                    "target": {"cos": [0.0, 0.5], "sin": [0.0, 0.3]}},
+                    "target": {"cos": [0.0, 0.5 * amp], "sin": [0.0, 0.3 * amp]}},
         "init": {"c": {"law": "uniform", "low": -1.5, "high": 1.5}},
         "dynamics": {"scheme": "gd", "integrator": "euler", "dt": 0.05, "t_end": 2.0,
                      "save_times": [0.0, 1.0, 2.0], **dyn},
-        "particles": {"n": [64], "seeds": 8, "root_seed": 5},
+        "particles": {"n": [n], "seeds": 8, "root_seed": 5},
         "fluctuations": {"method": "influence", "y": 16, "c": 4}}
 
 
@@ -129,7 +129,9 @@ def test_predicted_var_matches_sgd_ensembles():
     # Euler SGD to its continuous-time limit is below 1 % here (docs/methods_fluctuations.md).
     from meanfield.sgdnoise import sgd_covariance_influence
 
-    exp = resolve(_cfg(scheme="sgd", batch=4))
+    # a target twice as large as the fast tests' and n = 256: P_eq ~ 2, so the SGD term is
+    # as large as the discreteness term at the advised P (a GD-only prediction is 20 s.e. off)
+    exp = resolve(_cfg(n=256, amp=2.0, scheme="sgd", batch=4))
     ds, _ = advise(exp, ratio=1.0)
     n, S = int(exp.particles["n"][0]), 400
     sg = sgd_covariance_influence(exp.problem, exp.save_times, None, ny=16, nc=4,
