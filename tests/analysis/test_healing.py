@@ -166,3 +166,28 @@ def test_tiny_real_run(tmp_path):
     assert np.all(a["closure_regime"].values < 0.3)
     rows = healing_rows(a, _ctx(16))
     assert any(r.prediction.startswith("closure") and isinstance(r, Row) for r in rows)
+
+
+@pytest.mark.slow
+def test_healing_example(tmp_path):
+    # examples/circle_healing.toml: self-healing PASSes at every n and the closure row has
+    # a verdict (PASS: the run is inside the closure's regime, delta ~ 0.03)
+    import json
+    from pathlib import Path
+    from analysis.run.experiment import run_config
+    from analysis.store.runfolder import read_run
+    from analysis.checks.limits import lln
+
+    root = Path(__file__).resolve().parents[2]
+    run_config(root / "examples" / "circle_healing.toml", tmp_path, progress=False)
+    data, _, _ = read_run(tmp_path)
+    p, mf, fl = data["particles"], data["meanfield"], data["fluctuations"]
+    rng = np.random.default_rng(0)
+    base = lln(p, mf, fl, n_boot=200, rng=rng)
+    a = healing_checks(p, mf, fl, json.loads(p.attrs["config"]), a=base, n_boot=1000,
+                       rng=rng)
+    rows = healing_rows(a, _ctx(p.sizes["seed"]))
+    heal = [r for r in rows if "falls over time" in r.prediction]
+    assert len(heal) == p.sizes["n"] and all(r.verdict == "PASS" for r in heal), heal
+    closure = [r for r in rows if r.prediction.startswith("closure")]
+    assert isinstance(closure[0], Row) and closure[0].verdict in ("PASS", "FAIL", "INCONCLUSIVE")
