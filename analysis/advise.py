@@ -39,6 +39,7 @@ import numpy as np
 import xarray as xr
 from scipy.sparse.linalg import LinearOperator, eigsh
 
+from particles.engine.results import finish
 from particles.simulate import member_rng
 
 __all__ = ["advise", "hessian_lambda_max", "stable_dt", "RK4_BOUND", "EULER_BOUND",
@@ -63,6 +64,24 @@ RK4_BOUND = _rk4_bound()
 ADVISE_SEEDS = 4
 #: signal-to-standard-error ratio the self-healing check needs
 POWER_Z = 3.0
+#: name -> (long_name, units) of every variable and coordinate of advice.nc (CF-1.8)
+ADVICE_VARIABLES = {
+    "n": ("number of particles", "1"),
+    "t": ("time", "1"),
+    "advise_seed": ("index of the ensemble member whose initial draw is used", "1"),
+    "dt_max": ("largest stable step of the integrator on E = n l at the initial draws", "1"),
+    "lambda_max": ("largest eigenvalue of the Hessian of E = n l at an initial draw", "1"),
+    "dt_max_spread": ("spread of the stable step over the members", "1"),
+    "batch_equal": ("batch P at which n theta tr Sigma^SGD_T = tr Sigma_T, theta = dt/P", "1"),
+    "batch_ratio": ("batch P at which n theta tr Sigma^SGD_T = r tr Sigma_T (--sgd-ratio)",
+                    "1"),
+    "sgd_term_ratio": ("n theta tr Sigma^SGD_T / tr Sigma_T for the config's (dt, P)", "1"),
+    "predicted_var": ("tr_mu of the predicted n Var(f_n - f_0) at T", "1"),
+    "healing_t_min": ("shortest T at which the self-healing check has power", "1"),
+    "trace_sigma": ("tr_mu Sigma_t (influence method)", "1"),
+    "trace_sigma_sgd": ("tr_mu Sigma^SGD_t per unit theta (influence method)", "1"),
+    "r0_norm": ("||f_0(t) - f||_mu", "1"),
+}
 
 
 def stable_dt(lam_max: float, integrator: str) -> float:
@@ -271,7 +290,7 @@ def format_table(ds, notes) -> str:
     return "\n".join(lines)
 
 
-def advise_config(config_path, *, out=None, ratio=0.1, force=True):
+def advise_config(config_path, *, out=None, ratio=0.1, force=True, command=None):
     """``mfpc advise CONFIG [--out DIR] [--sgd-ratio r]``: prints and returns the table;
     ``DIR/advice.nc`` written atomically (:func:`analysis.store.io.write_dataset`)."""
     from analysis.run.experiment import ConfigError, load_config, resolve
@@ -282,8 +301,9 @@ def advise_config(config_path, *, out=None, ratio=0.1, force=True):
     config_path = Path(config_path)
     exp = resolve(load_config(config_path), base=config_path.parent)
     ds, notes = advise(exp, ratio=ratio)
-    ds.attrs.update({"config": exp.config_json(), "notes": json.dumps(notes),
-                     "title": "mfpc advise: step and batch guidelines"})
+    ds.attrs.update({"config": exp.config_json(), "notes": json.dumps(notes)})
+    finish(ds, title="mfpc advise: step and batch guidelines", meta=ADVICE_VARIABLES,
+           command=command)
     text = format_table(ds, notes)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)

@@ -140,7 +140,8 @@ def main(argv=None) -> int:
         from analysis.advise import advise_config
 
         try:
-            _, text = advise_config(args.config, out=args.out, ratio=args.sgd_ratio)
+            _, text = advise_config(args.config, out=args.out, ratio=args.sgd_ratio,
+                                   command=command)
         except ConfigError as e:
             print(f"mfpc: error: {e}", file=sys.stderr)
             return 2

@@ -100,7 +100,9 @@ def test_cli_advise(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "dt_max" in text and "P(r=0.5)" in text
     import xarray as xr
+    from particles.engine.results import check_cf
     with xr.open_dataset(tmp_path / "o" / "advice.nc", engine="h5netcdf") as ds:
+        assert check_cf(ds) == []
         for v in ("dt_max", "batch_equal", "batch_ratio", "sgd_term_ratio", "predicted_var"):
             assert ds[v].dims == ("n",)
         np.testing.assert_allclose(ds["batch_ratio"].values, ds["batch_equal"].values / 0.5)

@@ -51,6 +51,8 @@ def test_known_slope_and_fall(rng):
     p, mf, fl, tr = _synthetic(rng)
     # intervals at 99 % for 5 save times: a family-wise 5 % chance of a miss (Bonferroni)
     a = healing_checks(p, mf, fl, {}, n_boot=1000, level=0.99, rng=rng)
+    assert all(a[v].attrs.get("long_name") and a[v].attrs.get("units") for v in a.variables
+               if v not in a.coords)
     # the excess-loss slope in n is -1 at every t (its interval holds it)
     assert np.all(a["excess_loss_slope_low"].values <= -1.0)
     assert np.all(a["excess_loss_slope_high"].values >= -1.0)
