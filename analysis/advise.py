@@ -13,8 +13,8 @@ Computed before a long run, per n of ``[particles] n``:
   through :math:`\max_i|c_i|` (the curvature term :math:`\langle r, c_i\nabla^2_y
   \varphi_i\rangle`), so it is the minimum over the config's first few members, with
   the spread in ``dt_max_spread``. Always given: it needs no mean field.
-* With a mean field (the influence method, :mod:`meanfield.influence` and
-  :mod:`meanfield.sgdnoise`): :math:`n\,\mathrm{Var}(f_n - f_0)(T) \approx \Sigma_T
+* With a mean field (the influence method: :mod:`meanfield.sgdnoise` at T,
+  :mod:`meanfield.influence` on ``times`` points up to T): :math:`n\,\mathrm{Var}(f_n - f_0)(T) \approx \Sigma_T
   + n\theta\,\Sigma^{SGD}_T` (THEORY §4b), :math:`\theta = \Delta t/P`.
   ``batch_equal(n)`` :math:`= P_{eq} = n\,\Delta t\,\mathrm{tr}_\mu\Sigma^{SGD}_T/
   \mathrm{tr}_\mu\Sigma_T`, the batch at which the two terms are equal;
@@ -79,7 +79,7 @@ ADVICE_VARIABLES = {
     "predicted_var": ("tr_mu of the predicted n Var(f_n - f_0) at T", "1"),
     "healing_t_min": ("shortest T at which the self-healing check has power", "1"),
     "trace_sigma": ("tr_mu Sigma_t (influence method)", "1"),
-    "trace_sigma_sgd": ("tr_mu Sigma^SGD_t per unit theta (influence method)", "1"),
+    "trace_sigma_sgd_T": ("tr_mu Sigma^SGD_T per unit theta (influence method)", "1"),
     "r0_norm": ("||f_0(t) - f||_mu", "1"),
 }
 
@@ -193,7 +193,7 @@ def healing_t_min(ts, trace, r0, ns, seeds, z=POWER_Z):
     return out
 
 
-def advise(exp, *, ratio=0.1, times=11, progress=False):
+def advise(exp, *, ratio=0.1, times=6, progress=False):
     """The advice for a resolved :class:`~analysis.run.experiment.Experiment`.
 
     Returns (xarray.Dataset, notes list)."""
@@ -226,32 +226,37 @@ def advise(exp, *, ratio=0.1, times=11, progress=False):
         notes.append(f"batch advice, predicted variance and healing time n.a.: they need "
                      f"Σ_T and Σ^SGD_T from the influence method, which needs {missing}")
         return ds, notes
+    from meanfield.defaults import INFLUENCE
+    from meanfield.influence import clt_covariance_influence
     from meanfield.sgdnoise import sgd_covariance_influence
 
     fl = cfg.get("fluctuations") or {}
-    from meanfield.defaults import INFLUENCE
+    res = dict(ny=fl.get("y", INFLUENCE["ny"]), nc=fl.get("c", INFLUENCE["nc"]),
+               dt=fl.get("dt", float(dyn.dt)), progress=progress)
     t_end = float(exp.save_times[-1])
-    grid = np.unique(np.concatenate([np.linspace(0.0, t_end, times), exp.save_times]))
-    sg = sgd_covariance_influence(problem, grid, None, ny=fl.get("y", INFLUENCE["ny"]),
-                                  nc=fl.get("c", INFLUENCE["nc"]),
-                                  dt=fl.get("dt", float(dyn.dt)), progress=progress)
     w = problem.w
-    tr = (sg["clt_var"].values * w).sum(axis=1)
-    tr_sgd = (sg["sgd_var"].values * w).sum(axis=1)
-    r0 = np.sqrt(((sg["f_0_influence"].values - problem.f_x) ** 2 * w).sum(axis=1))
+    # Sigma^SGD at T alone (its cost grows with the observables injected), Sigma_t and
+    # f_0 on a grid of times for the healing time
+    sg = sgd_covariance_influence(problem, [t_end], None, **res)
+    tr_T = float((sg["clt_var"].values[-1] * w).sum())
+    tr_sgd_T = float((sg["sgd_var"].values[-1] * w).sum())
+    grid = np.unique(np.concatenate([np.linspace(0.0, t_end, times), exp.save_times]))
+    cl = clt_covariance_influence(problem, grid, **res)
+    tr = (cl["clt_var"].values * w).sum(axis=1)
+    r0 = np.sqrt(((cl["f_0_influence"].values - problem.f_x) ** 2 * w).sum(axis=1))
     batch = None
     if dyn.scheme == "sgd":
         batch = [dyn.batch_at(0.0, int(n)) for n in ns]
         if isinstance(dyn.batch, list):
             notes.append("dynamics.batch changes in time: sgd_term_ratio and predicted_var "
                          "use P(0)")
-    adv = batch_advice(ns, float(dyn.dt), tr[-1], tr_sgd[-1], ratio, batch)
+    adv = batch_advice(ns, float(dyn.dt), tr_T, tr_sgd_T, ratio, batch)
     for k, v in adv.items():
         ds[k] = ("n", v)
     ds["healing_t_min"] = ("n", healing_t_min(grid, tr, r0, ns, seeds))
     ds["trace_sigma"] = ("t", tr)
-    ds["trace_sigma_sgd"] = ("t", tr_sgd)
     ds["r0_norm"] = ("t", r0)
+    ds["trace_sigma_sgd_T"] = tr_sgd_T
     ds = ds.assign_coords(t=grid)
     ds["batch_ratio"].attrs["sgd_ratio"] = ratio
     ds["sgd_term_ratio"].attrs["long_name"] = (

@@ -103,7 +103,7 @@ def excess_power(r0_norm, trace, n, seeds):
         return 0.5 * tr / n / se
 
 
-def _m_sources(problem, meanfield, particles, j_mf):
+def _m_sources(problem, meanfield, j_mf):
     """M[ρ_0(t)] (Q, Q) from the sources meanfield.nc holds at its save index ``j_mf``:
     characteristic nodes first, then the grid density."""
     out = {}
@@ -284,7 +284,7 @@ def _closure(ds, particles, meanfield, fluctuations, cfg, problem, r0, tr, peak)
         jm = np.flatnonzero(np.abs(mf_t - ts[k]) <= _T_TOL * max(1.0, abs(ts[k])))
         if not len(jm):
             continue
-        Ms = _m_sources(problem, meanfield, particles, int(jm[0]))
+        Ms = _m_sources(problem, meanfield, int(jm[0]))
         if not Ms:
             break
         source = next(iter(Ms))
@@ -310,7 +310,7 @@ def _closure(ds, particles, meanfield, fluctuations, cfg, problem, r0, tr, peak)
     # predicted healing time: the closure from the peak of tr Σ with M[ρ_0(T)] frozen
     jm = np.flatnonzero(np.abs(mf_t - ts[-1]) <= _T_TOL * max(1.0, abs(ts[-1])))
     if len(jm):
-        MT = _m_sources(problem, meanfield, particles, int(jm[0]))
+        MT = _m_sources(problem, meanfield, int(jm[0]))
         if MT:
             th, rate = halving_time_predicted(next(iter(MT.values())), w, cov[peak])
             ds["healing_time_predicted"] = th
