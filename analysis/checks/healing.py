@@ -183,7 +183,6 @@ def healing_checks(particles, meanfield, fluctuations, cfg, *, problem=None, a=N
     f0 = align_to(reference_f0(meanfield)[0], particles).transpose("t", "x").values
     r0 = np.sqrt(np.sum(w * (f0 - particles["f_target"].values) ** 2, axis=1))
     ds["r0_norm"] = ("t", r0)
-    ds["r0_norm"].attrs["long_name"] = "‖f_0(t) − f‖_μ"
     L = particles["loss"].transpose("n", "seed", "t").values - l0[None, None, :]
     with np.errstate(invalid="ignore"):
         E = np.nanmean(L, axis=1)
@@ -191,7 +190,6 @@ def healing_checks(particles, meanfield, fluctuations, cfg, *, problem=None, a=N
     with np.errstate(invalid="ignore", divide="ignore"):
         se = np.nanstd(L, axis=1, ddof=1) / np.sqrt(cnt)
     ds["excess_loss"] = (("n", "t"), E)
-    ds["excess_loss"].attrs["long_name"] = "E_seeds loss(f_n(t)) − loss_0(t)"
     ds["excess_loss_stderr"] = (("n", "t"), np.where(cnt > 1, se, np.nan))
     # slope in n at each t (bootstrap over seeds, independently per n)
     out = np.full((4, T), np.nan)
@@ -212,8 +210,6 @@ def healing_checks(particles, meanfield, fluctuations, cfg, *, problem=None, a=N
         return _named(ds)
     power = excess_power(r0[None, :], tr[None, :], ns[:, None].astype(float), S)
     ds["excess_loss_power"] = (("n", "t"), power)
-    ds["excess_loss_power"].attrs["long_name"] = (
-        "(tr Σ/(2n)) / sqrt((‖r_0‖² tr Σ/n + (tr Σ)²/(2n²))/S): predicted signal over s.e.")
     # n·excess falls: from the first powered time at or after the peak of tr Σ to the
     # last powered time, per n (the same resampled seeds at both times)
     peak = int(np.nanargmax(tr)) if np.isfinite(tr).any() else 0
@@ -233,15 +229,11 @@ def healing_checks(particles, meanfield, fluctuations, cfg, *, problem=None, a=N
     for k, name in enumerate(("", "_low", "_high", "_from", "_to", "_expected")):
         ds[f"excess_loss_fall{name}"] = ("n", fall[:, k])
     ds["excess_loss_fall"].attrs.update(
-        long_name="n·excess(t_to) / n·excess(t_from)", level=level,
-        expected="< 1; tr Σ(t_to)/tr Σ(t_from) is the leading-order value "
-                 "(excess_loss_fall_expected)")
+        level=level, expected="< 1; excess_loss_fall_expected is the leading-order value")
     # the decay of tr Σ after its peak and the healing time two ways
     ds["trace_sigma_peak_time"] = float(ts[peak])
     ds["trace_sigma_decay"] = float(tr[-1] / tr[peak]) if tr[peak] > 0 else np.nan
     ds["healing_time_measured"] = halving_time_measured(ts, tr)
-    ds["healing_time_measured"].attrs["long_name"] = (
-        "time for tr_mu Sigma_t to halve from its peak, influence Sigma at the save times")
     _closure(ds, particles, meanfield, fluctuations, cfg, problem, r0, tr, peak)
     return _named(ds)
 
@@ -261,7 +253,6 @@ def _closure(ds, particles, meanfield, fluctuations, cfg, problem, r0, tr, peak)
     ts = particles["t"].values.astype(float)
     T = len(ts)
     ds["closure_regime"] = ("t", closure_regime(r0, tr))
-    ds["closure_regime"].attrs["long_name"] = "‖r_0‖_μ / sqrt(tr_μ Σ_t)"
     if fluctuations is None or "clt_cov" not in fluctuations or meanfield is None:
         return
     if problem is None:
@@ -301,7 +292,6 @@ def _closure(ds, particles, meanfield, fluctuations, cfg, problem, r0, tr, peak)
                                    l2_frobenius(cov[k], w), l2_frobenius(cov[j], w), mgap[k])
     ds["closure_error"] = ("t", err)
     ds["closure_error"].attrs.update(
-        long_name="‖e^{-hM}Σ_t e^{-hM} − Σ_{t+h}‖_F / ‖Σ_{t+h}‖_F on L²(μ), M = M[ρ_0(t)]",
         h=float(h_cfg) if h_cfg is not None else "save spacing (closure_horizon per t)",
         m_source=source)
     ds["closure_horizon"] = ("t", hor)
@@ -315,9 +305,6 @@ def _closure(ds, particles, meanfield, fluctuations, cfg, problem, r0, tr, peak)
             th, rate = halving_time_predicted(next(iter(MT.values())), w, cov[peak])
             ds["healing_time_predicted"] = th
             ds["healing_rate_predicted"] = rate
-            ds["healing_time_predicted"].attrs["long_name"] = (
-                "time for tr_mu Sigma to halve from its peak under the closure with "
-                "M[rho_0(T)] frozen (exact in the eigenbasis of M)")
 
 
 def _fl(v):
