@@ -37,7 +37,7 @@ from analysis.sweep.executors import check_options, make_executor
 from analysis.run.inputs import load_config, read_init_file
 from analysis.run.realisations import check_realisations, realisation_problem, stack_realisations
 from analysis.run.schema import (DYNAMICS_SCHEMA, FLUCTUATIONS_SCHEMA, MEANFIELD_SCHEMA,  # noqa: F401
-                     PARTICLES_SCHEMA)
+                     PARTICLES_SCHEMA, check_closure_horizon)
 from analysis.store.runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
                         run_id)
 from analysis.sweep.driver import SectionFailure, TasksFailed, check_tasks, run_sweep
@@ -203,6 +203,8 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
     check_realisations(cfg, parts, ready)
     mf = _meanfield_section(cfg, dynamics, problem) if "meanfield" in cfg else None
     fl = _fluctuations_section(cfg, dynamics) if "fluctuations" in cfg else None
+    if fl is not None and "closure_horizon" in fl:
+        check_closure_horizon(fl["closure_horizon"], save_times)
     preflight.preflight(problem, dynamics, mf, fl, save_times=save_times, parts=parts)
     resolved = {k: v for k, v in cfg.items()}
     if mf is not None:

@@ -124,6 +124,23 @@ def test_closure_row_rule():
     assert r.verdict == "INCONCLUSIVE" and "outside the closure's regime" in r.expected
 
 
+def test_closure_horizon_key():
+    from analysis.run.experiment import ConfigError, resolve
+
+    cfg = {"problem": {"kind": "circle", "kappa": 2.0, "quadrature": 32,
+                       "target": {"cos": [0.0, 0.05]}},
+           "init": {"c": {"law": "uniform", "low": -1.5, "high": 1.5}},
+           "dynamics": {"scheme": "gd", "dt": 0.1, "t_end": 4.0, "save_times": [0.0, 2.0, 4.0]},
+           "fluctuations": {"method": "influence", "closure_horizon": 4.0}}
+    assert resolve(cfg).config["fluctuations"]["closure_horizon"] == 4.0
+    cfg["fluctuations"]["closure_horizon"] = 3.0
+    with pytest.raises(ConfigError, match="closure_horizon=3 joins no two"):
+        resolve(cfg)
+    cfg["fluctuations"]["closure_horizon"] = -1.0
+    with pytest.raises(ConfigError, match="closure_horizon"):
+        resolve(cfg)
+
+
 @pytest.mark.slow
 def test_tiny_real_run(tmp_path):
     # a tiny circle run through mfpc run; the checks on its outputs
