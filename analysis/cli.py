@@ -4,8 +4,9 @@
 tasks (:mod:`analysis.sweep.driver`: a killed run resumes), serially or on ``--workers N`` local
 processes, ``--dask-local N`` or ``--scheduler ADDRESS`` (Dask), with ``--retries K``.
 ``mfpc advise CONFIG [--out DIR] [--sgd-ratio r]`` prints the step and batch guidelines
-for the config's problem (:mod:`analysis.advise`). ``mfpc report DIR`` checks the paper's predictions on the outputs in DIR and writes
-``analysis.nc``, ``report.md`` and ``figures/`` there (:func:`analysis.report.make.make_report`).
+for the config's problem (:mod:`analysis.advise`). ``mfpc report DIR`` checks the paper's
+predictions on the outputs in DIR and writes ``analysis.nc``, ``report.md`` and ``figures/``
+there (:func:`analysis.report.make.make_report`).
 Exit codes: 0 done (or nothing to do), 2 bad input (refused before any work: nothing is
 written; also an output folder that cannot be used: not writable, in use by another run,
 holding files of another run, a failed run without ``--force``), 3 numerical failure in any section (what was computed is kept in
@@ -17,8 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-from pathlib import Path
 import sys
+from pathlib import Path
 
 from particles import NumericalFailure
 
@@ -113,7 +114,6 @@ def main(argv=None) -> int:
                 print(f"{path}: {state}")
         return 0
     if args.command == "report":
-
         from analysis.report.make import make_report
 
         if not args.dir.strip():
