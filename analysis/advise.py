@@ -15,7 +15,8 @@ Computed before a long run, per n of ``[particles] n``:
   the spread in ``dt_max_spread``. Always given: it needs no mean field.
 * With a mean field (the influence method: :mod:`meanfield.sgdnoise` at T,
   :mod:`meanfield.influence` on ``times`` points up to T):
-  :math:`n\,\mathrm{Var}(f_n - f_0)(T) \approx \Sigma_T + n\theta\,\Sigma^{SGD}_T` (THEORY §4b), :math:`\theta = \Delta t/P`.
+  :math:`n\,\mathrm{Var}(f_n - f_0)(T) \approx \Sigma_T + n\theta\,\Sigma^{SGD}_T`
+  (THEORY §4b), :math:`\theta = \Delta t/P`.
   ``batch_equal(n)`` :math:`= P_{eq} = n\,\Delta t\,\mathrm{tr}_\mu\Sigma^{SGD}_T/
   \mathrm{tr}_\mu\Sigma_T`, the batch at which the two terms are equal;
   ``batch_ratio(n)`` :math:`= P_{eq}/r` for the ratio ``--sgd-ratio r``;
