@@ -327,16 +327,13 @@ def healing_rows(a, ctx) -> list:
     power = a["excess_loss_power"].values
     S = ctx.seeds
     # slope of the excess loss in n at each t with power at every n
+    weak = []  # (t, n, power, ||r_0||) of the times without power
     for j, t in enumerate(ts):
         pw = power[:, j]
         name = f"excess loss E ℓ(f_n) − ℓ_0 vs n, t = {t:g}"
         if not np.all(pw >= z):
             i = int(np.nanargmin(pw)) if np.isfinite(pw).any() else 0
-            out.append(NotApplicable(name, (
-                f"the estimator has no power here: at n = {int(ns[i])} the predicted "
-                f"signal tr Σ/(2n) is only {fmt(pw[i], 2)} standard errors "
-                f"(‖r_0‖√(tr Σ/(nS)) with ‖r_0‖ = {fmt(a['r0_norm'].values[j], 2)}); "
-                f"it needs {z:g}: run longer (r_0 shrinks) or more seeds")))
+            weak.append((t, int(ns[i]), pw[i], float(a["r0_norm"].values[j])))
             continue
         s, lo, hi = (float(a[v].values[j]) for v in (
             "excess_loss_slope", "excess_loss_slope_low", "excess_loss_slope_high"))
@@ -351,6 +348,14 @@ def healing_rows(a, ctx) -> list:
         out.append(Row(name, "Prop. 2.3, 2.4 (2.52)–(2.54)",
                        f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}] ({pct})",
                        with_note("−1", note), v))
+    if weak:
+        at = "; ".join(f"t = {t:g}: {fmt(p, 2)} at n = {n}, ‖r_0‖ = {fmt(r, 2)}"
+                       for t, n, p, r in weak)
+        out.append(NotApplicable(
+            f"excess loss E ℓ(f_n) − ℓ_0 vs n, t = {', '.join(f'{w[0]:g}' for w in weak)}",
+            f"the estimator has no power there: the signal tr Σ/(2n) is below {z:g} standard "
+            f"errors ‖r_0‖√(tr Σ/(nS)) (in standard errors, smallest over n: {at}); run "
+            "longer (r_0 shrinks) or more seeds"))
     for i, n in enumerate(ns):
         name = f"self-healing: n·(E ℓ(f_n) − ℓ_0) falls over time, n = {int(n)}"
         f, lo, hi, ta, tb, e = (float(a[f"excess_loss_fall{k}"].values[i]) for k in (
