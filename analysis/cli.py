@@ -3,8 +3,10 @@
 ``mfpc run CONFIG.toml --out DIR [--force]`` runs every section of the config as a sweep of
 tasks (:mod:`analysis.sweep.driver`: a killed run resumes), serially or on ``--workers N`` local
 processes, ``--dask-local N`` or ``--scheduler ADDRESS`` (Dask), with ``--retries K``.
-``mfpc report DIR`` checks the paper's predictions on the outputs in DIR and writes
-``analysis.nc``, ``report.md`` and ``figures/`` there (:func:`analysis.report.make.make_report`).
+``mfpc advise CONFIG [--out DIR] [--sgd-ratio r]`` prints the step and batch guidelines
+for the config's problem (:mod:`analysis.advise`). ``mfpc report DIR`` checks the paper's
+predictions on the outputs in DIR and writes ``analysis.nc``, ``report.md`` and ``figures/``
+there (:func:`analysis.report.make.make_report`).
 Exit codes: 0 done (or nothing to do), 2 bad input (refused before any work: nothing is
 written; also an output folder that cannot be used: not writable, in use by another run,
 holding files of another run, a failed run without ``--force``), 3 numerical failure in any section (what was computed is kept in
@@ -18,6 +20,7 @@ import argparse
 import logging
 import shlex
 import sys
+from pathlib import Path
 
 # the packages are imported inside main (after the parser): a Ctrl-C while numpy, scipy
 # and xarray load is then an interruption like any other (exit 130, no traceback)
@@ -50,6 +53,12 @@ def _parser():
     rp = sub.add_parser("report", help="check the predictions on the outputs of `mfpc run`")
     rp.add_argument("dir", help="output folder of `mfpc run` (holds particles.nc)")
     rp.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    ad = sub.add_parser("advise", help="step and batch guidelines for a config's problem")
+    ad.add_argument("config", help="the TOML config (see docs/config.md)")
+    ad.add_argument("--out", metavar="DIR", help="also write DIR/advice.nc")
+    ad.add_argument("--sgd-ratio", type=float, default=0.1, metavar="r",
+                    help="advise the batch P at which the SGD term is r times the "
+                         "discreteness term (default 0.1)")
     p.add_argument("-v", "--verbose", action="store_true", help="more log messages")
     return p
 
@@ -127,8 +136,6 @@ def _main(args, command) -> int:
                 print(f"{path}: {state}")
         return 0
     if args.command == "report":
-        from pathlib import Path
-
         from analysis.report.make import make_report
 
         if not args.dir.strip():
@@ -152,6 +159,22 @@ def _main(args, command) -> int:
         print(f"{res['report']}: " + ", ".join(counts))
         print(f"{res['analysis']}: written; {len(res['figures'])} figures in "
               f"{Path(args.dir) / 'figures'}")
+        return 0
+    if args.command == "advise":
+        from analysis.advise import advise_config
+
+        try:
+            _, text = advise_config(args.config, out=args.out, ratio=args.sgd_ratio,
+                                   command=command)
+        except ConfigError as e:
+            print(f"mfpc: error: {e}", file=sys.stderr)
+            return 2
+        except NumericalFailure as e:
+            print(f"mfpc: numerical failure: {e}", file=sys.stderr)
+            return 3
+        print(text)
+        if args.out:
+            print(f"{Path(args.out) / 'advice.nc'}: written")
         return 0
     return 2  # pragma: no cover
 

@@ -38,7 +38,7 @@ from analysis.sweep.executors import check_options, make_executor
 from analysis.run.inputs import load_config, read_init_file
 from analysis.sweep.realisations import check_realisations, realisation_problem, stack_realisations
 from analysis.run.schema import (DYNAMICS_SCHEMA, FLUCTUATIONS_SCHEMA, MEANFIELD_SCHEMA,  # noqa: F401
-                     PARTICLES_SCHEMA)
+                     PARTICLES_SCHEMA, check_closure_horizon)
 from analysis.store.runfolder import (check_writable, holding, plan_run, remove_empty_folders, remove_stale,
                         run_id)
 from analysis.sweep.driver import (SectionFailure, TasksFailed, cap_workers, check_tasks,
@@ -224,6 +224,8 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
             'dynamics.train = ["c"] (random features) is served by fluctuations.method = '
             '"influence" without the SGD prediction; the ensemble and SGD predictions move y: '
             "use method = \"influence\" with GD, or drop dynamics.train")
+    if fl is not None and "closure_horizon" in fl:
+        check_closure_horizon(fl["closure_horizon"], save_times)
     preflight.preflight(problem, dynamics, mf, fl, save_times=save_times, parts=parts)
     resolved = {k: v for k, v in cfg.items()}
     if mf is not None:

@@ -8,7 +8,8 @@ from particles.dynamics import BATCH, TEMPERATURE
 from particles.engine import config as C
 from particles.simulate import ROOT_SEED, SIZES
 
-__all__ = ["DYNAMICS_SCHEMA", "MEANFIELD_SCHEMA", "FLUCTUATIONS_SCHEMA", "PARTICLES_SCHEMA"]
+__all__ = ["DYNAMICS_SCHEMA", "MEANFIELD_SCHEMA", "FLUCTUATIONS_SCHEMA", "PARTICLES_SCHEMA",
+           "check_closure_horizon"]
 
 ConfigError = C.ConfigError
 
@@ -42,6 +43,8 @@ FLUCTUATIONS_SCHEMA = {
     "c": C.integer(lo=1),
     "dt": C.number(lo=0, lo_open=True),
     "sgd": C.boolean(),  # the SGD fluctuation prediction (meanfield.sgdnoise; issue 13)
+    # horizon h of the closure (2.50) check (analysis.checks.healing); default the save spacing
+    "closure_horizon": C.number(lo=0, lo_open=True),
 }
 
 
@@ -60,6 +63,17 @@ def _baselines(v, where):
     for i, s in enumerate(v):
         C.choice("monte_carlo", "random_features")(s, f"{where}[{i}]")
     return C.distinct(list(v), where)
+
+
+def check_closure_horizon(h, save_times):
+    """Refuse a ``fluctuations.closure_horizon`` that joins no two save times (the closure
+    check compares Σ at t and t + h, both save times)."""
+    ts = [float(t) for t in save_times]
+    if not any(abs(u - (t + h)) <= 1e-9 * max(1.0, abs(t + h)) for t in ts for u in ts):
+        raise ConfigError(
+            f"fluctuations.closure_horizon={h:g} joins no two of dynamics.save_times {ts} "
+            "(the closure check needs t and t + h both saved); use a difference of two save "
+            "times, or drop the key (default: the save spacing)")
 
 
 def _solvers(v, where):
