@@ -65,26 +65,6 @@ RK4_BOUND = _rk4_bound()
 ADVISE_SEEDS = 4
 #: signal-to-standard-error ratio the self-healing check needs
 POWER_Z = 3.0
-#: name -> (long_name, units) of every variable and coordinate of advice.nc (CF-1.8)
-ADVICE_VARIABLES = {
-    "n": ("number of particles", "1"),
-    "t": ("time", "1"),
-    "advise_seed": ("index of the ensemble member whose initial draw is used", "1"),
-    "dt_max": ("largest stable step of the integrator on E = n l at the initial draws", "1"),
-    "lambda_max": ("largest eigenvalue of the Hessian of E = n l at an initial draw", "1"),
-    "dt_max_spread": ("spread of the stable step over the members", "1"),
-    "batch_equal": ("batch P at which n theta tr Sigma^SGD_T = tr Sigma_T, theta = dt/P", "1"),
-    "batch_ratio": ("batch P at which n theta tr Sigma^SGD_T = r tr Sigma_T (--sgd-ratio)",
-                    "1"),
-    "sgd_term_ratio": ("n theta tr Sigma^SGD_T / tr Sigma_T for the config's (dt, P)", "1"),
-    "predicted_var": ("tr_mu of the predicted n Var(f_n - f_0) at T", "1"),
-    "healing_t_min": ("shortest T at which the self-healing check has power", "1"),
-    "trace_sigma": ("tr_mu Sigma_t (influence method)", "1"),
-    "trace_sigma_sgd_T": ("tr_mu Sigma^SGD_T per unit theta (influence method)", "1"),
-    "r0_norm": ("||f_0(t) - f||_mu", "1"),
-}
-
-
 def stable_dt(lam_max: float, integrator: str) -> float:
     """The largest stable step on :math:`\\dot z = -Hz` with top eigenvalue ``lam_max``."""
     bound = {"euler": EULER_BOUND, "rk4": RK4_BOUND}[integrator]
@@ -232,8 +212,8 @@ def advise(exp, *, ratio=0.1, times=6, progress=False):
     from meanfield.sgdnoise import sgd_covariance_influence
 
     fl = cfg.get("fluctuations") or {}
-    res = dict(ny=fl.get("y", INFLUENCE["ny"]), nc=fl.get("c", INFLUENCE["nc"]),
-               dt=fl.get("dt", float(dyn.dt)), progress=progress)
+    res = dict(grid={"y": fl.get("y", INFLUENCE["y"]), "c": fl.get("c", INFLUENCE["c"]),
+                     "dt": fl.get("dt", float(dyn.dt))}, progress=progress)
     t_end = float(exp.save_times[-1])
     w = problem.w
     # Sigma^SGD at T alone (its cost grows with the observables injected), Sigma_t and
@@ -308,7 +288,7 @@ def advise_config(config_path, *, out=None, ratio=0.1, force=True, command=None)
     exp = resolve(load_config(config_path), base=config_path.parent)
     ds, notes = advise(exp, ratio=ratio)
     ds.attrs.update({"config": exp.config_json(), "notes": json.dumps(notes)})
-    finish(ds, title="mfpc advise: step and batch guidelines", meta=ADVICE_VARIABLES,
+    finish(ds, title="mfpc advise: step and batch guidelines",
            command=command)
     text = format_table(ds, notes)
     if out is not None:

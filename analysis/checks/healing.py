@@ -34,7 +34,7 @@ from meanfield.closure import (closure_error, closure_regime, closure_tolerance,
 from meanfield.mkernel import grid_units, m_kernel
 
 __all__ = ["healing_checks", "healing_rows", "closure_row", "excess_power", "REGIME_SMALL",
-           "HALF", "HEALING_VARIABLES"]
+           "HALF"]
 
 #: regime ratio ‖r_0‖/√tr Σ below which the closure is judged against its tolerance
 REGIME_SMALL = 0.1
@@ -42,43 +42,6 @@ REGIME_SMALL = 0.1
 HALF = 0.5
 #: relative tolerance for matching t + h to a save time
 _T_TOL = 1e-9
-
-#: name -> (long_name, units) of every variable :func:`healing_checks` writes (CF-1.8)
-HEALING_VARIABLES = {
-    "excess_loss": ("mean over seeds of loss(f_n(t)) - loss_0(t)", "1"),
-    "excess_loss_stderr": ("standard error over seeds of excess_loss", "1"),
-    "excess_loss_power": ("predicted signal tr Sigma/(2n) over the standard error "
-                          "sqrt((||r_0||^2 tr Sigma/n + (tr Sigma)^2/(2n^2))/S)", "1"),
-    "excess_loss_slope": ("slope of log excess_loss against log n (expected -1)", "1"),
-    "excess_loss_slope_low": ("lower end of the bootstrap interval of excess_loss_slope", "1"),
-    "excess_loss_slope_high": ("upper end of the bootstrap interval of excess_loss_slope",
-                               "1"),
-    "excess_loss_fall": ("n excess_loss at excess_loss_fall_to over that at "
-                         "excess_loss_fall_from (expected < 1)", "1"),
-    "excess_loss_fall_low": ("lower end of the bootstrap interval of excess_loss_fall", "1"),
-    "excess_loss_fall_high": ("upper end of the bootstrap interval of excess_loss_fall", "1"),
-    "excess_loss_fall_from": ("first save time at or after the peak of tr Sigma_t with power",
-                              "1"),
-    "excess_loss_fall_to": ("last save time with power", "1"),
-    "excess_loss_fall_expected": ("tr Sigma at excess_loss_fall_to over tr Sigma at "
-                                  "excess_loss_fall_from (leading order)", "1"),
-    "r0_norm": ("||f_0(t) - f||_mu", "1"),
-    "trace_sigma_peak_time": ("save time of the largest tr_mu Sigma_t", "1"),
-    "trace_sigma_decay": ("tr_mu Sigma_T over its peak over the save times", "1"),
-    "healing_time_measured": ("time for tr_mu Sigma_t to halve from its peak (influence)",
-                              "1"),
-    "healing_time_predicted": ("time for tr_mu Sigma to halve from its peak under the "
-                               "closure (2.50) with M[rho_0(T)] frozen", "1"),
-    "healing_rate_predicted": ("smallest eigenvalue of M[rho_0(T)] among the directions "
-                               "carrying the top half of tr Sigma at its peak", "1"),
-    "closure_regime": ("||r_0||_mu / sqrt(tr_mu Sigma_t)", "1"),
-    "closure_error": ("relative Frobenius error on L2(mu) of Sigma_t propagated by (2.50) "
-                      "with M[rho_0(t)] frozen against Sigma_{t+h}", "1"),
-    "closure_horizon": ("horizon h of closure_error", "1"),
-    "closure_tolerance": ("2 delta + delta^2 + discretisation, delta = closure_regime", "1"),
-    "closure_m_gap": ("spread of closure_error between the sources of M[rho_0(t)]", "1"),
-}
-
 
 def excess_power(r0_norm, trace, n, seeds):
     r"""Predicted signal over standard error of the mean excess loss over ``seeds`` seeds.
@@ -150,7 +113,7 @@ def healing_checks(particles, meanfield, fluctuations, cfg, *, problem=None, a=N
     cfg : dict
         The resolved config (``[fluctuations] closure_horizon``, ``dt``).
     problem : particles.problem.Problem, optional
-        For the kernel of M; default built from ``cfg``.
+        For the kernel of M; without it the closure is not computed.
     a : xarray.Dataset, optional
         Statistics already computed; its ``lln_trace_sigma(t)`` is reused.
     n_boot, level : bootstrap resamples and interval level.
@@ -178,7 +141,7 @@ def healing_checks(particles, meanfield, fluctuations, cfg, *, problem=None, a=N
     ds.attrs["healing_power_z"] = z
     l0 = None if meanfield is None else reference_loss0(meanfield)
     if l0 is None:
-        return _named(ds)
+        return ds
     l0 = align_to(l0, particles).values
     f0 = align_to(reference_f0(meanfield)[0], particles).transpose("t", "x").values
     r0 = np.sqrt(np.sum(w * (f0 - particles["f_target"].values) ** 2, axis=1))
@@ -207,7 +170,7 @@ def healing_checks(particles, meanfield, fluctuations, cfg, *, problem=None, a=N
     elif fluctuations is not None and "clt_var" in fluctuations:
         tr = trace_sigma(fluctuations, particles).values
     else:
-        return _named(ds)
+        return ds
     power = excess_power(r0[None, :], tr[None, :], ns[:, None].astype(float), S)
     ds["excess_loss_power"] = (("n", "t"), power)
     # n·excess falls: from the first powered time at or after the peak of tr Σ to the
@@ -235,15 +198,6 @@ def healing_checks(particles, meanfield, fluctuations, cfg, *, problem=None, a=N
     ds["trace_sigma_decay"] = float(tr[-1] / tr[peak]) if tr[peak] > 0 else np.nan
     ds["healing_time_measured"] = halving_time_measured(ts, tr)
     _closure(ds, particles, meanfield, fluctuations, cfg, problem, r0, tr, peak)
-    return _named(ds)
-
-
-def _named(ds):
-    """Every variable with its long_name and units (:data:`HEALING_VARIABLES`)."""
-    for name, (long_name, units) in HEALING_VARIABLES.items():
-        if name in ds:
-            ds[name].attrs.setdefault("long_name", long_name)
-            ds[name].attrs.setdefault("units", units)
     return ds
 
 
@@ -253,11 +207,9 @@ def _closure(ds, particles, meanfield, fluctuations, cfg, problem, r0, tr, peak)
     ts = particles["t"].values.astype(float)
     T = len(ts)
     ds["closure_regime"] = ("t", closure_regime(r0, tr))
-    if fluctuations is None or "clt_cov" not in fluctuations or meanfield is None:
+    if fluctuations is None or "clt_cov" not in fluctuations or meanfield is None \
+            or problem is None:  # no problem: its files are gone (said in the report's notes)
         return
-    if problem is None:
-        from particles.build import build_problem
-        problem = build_problem(cfg["problem"], cfg.get("init"))
     mf_t = meanfield["t"].values.astype(float)
     cov = align_to(fluctuations["clt_cov"], particles).transpose("t", "x", "x_").values
     w = particles["x_weight"].values

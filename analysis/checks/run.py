@@ -23,6 +23,7 @@ from particles.engine.config import ConfigError
 
 from analysis.checks import limits
 from analysis.checks.baselines import baseline_checks, baseline_rows
+from analysis.checks.healing import healing_checks, healing_rows
 from analysis.checks.highdim import highdim_checks, highdim_rows
 from analysis.checks.limits import limits_rows
 from analysis.checks.losses import losses_rows
@@ -42,7 +43,7 @@ REPORT_SPAWN_KEY = 2**20 + 5
 #: variables always present in analysis.nc
 REQUIRED = ("lln_slope", "lln_slope_low", "lln_slope_high", "clt_var_ratio", "m_min_eigenvalue")
 #: the row builders, in the order of the report's table
-ROW_BUILDERS = (limits_rows, mkernel_rows, losses_rows, sgd_rows, highdim_rows,
+ROW_BUILDERS = (limits_rows, mkernel_rows, losses_rows, healing_rows, sgd_rows, highdim_rows,
                 baseline_rows)
 
 
@@ -239,6 +240,10 @@ def run_checks(out, *, n_boot=1000, rng=None, problem=None):
     parts = _loss_parts(inputs, n_boot, rng)
     if inputs["meanfield"] is not None:
         parts += _limit_parts(inputs, n_boot, level, rng)
+        parts.append(healing_checks(
+            particles, inputs["meanfield"], inputs["fluctuations"], inputs["config"],
+            problem=inputs["problem"], a=xr.merge(parts, combine_attrs="drop_conflicts"),
+            n_boot=n_boot, level=level, z=per_time_level(particles.sizes["t"])[2], rng=rng))
     elif inputs["problem"] is not None:
         parts.append(highdim_checks(inputs["every"], inputs["problem"], inputs["config"],
                                     n_boot=n_boot, level=level, rng=rng, notes=notes))

@@ -221,6 +221,48 @@ VARIABLES = {
                                    "baseline_excess_slope", "1"),
     "baseline_floor": ("the ensemble's limit loss: l(f_0(T)), l(f_lazy,c(T)) or the "
                        "Monte-Carlo bias", "1"),
+    # self-healing and the closure (2.50) (analysis/checks/healing.py)
+    "excess_loss": ("mean over seeds of loss(f_n(t)) - loss_0(t)", "1"),
+    "excess_loss_stderr": ("standard error over seeds of excess_loss", "1"),
+    "excess_loss_power": ("predicted signal tr Sigma/(2n) over the standard error "
+                          "sqrt((||r_0||^2 tr Sigma/n + (tr Sigma)^2/(2n^2))/S)", "1"),
+    "excess_loss_slope": ("slope of log excess_loss against log n (expected -1)", "1"),
+    "excess_loss_slope_low": ("lower end of the bootstrap interval of excess_loss_slope", "1"),
+    "excess_loss_slope_high": ("upper end of the bootstrap interval of excess_loss_slope", "1"),
+    "excess_loss_fall": ("n excess_loss at excess_loss_fall_to over that at "
+                         "excess_loss_fall_from (expected < 1)", "1"),
+    "excess_loss_fall_low": ("lower end of the bootstrap interval of excess_loss_fall", "1"),
+    "excess_loss_fall_high": ("upper end of the bootstrap interval of excess_loss_fall", "1"),
+    "excess_loss_fall_from": ("first save time at or after the peak of tr Sigma_t with "
+                              "power", "1"),
+    "excess_loss_fall_to": ("last save time with power", "1"),
+    "excess_loss_fall_expected": ("tr Sigma at excess_loss_fall_to over tr Sigma at "
+                                  "excess_loss_fall_from (leading order)", "1"),
+    "r0_norm": ("||f_0(t) - f||_mu", "1"),
+    "trace_sigma_peak_time": ("save time of the largest tr_mu Sigma_t", "1"),
+    "trace_sigma_decay": ("tr_mu Sigma_T over its peak over the save times", "1"),
+    "healing_time_measured": ("time for tr_mu Sigma_t to halve from its peak (influence)", "1"),
+    "healing_time_predicted": ("time for tr_mu Sigma to halve from its peak under the closure "
+                               "(2.50) with M[rho_0(T)] frozen", "1"),
+    "healing_rate_predicted": ("smallest eigenvalue of M[rho_0(T)] among the directions carrying "
+                               "the top half of tr Sigma at its peak", "1"),
+    "closure_regime": ("||r_0||_mu / sqrt(tr_mu Sigma_t)", "1"),
+    "closure_error": ("relative Frobenius error on L2(mu) of Sigma_t propagated by (2.50) with "
+                      "M[rho_0(t)] frozen against Sigma_{t+h}", "1"),
+    "closure_horizon": ("horizon h of closure_error", "1"),
+    "closure_tolerance": ("2 delta + delta^2 + discretisation, delta = closure_regime", "1"),
+    "closure_m_gap": ("spread of closure_error between the sources of M[rho_0(t)]", "1"),
+    # step and batch advice (analysis/advise.py, advice.nc)
+    "advise_seed": ("index of the ensemble member whose initial draw is used", "1"),
+    "dt_max": ("largest stable step of the integrator on E = n l at the initial draws", "1"),
+    "lambda_max": ("largest eigenvalue of the Hessian of E = n l at an initial draw", "1"),
+    "dt_max_spread": ("spread of the stable step over the members", "1"),
+    "batch_equal": ("batch P at which n theta tr Sigma^SGD_T = tr Sigma_T, theta = dt/P", "1"),
+    "batch_ratio": ("batch P at which n theta tr Sigma^SGD_T = r tr Sigma_T (--sgd-ratio)", "1"),
+    "predicted_var": ("tr_mu of the predicted n Var(f_n - f_0) at T", "1"),
+    "healing_t_min": ("shortest T at which the self-healing check has power", "1"),
+    "trace_sigma": ("tr_mu Sigma_t (influence method)", "1"),
+    "trace_sigma_sgd_T": ("tr_mu Sigma^SGD_T per unit theta (influence method)", "1"),
     "monte_carlo_expected_loss": ("exact expected loss of Monte-Carlo units, (1/2n) Var + "
                                   "bias", "1"),
 }

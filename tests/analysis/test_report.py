@@ -140,7 +140,7 @@ def test_missing_inputs_are_reported_not_fatal(run_dir, tmp_path):
     table, below = text.split("## Checks that do not apply to this run")
     names = [r.prediction for r in res["not_applicable"]]
     for name in ("LLN slope of E‖f_n − f_0‖²_μ vs n", "CLT: variance ratio and Gaussianity",
-                 "self-healing: final loss vs n"):
+                 "self-healing: excess loss E ℓ(f_n) − ℓ_0"):
         assert name in names and f"\n- {name}: needs " in below, name
         assert f"| {name}" not in table
     assert "add [meanfield]" in below
@@ -182,7 +182,6 @@ def test_checks_that_cannot_apply_name_the_reason():
     na = {r.prediction: r.reason for r in rows if isinstance(r, NotApplicable)}
     assert "langevin" in na["losses non-increasing (GD), all n and seeds"]
     assert "langevin" in na["mean-field loss ℓ(f_0) non-increasing"]
-    assert "needs the mean-field loss" in na["self-healing: final loss vs n"]
     assert f"Q = {M_MAX_Q + 1}" in na["M[ρ] ⪰ 0 and identity (2.39)"]
     assert "Gram matrix" in na["M[ρ] ⪰ 0 and identity (2.39)"]
     # the time to a level applies to every run: a row
