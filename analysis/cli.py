@@ -155,7 +155,7 @@ def _main(args, command) -> int:
             print(f"mfpc: warning: {res['incomplete']}", file=sys.stderr)
         v = res["verdicts"]
         counts = [f"{v[k]} {k}" for k in VERDICTS if k != "n.a." or v[k]]
-        counts.append(f"{v.get('not_applicable', 0)} not applicable")
+        counts.append(f"{len(res.get('not_applicable', ()))} not applicable")
         print(f"{res['report']}: " + ", ".join(counts))
         print(f"{res['analysis']}: written; {len(res['figures'])} figures in "
               f"{Path(args.dir) / 'figures'}")
