@@ -1,4 +1,4 @@
-"""Cost of the two CLT-covariance predictions (issue 4): influence and ensemble.
+"""Cost of the two CLT-covariance predictions: influence and ensemble.
 
 Part 1, influence (``meanfield.influence``): wall time of ``influence_matrices`` on the
 circle problem from t = 0 to t = 1 (RK4, dt = 0.05: 20 forward steps and 20 reverse

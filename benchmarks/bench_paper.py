@@ -1,4 +1,4 @@
-"""The paper's problems, one table (issue 10): one mfpc step against its floor and its peers.
+"""The paper's problems, one table: one mfpc step against its floor and its peers.
 
 One row per line of the issue's table:
 
@@ -31,7 +31,7 @@ spread, all quantities of a row alike hit by drift on the shared machine):
 
 Before timing, the numpy and JAX steps are checked against the mfpc step from the same
 state (the SGD rows: numpy with the same generator; JAX with its own draw is not).
-Targets (issue 10): every row at most 2 floors and at most the JAX step.
+Targets: every row at most 2 floors and at most the JAX step.
 
     python benchmarks/bench_paper.py                  # every row (a few minutes)
     python benchmarks/bench_paper.py --quick --rows sphere256 gaussian

@@ -1,4 +1,4 @@
-"""Time per explicit-Euler GD step of the circle problem against the ``exp`` floor (issue 2).
+"""Time per explicit-Euler GD step of the circle problem against the ``exp`` floor.
 
 For each n the script times, interleaved in rounds so that drift on a shared machine
 hits every quantity alike:
@@ -11,7 +11,7 @@ hits every quantity alike:
 
 It prints per n the median times (``time.perf_counter``), their spread, the ratio of the
 step to the floor (B = 8: to 8 floors) and the growth exponent of time in n fitted by
-log-log least squares (``scipy.stats.linregress``). Targets (issue 2): ratio <= 2 at
+log-log least squares (``scipy.stats.linregress``). Targets: ratio <= 2 at
 n = 16384 and exponent 1.0 +- 0.1 for B = 1.
 
     python benchmarks/bench_particles.py                 # n = 256, 1024, ..., 65536

@@ -1,4 +1,4 @@
-"""Time per explicit-Euler GD step of the RBF problems, fused against generic (issue 10).
+"""Time per explicit-Euler GD step of the RBF problems, fused against generic.
 
 The issue's row "Gaussian RBF, d = 5, data form, Q = 4000, n = 1024" (and, for context,
 the sphere RBF (4.2) on the same sizes in the data form), one member. For each row the
@@ -10,12 +10,12 @@ shared machine hits every quantity alike:
 * "after": one ``particles.dynamics.step`` with ``Dynamics("gd", "euler")`` and the
   kernel's fused ``pullback`` (:mod:`particles.kernels.expblocks`);
 * "before": the same step with the generic ``Kernel.pullback`` (``phi_grad`` materialised
-  as an (n, Q, d) array), the path every RBF took before issue 10;
+  as an (n, Q, d) array), the path of any kernel without a fused pull-back;
 * when ``jax`` is importable, a JAX ``jit(grad)`` of the same loss (it is optional and
   never a dependency of the toolkit; the run says when it is absent).
 
 It prints medians, spreads (interquartile range / median) and the ratios step / floor.
-Target (issue 10): step at most 2 floors. Both paths are checked against
+Target: step at most 2 floors. Both paths are checked against
 ``pullback_reference`` first.
 
     python benchmarks/bench_rbf.py

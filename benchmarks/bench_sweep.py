@@ -1,4 +1,4 @@
-"""Parallel efficiency of a sweep and the overhead per task (issue 11).
+"""Parallel efficiency of a sweep and the overhead per task.
 
 Two measurements, each through :func:`analysis.run.experiment.run_experiment` (plan, run,
 write the task files, merge, write ``particles.nc``), the executors started beforehand

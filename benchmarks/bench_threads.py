@@ -1,4 +1,4 @@
-"""One against two threads, SGD draws before/after, and peak memory of large steps (issue 10).
+"""One against two threads, SGD draws before/after, and peak memory of large steps.
 
 Rows, each timed interleaved in rounds (house style of ``bench_units.py``: medians,
 interquartile spread, the floor measured in the same run):

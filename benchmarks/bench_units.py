@@ -1,4 +1,4 @@
-"""Time per step of the dot-product unit problems (4.9) against the ``expit`` floor (issue 10).
+"""Time per step of the dot-product unit problems (4.9) against the ``expit`` floor.
 
 Rows of the issue's table, each timed interleaved in rounds (house style of
 ``bench_particles.py``: medians, interquartile spread, the floor measured in the same run):

@@ -185,7 +185,7 @@ def sphere_velocity(alpha, F=None, grad_F=None, teacher_y=None, teacher_c=None):
     one product, one ``exp`` per pair, one product back. A teacher target of the same
     sphere kernel (F = f, THEORY §6) joins the sum through its units (``teacher_y``,
     ``teacher_c``); otherwise ``F``, ``grad_F`` (the 3-spin model (4.1), (4.6)) are added.
-    The caller projects :math:`c\,g^y` on the tangent space, as before.
+    The caller projects :math:`c\,g^y` on the tangent space.
     Returns ``velocity(y (B, n, d), ac (B, n), *, block=None, threads=None) -> (vc, gy)``.
     """
     alpha = float(alpha)

@@ -1,4 +1,4 @@
-"""CF-1.8 on every file ``mfpc run`` and ``mfpc report`` write (issue 8).
+"""CF-1.8 on every file ``mfpc run`` and ``mfpc report`` write.
 
 Two small circle configs with every section (grid and characteristics with the influence
 method; the grid with the ensemble method) run through ``analysis.cli.main`` in-process;

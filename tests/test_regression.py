@@ -1,7 +1,7 @@
 """Regression pin: the shipped examples (shrunk) give the numbers of commit d954fdd.
 
 ``tests/data/regression.npz`` was written by ``python -m tests.regression`` on the code
-before problems were composed from parts and every solver ran on one time loop (issue 8).
+before problems were composed from parts and every solver ran on one time loop.
 The presets (``kind = "circle" | "sigmoid" | "sphere"``) must expand to parts that give the
 same numbers to round-off: 1e-12 relative to each array's largest entry (a change of
 arithmetic order moves results by a few ulps, ~1e-15; any change of method moves them by

@@ -134,7 +134,7 @@ _SCHEME_KEYS = {"batch": ("sgd", "the SGD batch size"),
 
 
 def _applies(dyn, cfg):
-    """Refuse keys that the chosen options would ignore (issue 9: accepted and ignored)."""
+    """Refuse keys that the chosen options would ignore (accepted and ignored)."""
     for key, (scheme, what) in _SCHEME_KEYS.items():
         if key in dyn and dyn["scheme"] != scheme:
             raise ConfigError(

@@ -220,7 +220,7 @@ def _check_grid(problem, g):
 def check_fluctuations(problem, dynamics, fl, mf) -> None:
     """``[fluctuations]``: the influence method needs ``"hessian_y"`` and the tensor rule
     of the characteristics; the ensemble method linearises the grid of ``[meanfield]``.
-    ``sgd`` (issue 13) uses the same machinery and needs nothing more; its covariance
+    ``sgd`` uses the same machinery and needs nothing more; its covariance
     enters the memory budget (:func:`preflight`)."""
     if dynamics.scheme == "langevin":
         raise ConfigError("fluctuations: the CLT prediction is for gd/sgd without "
@@ -268,7 +268,7 @@ def preflight(problem, dynamics, mf=None, fl=None, *, save_times=None, parts=Non
         check_fluctuations(problem, dynamics, fl, mf)
         if save_times is not None:
             need = budget.fluctuations_need(problem, fl, mf, T, t_last)
-            if fl.get("sgd"):  # sgd_cov beside clt_cov (issue 13)
+            if fl.get("sgd"):  # sgd_cov beside clt_cov
                 Q = problem.x.shape[0]
                 need.add(2.0 * T * Q * Q, "the SGD covariance sgd_cov(t, x, x_)",
                          "dynamics.save_times, or set fluctuations.sgd = false")

@@ -30,7 +30,7 @@ MEANFIELD_SCHEMA = {
         "y": C.integer(lo=4), "c": C.integer(lo=4), "c_min": C.number(), "c_max": C.number(),
         "cfl": C.number(lo=0, hi=1, lo_open=True), "potential": C.choice("auto", "data", "fft"),
         "allow_truncation": C.boolean(), "dt": C.number(lo=0, lo_open=True),
-        # the y box of a non-periodic grid, one number per y coordinate (parts: issue 8)
+        # the y box of a non-periodic grid, one number per y coordinate
         "y_low": C.number_list(min_len=1), "y_high": C.number_list(min_len=1),
     }),
     "characteristics": C.table({"y": C.integer(lo=1), "c": C.integer(lo=1),
@@ -42,7 +42,7 @@ FLUCTUATIONS_SCHEMA = {
     "y": C.integer(lo=1),
     "c": C.integer(lo=1),
     "dt": C.number(lo=0, lo_open=True),
-    "sgd": C.boolean(),  # the SGD fluctuation prediction (meanfield.sgdnoise; issue 13)
+    "sgd": C.boolean(),  # the SGD fluctuation prediction (meanfield.sgdnoise)
     # horizon h of the closure (2.50) check (analysis.checks.healing); default the save spacing
     "closure_horizon": C.number(lo=0, lo_open=True),
 }
@@ -92,7 +92,7 @@ PARTICLES_SCHEMA = {
     "root_seed": ROOT_SEED,
     "save_state": C.boolean(),
     "seeds_per_task": C.integer(lo=1),  # the sweep's block of seeds (analysis.sweep.tasks)
-    # target realisations learnt side by side (issue 12; analysis.sweep.tasks.realisation_config)
+    # target realisations learnt side by side (analysis.sweep.tasks.realisation_config)
     "realisations": C.integer(lo=1),
     # the baseline ensembles beside the trained one (particles.baselines)
     "baselines": lambda v, where: _baselines(v, where),

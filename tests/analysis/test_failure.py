@@ -47,7 +47,7 @@ def test_failure_exits_3_with_the_message(tmp_path, capsys, section, solver):
     err = capsys.readouterr().err
     assert rc == 3
     assert f"numerical failure: [{section}]: {solver}" in err
-    assert "non-finite state" in err or "diverging" in err  # issue 9: growth stops it first
+    assert "non-finite state" in err or "diverging" in err  # growth stops it first
     assert "lower" in err and "dt=1000" in err  # says what to change
     assert "Traceback" not in err and "AttributeError" not in err
 

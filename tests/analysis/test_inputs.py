@@ -1,4 +1,4 @@
-"""Hostile input gets a clear error before any work (issue 9).
+"""Hostile input gets a clear error before any work.
 
 Each case runs ``mfpc run`` in-process on a small circle config with one mutation and
 asserts exit 2, that the message names the key (or the file) and says what to do, and

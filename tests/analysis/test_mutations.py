@@ -1,4 +1,4 @@
-"""Mutated example configs never give a traceback (issue 9).
+"""Mutated example configs never give a traceback.
 
 Hypothesis mutates the shipped example configs, shrunk so that an unmutated one runs in
 about a second: values (edge integers, edge floats, strings, booleans, lists, tables),

@@ -1,4 +1,4 @@
-"""The paper's experiments (issue 12): every shipped form resolves (its preflight passes:
+"""The paper's experiments: every shipped form resolves (its preflight passes:
 a full form is refused nowhere but in its cost), and the reduced forms run end to end
 (slow: ~5 min each on 2 cores) with the report's rows and figures."""
 import tomllib

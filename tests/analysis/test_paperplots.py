@@ -1,4 +1,4 @@
-"""The figures of the paper's Section 4 (issue 12): nodes of the slice (4.7) and of the
+"""The figures of the paper's Section 4: nodes of the slice (4.7) and of the
 great circles (4.12), the network evaluated there, and every figure drawn from a small run
 (looked at by eye when written; here: drawn, saved, non-trivial)."""
 import numpy as np

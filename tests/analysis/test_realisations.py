@@ -1,4 +1,4 @@
-"""Several target realisations in one run (issue 12): the layout of particles.nc, the
+"""Several target realisations in one run: the layout of particles.nc, the
 identity of realisation 0 with the run without realisations, a member rerun alone, the
 sweep's tasks, the refusals, and the report's fits per realisation."""
 import tomllib

@@ -1,4 +1,4 @@
-"""Runs that cannot lie (issue 9): run identity, --force, concurrent runs, --out, failed and
+"""Runs that cannot lie: run identity, --force, concurrent runs, --out, failed and
 incomplete runs, leftover temporaries, reports on damaged, foreign or mixed folders."""
 import copy
 import json
@@ -95,8 +95,8 @@ def test_every_file_carries_the_run_id(tmp_path, capsys):
                                        {"dynamics": {"t_end": 1.0, "save_times": [0.0, 1.0]}}],
                          ids=["kappa", "save_times"])
 def test_report_refuses_files_of_different_runs(tmp_path, capsys, mf_change):
-    """particles with kappa = 2 beside mean field with kappa = 3 (23 PASS before issue 9),
-    or with other save times (KeyError 't' before): exit 2 naming both files."""
+    """particles with kappa = 2 beside mean field with kappa = 3 (a report of them would
+    pass rows comparing two problems), or with other save times: exit 2 naming both files."""
     out, other = tmp_path / "out", tmp_path / "other"
     assert run(tmp_path, config("particles", kappa=2.0), out) == 0
     cfg = config("meanfield", kappa=2.0)

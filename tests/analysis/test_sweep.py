@@ -1,4 +1,4 @@
-"""Sweeps (issue 11): tasks and their ids, process workers equal to serial, retries and
+"""Sweeps: tasks and their ids, process workers equal to serial, retries and
 missing members, config changes refused, executor options, the progress bar over tasks."""
 import copy
 import json
@@ -71,7 +71,7 @@ def test_plan_cuts_the_ensemble_into_blocks_with_stable_ids():
 
 
 def test_default_block_spreads_the_seeds_over_the_cores():
-    assert tasks.default_seeds_per_task(3, cores=1) == 3  # one task per n, as before
+    assert tasks.default_seeds_per_task(3, cores=1) == 3  # one task per n
     assert tasks.default_seeds_per_task(3, cores=2) == 2
     assert tasks.default_seeds_per_task(64, cores=8) == 8
     assert tasks.default_seeds_per_task(2, cores=8) == 1
@@ -114,7 +114,7 @@ def test_task_results_round_trip_exactly(tmp_path):
 
 # ---------------------------------------------------------------- equal to a serial run
 def test_sweep_equals_one_ensemble_run(tmp_path, serial):
-    """The blocks merged are the one vectorised ensemble of before issue 11, value for
+    """The blocks merged are the one vectorised ensemble of a single run, value for
     value (seeds_per_task = 1: every member in a task of its own)."""
     exp = resolve(sweep_config())
     whole = experiment._finish(exp, "particles", run_particles(exp, progress=False), None)

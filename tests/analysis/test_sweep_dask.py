@@ -1,4 +1,4 @@
-"""Sweeps on Dask (issue 11): a LocalCluster sweep and a sweep joined to a separately
+"""Sweeps on Dask: a LocalCluster sweep and a sweep joined to a separately
 started scheduler with one worker process equal the serial sweep exactly."""
 import json
 import os

@@ -1,6 +1,6 @@
 """A sweep killed with SIGKILL (its whole process group: the main process and its worker
 processes) resumes: the rerun runs only the tasks that had not finished, and its merged
-files equal those of an uninterrupted serial run (issue 11)."""
+files equal those of an uninterrupted serial run."""
 import os
 import re
 import signal

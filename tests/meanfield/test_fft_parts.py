@@ -1,4 +1,4 @@
-"""The FFT potential for any kernel declaring "fourier" (issue 8), refused by name where
+"""The FFT potential for any kernel declaring "fourier", refused by name where
 the problem lacks the capability "fft"."""
 import numpy as np
 import pytest
@@ -44,7 +44,7 @@ def test_fft_refused_by_name_on_the_line():
 def test_users_kernel_runs_through_the_solvers():
     """The user's kernel of tests/particles/test_kernels.py (one class) through the grid
     (FFT potential), the characteristics and the influence method, unchanged: grid and
-    characteristics agree to 1e-3 of max |f_0| at t = 1 (issue 8). Measured: 1.5e-3 at
+    characteristics agree to 1e-3 of max |f_0| at t = 1. Measured: 1.5e-3 at
     64 x 32 cells, 7.7e-4 at 128 x 64 (first order in the cells, the characteristics'
     own error is far below), so 128 x 64 meets 1e-3 deterministically."""
     from meanfield.characteristics import solve_characteristics

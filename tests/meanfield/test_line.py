@@ -1,5 +1,5 @@
 """The non-periodic 1-D mean field: the Gaussian line problem of ``examples/
-gaussian_line.toml`` (issue 8), grid (walls in y) against characteristics.
+gaussian_line.toml``, grid (walls in y) against characteristics.
 
 phi is the normalised Gaussian kernel with sigma² = 1/2, mu = dx on R (trapezoid nodes on
 [-6, 6]), the target a signed mixture of three Gaussians, y ~ U[-2, 2] and c ~ U[-2, 2]
@@ -76,7 +76,7 @@ def test_the_default_box_of_a_uniform_law_is_widened(line):
 @pytest.mark.slow
 def test_gaussian_line_example_end_to_end(tmp_path):
     """``examples/gaussian_line.toml`` runs and reports with no n.a. row for the LLN, CLT,
-    M-kernel and self-healing predictions (issue 8; about 40 s on 2 cores)."""
+    M-kernel and self-healing predictions (about 40 s on 2 cores)."""
     from pathlib import Path
 
     from analysis.cli import main

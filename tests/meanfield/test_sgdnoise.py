@@ -1,4 +1,4 @@
-"""Issue 13: the SGD fluctuation prediction Sigma^SGD_t (THEORY §4b).
+"""The SGD fluctuation prediction Sigma^SGD_t (THEORY §4b).
 
 Sampling error used by the tolerances. For M samples D_m (Q-vectors) with covariance S,
 V = sum_q w_q Var_m(D(x_q)) estimates tr_mu S; for Gaussian D, (M - 1) V is a weighted sum
@@ -154,7 +154,7 @@ def test_particles_agree_short_times():
 @pytest.mark.parametrize("n, batch", [(256, 4), (1024, 16), (1024, 4),
                                       (256, [[0.0, 2], [5.0, 16]])])
 def test_particles_agree_up_to_t20(n, batch):
-    # Issue 13: several P and n (and a quench), 800 seeds for about 5 % se, every save
+    # Several P and n (and a quench), 800 seeds for about 5 % se, every save
     # time up to t = 20 within 3 se.
     p = bounded_circle()
     dyn = Dynamics("sgd", "euler", 0.05, batch=batch)

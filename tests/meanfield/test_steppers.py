@@ -104,7 +104,7 @@ def test_influence_forward_and_adjoint_capture_restore(circle, tmp_path, rng):
 def assert_partial(err, solver, kept):
     """The partial Dataset: complete = 0, the message in attrs, CF rules, ``kept`` finite."""
     msg = str(err.value)
-    # a blow-up is stopped as diverging (issue 9) or, if it overflows first, non-finite
+    # a blow-up is stopped as diverging or, if it overflows first, non-finite
     assert msg.startswith((f"{solver}: non-finite state at t=", f"{solver}: diverging at t="))
     assert "lower" in msg
     part = err.value.partial

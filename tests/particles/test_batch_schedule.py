@@ -1,4 +1,4 @@
-"""The n-dependent SGD batch schedule of the paper's quench (issue 12, Sec. 4.2)."""
+"""The n-dependent SGD batch schedule of the paper's quench (Sec. 4.2)."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""Fused pull-backs (issue 10) against :func:`particles.kernels.pullback_reference`.
+"""Fused pull-backs against :func:`particles.kernels.pullback_reference`.
 
 Dot-product units (``test_units_*``): :meth:`SigmoidUnit.pullback` for sigmoid, tanh and
 relu, with shared nodes (Q, d) and per-member SGD batches (B, P, d), n = 0 and 1, and the

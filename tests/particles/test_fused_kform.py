@@ -1,4 +1,4 @@
-"""Fused (F, K) velocities (issue 10, :mod:`particles.kernelforms`) against the reference.
+"""Fused (F, K) velocities (:mod:`particles.kernelforms`) against the reference.
 
 Every entry of :data:`particles.closed_forms.CLOSED_FORMS` carries ``KernelForm.fused``;
 each is held against ``KernelForm.velocity_reference`` (the closed-form ``K``, ``grad_K``

@@ -1,4 +1,4 @@
-"""Fused pull-backs of the RBF kernels (issue 10) against ``pullback_reference``.
+"""Fused pull-backs of the RBF kernels against ``pullback_reference``.
 
 ``GaussianRBF.pullback`` and ``SphereRBF.pullback`` evaluate φ through a thin matrix
 product and one ``exp`` (:mod:`particles.kernels.expblocks`); the reference loops over

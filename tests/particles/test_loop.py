@@ -83,7 +83,7 @@ def test_simulate_dataset_follows_cf(circle):
 
 def test_failure_carries_partial(circle):
     # n = 64 blows up at dt = 50 before t = 1e5: the loss rises within the first save
-    # interval (issue 9: stopped as diverging before it overflows); the partial keeps t = 0
+    # interval (stopped as diverging before it overflows); the partial keeps t = 0
     dyn = Dynamics("gd", "euler", 50.0)
     with pytest.raises(NumericalFailure, match=r"^particles: diverging at t=\S+ "
                                                r"\(member\(s\) .*n=64.*lower dynamics.dt") as e:

@@ -1,4 +1,4 @@
-"""SGD batches drawn several steps ahead (:class:`particles.dynamics.Batches`, issue 10).
+"""SGD batches drawn several steps ahead (:class:`particles.dynamics.Batches`).
 
 Every check is bitwise: the stream must give exactly the points of drawing P points per
 member every step from that member's generator, so that amortising the draws changes
