@@ -305,7 +305,7 @@ def healing_rows(a, ctx) -> list:
                        for t, n, p, r in weak)
         out.append(NotApplicable(
             f"excess loss E ℓ(f_n) − ℓ_0 vs n, t = {', '.join(f'{w[0]:g}' for w in weak)}",
-            f"the estimator has no power there: the signal tr Σ/(2n) is below {z:g} standard "
+            f"the estimator has no power there: the signal tr Σ/(2n) is below {z:.3g} standard "
             f"errors ‖r_0‖√(tr Σ/(nS)) (in standard errors, smallest over n: {at}); run "
             "longer (r_0 shrinks) or more seeds"))
     for i, n in enumerate(ns):
@@ -316,7 +316,7 @@ def healing_rows(a, ctx) -> list:
             good = ts[power[i] >= z]
             out.append(NotApplicable(name, (
                 "the estimator has power (signal ≥ "
-                f"{z:g} standard errors) at fewer than two save times at or after the peak of "
+                f"{z:.3g} standard errors) at fewer than two save times at or after the peak of "
                 f"tr Σ_t (t = {fmt(a['trace_sigma_peak_time'])}): at "
                 f"{', '.join(f'{g:g}' for g in good) or 'none'}; run longer or more seeds")))
             continue
