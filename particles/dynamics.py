@@ -108,6 +108,11 @@ class Dynamics:
         :math:`T_q`; :func:`scaled_batch`).
     temperature : float or list of [time, tau]
         Langevin temperature :math:`\tau`, or a schedule.
+    backend : {"numpy", "jax"}
+        Who steps the particles: the numpy steppers of :mod:`particles.steppers`, or the
+        compiled ones of :mod:`particles.jax` (``docs/backends.md``).
+    dtype : {"float64", "float32"}
+        The particles' floating-point type; ``"float32"`` only on the JAX backend.
     """
 
     scheme: str = "gd"
@@ -116,8 +121,20 @@ class Dynamics:
     form: str = "data"
     batch: object = None
     temperature: object = None
+    backend: str = "numpy"
+    dtype: str = "float64"
 
     def __post_init__(self):
+        if self.backend not in ("numpy", "jax"):
+            raise ValueError(
+                f"dynamics.backend={self.backend!r} is not known; use 'numpy' or 'jax'")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(
+                f"dynamics.dtype={self.dtype!r} is not known; use 'float64' or 'float32'")
+        if self.dtype == "float32" and self.backend != "jax":
+            raise ValueError(
+                "dynamics.dtype='float32' needs backend = 'jax' (the numpy backend computes "
+                "in float64); set dynamics.backend = 'jax' or drop dynamics.dtype")
         if self.scheme not in ("gd", "sgd", "langevin"):
             raise ValueError(
                 f"dynamics.scheme={self.scheme!r} is not known; use 'gd', 'sgd' or 'langevin'"
@@ -159,7 +176,9 @@ class Dynamics:
         return float(_schedule(self.temperature, t))
 
     def params(self) -> dict:
-        return {
+        """The options as a dict (the run identity); ``backend`` and ``dtype`` appear
+        when they differ from the defaults, so that a numpy float64 run keeps its id."""
+        p = {
             "scheme": self.scheme,
             "integrator": self.integrator,
             "dt": self.dt,
@@ -167,6 +186,11 @@ class Dynamics:
             "batch": self.batch,
             "temperature": self.temperature,
         }
+        if self.backend != "numpy":
+            p["backend"] = self.backend
+        if self.dtype != "float64":
+            p["dtype"] = self.dtype
+        return p
 
 
 class Batches:

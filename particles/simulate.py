@@ -115,6 +115,12 @@ def simulate(
         if ns != [c0_all.shape[1]] or len(seed_ids) != c0_all.shape[0]:
             raise ValueError("with an init file, n and seeds come from its shapes")
 
+    if dynamics.backend == "jax":
+        from particles.jax import device_name
+
+        device = device_name()
+    else:
+        device = "cpu (numpy)"
     x = problem.x
     Q, S, T, nmax = x.shape[0], len(seed_ids), len(ts), max(ns)
     f_n = np.full((len(ns), S, T, Q), np.nan)
@@ -149,6 +155,9 @@ def simulate(
             "problem": json.dumps(problem.params()),
             "dynamics": json.dumps(dynamics.params()),
             "time_step_rule": "equal steps <= dt between consecutive save times",
+            "backend": dynamics.backend,
+            "dtype": dynamics.dtype,
+            "device": device,
             **run_status(failure),
         }
         return cf_dataset(data, coords, attrs, title="mfpc particle ensembles")

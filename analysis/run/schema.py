@@ -23,6 +23,8 @@ DYNAMICS_SCHEMA = {
                         where, required=("P0", "alpha"))
         if isinstance(v, dict) else C.integer(lo=1)(v, where))),
     "temperature": C.schedule(C.number(lo=0)),
+    "backend": C.choice("numpy", "jax"),
+    "dtype": C.choice("float64", "float32"),
 }
 MEANFIELD_SCHEMA = {
     "solvers": lambda v, where: _solvers(v, where),

@@ -1,0 +1,69 @@
+"""``[dynamics] backend`` and ``dtype``: checked, refused without jax (exit 2 naming the
+install command), in the run identity (the device is not), ``mfpc run --backend``."""
+import pytest
+
+import particles.jax as pj
+from analysis.cli import main
+from analysis.run.experiment import ConfigError, resolve
+from analysis.store.runfolder import IDENTITY_IGNORED, run_id
+from particles.dynamics import Dynamics
+from tests.analysis.test_cli import small_config, write_toml
+
+
+def _no_jax(monkeypatch):
+    def fail():
+        raise ImportError("No module named 'jax'")
+
+    monkeypatch.setattr(pj, "_import_jax", fail)
+
+
+def test_keys_checked():
+    with pytest.raises(ValueError, match="backend = 'jax'"):
+        Dynamics("gd", dt=0.1, dtype="float32")
+    with pytest.raises(ValueError, match="'numpy' or 'jax'"):
+        Dynamics("gd", dt=0.1, backend="torch")
+    cfg = small_config()
+    cfg["dynamics"]["dtype"] = "float16"
+    with pytest.raises(ConfigError, match="dtype"):
+        resolve(cfg)
+    cfg["dynamics"]["dtype"] = "float32"  # numpy backend: refused
+    with pytest.raises(ConfigError, match="backend = 'jax'"):
+        resolve(cfg)
+
+
+def test_refused_without_jax(monkeypatch, tmp_path):
+    _no_jax(monkeypatch)
+    cfg = small_config()
+    cfg["dynamics"]["backend"] = "jax"
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[jax\]"'):
+        resolve(cfg)
+    path = write_toml(tmp_path / "c.toml", small_config())
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--backend", "jax",
+                 "--no-progress"]) == 2
+    assert not (tmp_path / "o" / "particles.nc").exists()
+    # the numpy backend runs without jax
+    assert resolve(small_config()).dynamics.backend == "numpy"
+
+
+def test_identity():
+    pytest.importorskip("jax")
+    base = resolve(small_config())
+    assert "backend" not in base.config["dynamics"]  # a numpy float64 run keeps its id
+    ids = {run_id(base.config_json())}
+    for keys in ({"backend": "jax"}, {"backend": "jax", "dtype": "float32"}):
+        cfg = small_config()
+        cfg["dynamics"].update(keys)
+        exp = resolve(cfg)
+        assert {k: exp.config["dynamics"][k] for k in keys} == keys
+        ids.add(run_id(exp.config_json()))
+    assert len(ids) == 3
+    assert not {("dynamics", "backend"), ("dynamics", "dtype")} & set(IDENTITY_IGNORED)
+
+
+def test_attrs_record_backend_device_dtype():
+    from particles import simulate
+
+    exp = resolve(small_config())
+    ds = simulate(exp.problem, [4], 2, exp.dynamics, [0.0, 0.2], progress=False)
+    assert (ds.attrs["backend"], ds.attrs["dtype"], ds.attrs["device"]) == (
+        "numpy", "float64", "cpu (numpy)")
