@@ -38,16 +38,18 @@ class GaussianRBF(Kernel):
             p["normalised"] = 1
         return p
 
-    def _parts(self, x, y):
-        """x − y (..., n, Q, d) and φ (..., n, Q): the one place φ is written."""
+    def phi_xp(self, xp, x, y):
+        """φ = A exp(−|x − y|²/(2σ²)) against the array namespace ``xp``."""
         diff = x[..., None, :, :] - y[..., :, None, :]
-        p = np.exp(-0.5 * np.sum(diff**2, axis=-1) / self.sigma**2)
-        if self.normalised:
-            p = self.A * p
-        return diff, p
+        p = xp.exp(-0.5 * xp.sum(diff**2, axis=-1) / self.sigma**2)
+        return self.A * p if self.normalised else p
+
+    def _parts(self, x, y):
+        """x − y (..., n, Q, d) and φ (..., n, Q) (φ from :meth:`phi_xp`)."""
+        return x[..., None, :, :] - y[..., :, None, :], self.phi_xp(np, x, y)
 
     def phi(self, x, y):
-        return self._parts(x, y)[1]
+        return self.phi_xp(np, x, y)
 
     def phi_grad(self, x, y):
         diff, p = self._parts(x, y)
