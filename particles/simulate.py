@@ -118,8 +118,11 @@ def simulate(
     if dynamics.backend == "jax":
         from particles.jax import device_name
 
+        from particles.jax.stepper import JaxParticleStepper as Stepper
+
         device = device_name()
     else:
+        Stepper = ParticleStepper
         device = "cpu (numpy)"
     x = problem.x
     Q, S, T, nmax = x.shape[0], len(seed_ids), len(ts), max(ns)
@@ -183,15 +186,16 @@ def simulate(
         a = 1.0 / nk
 
         def observe(j, state, k=k, nk=nk, a=a):
-            fk = problem.network(state.y, a * state.c)
+            y, c = np.asarray(state.y, float), np.asarray(state.c, float)  # a device's too
+            fk = problem.network(y, a * c)
             f_n[k, :, j] = fk
             loss[k, :, j] = problem.loss(fk)
             if save_state:
-                ys[k, :, j, :nk] = problem.kernel.wrap(state.y)
-                cs[k, :, j, :nk] = state.c
+                ys[k, :, j, :nk] = problem.kernel.wrap(y)
+                cs[k, :, j, :nk] = c
 
-        stepper = ParticleStepper(problem, dynamics, a, name="particles",
-                                  labels=[f"n={nk}, seed {s}" for s in seed_ids])
+        stepper = Stepper(problem, dynamics, a, name="particles",
+                          labels=[f"n={nk}, seed {s}" for s in seed_ids])
         run(stepper, stepper.init(y, c, rngs), ts, observe, progress=progress,
             desc=f"particles n={nk}", partial=dataset, checkpoint=checkpoint)
     return dataset()

@@ -204,6 +204,10 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
         from particles.jax import require_jax
 
         require_jax()
+        from particles.jax.stepper import unsupported
+
+        if unsupported(problem, dynamics):
+            raise ConfigError(f"dynamics.backend = 'jax': {unsupported(problem, dynamics)}")
     parts = _particles_section(cfg, problem, base) if "particles" in cfg else None
     init = parts.pop("_init", None) if parts is not None else None
     check_realisations(cfg, parts, ready)

@@ -1,6 +1,8 @@
 r"""The RBF on the sphere :math:`|x| = |y| = \sqrt d`, (4.2)–(4.3) with the sign corrected."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from particles.kernels.base import Kernel, pullback_arrays
@@ -55,7 +57,7 @@ class SphereRBF(Kernel):
 
     def retract_xp(self, xp, y):
         """y √d/|y| against the array namespace ``xp``."""
-        return y * (np.sqrt(self.d) / xp.sqrt(xp.sum(y * y, axis=-1, keepdims=True)))
+        return y * (math.sqrt(self.d) / xp.sqrt(xp.sum(y * y, axis=-1, keepdims=True)))
 
     def tangent(self, y, v):
         return self.tangent_xp(np, y, v)

@@ -67,3 +67,11 @@ def test_attrs_record_backend_device_dtype():
     ds = simulate(exp.problem, [4], 2, exp.dynamics, [0.0, 0.2], progress=False)
     assert (ds.attrs["backend"], ds.attrs["dtype"], ds.attrs["device"]) == (
         "numpy", "float64", "cpu (numpy)")
+
+
+def test_what_the_jax_backend_does_not_run():
+    pytest.importorskip("jax")
+    cfg = small_config()
+    cfg["dynamics"].update(backend="jax", form="kernel")
+    with pytest.raises(ConfigError, match="form = 'kernel' runs on the numpy backend"):
+        resolve(cfg)

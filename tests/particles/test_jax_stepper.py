@@ -1,0 +1,151 @@
+"""The JAX particle stepper against the numpy one: GD to round-off, SGD and Langevin in
+law, capture/restore bitwise, the failure contract."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+
+from particles import Dynamics, simulate  # noqa: E402
+from particles.engine.loop import NumericalFailure  # noqa: E402
+from particles.jax.stepper import JaxParticleStepper  # noqa: E402
+from particles.simulate import member_rng  # noqa: E402
+from tests.particles.jaxcases import CASES  # noqa: E402
+
+#: GD float64, numpy against JAX after K = 100 steps. Both evaluate the same sums in
+#: another order (XLA fuses and reassociates; autodiff against the hand-written
+#: pull-back): one velocity differs by about (Q + n) eps ~ 50 * 1.1e-16 ~ 6e-15 of its
+#: terms' size. Through K steps of a flow whose step map has Lipschitz constant
+#: 1 + hL, the differences add to at most K * 6e-15 * exp(K h L); with K h = 5 and
+#: L <= 1 for these problems (|c| <= 3, kernels of unit size) that is 6e-13 * e^5 ~ 1e-10.
+#: The measured difference is about 1e-15: the bound holds with a margin.
+GD_TOL = 1e-10
+#: GD float32 against numpy float64: the state is rounded to float32 at every step
+#: (eps32 = 6e-8) and each velocity carries ~ (Q + n) eps32 ~ 3e-6 of its terms; 100
+#: steps of a contracting flow accumulate these like a random walk, ~ 10 * 3e-6 = 3e-5;
+#: 1e-3 leaves a margin of 30 (a wrong step is off by O(h) = 5e-2).
+F32_TOL = 1e-3
+TS = [0.0, 2.5, 5.0]
+
+
+def _pair(problem, dyn, n=12, seeds=2, **kw):
+    a = simulate(problem, [n], seeds, dyn, TS, progress=False, root_seed=4, **kw)
+    b = simulate(problem, [n], seeds, dataclasses.replace(dyn, backend="jax"), TS,
+                 progress=False, root_seed=4, **kw)
+    return a, b
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(a - b)) / max(1.0, np.max(np.abs(a))))
+
+
+@pytest.mark.parametrize("integrator", ["euler", "rk4"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_gd_agrees_to_round_off(case, integrator):
+    a, b = _pair(CASES[case](), Dynamics("gd", integrator, 0.05))
+    assert b.attrs["backend"] == "jax" and b.attrs["device"].startswith("cpu")
+    for v in ("f_n", "c", "y", "loss"):
+        assert _rel(a[v].values, b[v].values) <= GD_TOL, v
+    assert float(a["loss"][0, 0, -1]) < float(a["loss"][0, 0, 0])  # it trained
+
+
+def test_gd_float32():
+    dyn = Dynamics("gd", "euler", 0.05)
+    a = simulate(CASES["circle"](), [12], 2, dyn, TS, progress=False)
+    b = simulate(CASES["circle"](), [12], 2,
+                 dataclasses.replace(dyn, backend="jax", dtype="float32"), TS, progress=False)
+    assert b.attrs["dtype"] == "float32"
+    err = _rel(a["f_n"].values, b["f_n"].values)
+    assert 1e-9 < err <= F32_TOL  # float32 round-off, not float64's
+
+
+def _spread(ds, n):
+    """n · E|f_n − mean f_n|²_μ over the seeds at the last time and its standard error."""
+    f = ds["f_n"].values[0, :, -1]  # (S, Q)
+    w = ds["x_weight"].values
+    S = f.shape[0]
+    D = np.sum(w * (f - f.mean(axis=0)) ** 2, axis=-1) * S / (S - 1)
+    return n * D.mean(), n * D.std(ddof=1) / np.sqrt(S)
+
+
+@pytest.mark.parametrize("dyn", [
+    Dynamics("sgd", "euler", 0.1, batch=[[0.0, 4], [1.0, {"P0": 0.5, "alpha": 0.5}]]),
+    Dynamics("langevin", "euler", 0.1, temperature=0.02)], ids=["sgd-quench", "langevin"])
+def test_noisy_schemes_agree_in_law(dyn):
+    """n·Var(f_n) over 256 seeds from one initial network: only the noise spreads them,
+    so a wrong batch, temperature or key would show; within 3 standard errors."""
+    n, S = 8, 256
+    problem = CASES["circle"]()
+    y0, c0 = problem.sample_init(np.random.default_rng(0), n)
+    init = (np.broadcast_to(y0, (S,) + y0.shape), np.broadcast_to(c0, (S, n)))
+    ts = [0.0, 2.0]
+    a = simulate(problem, [n], S, dyn, ts, progress=False, init=init, save_state=False)
+    b = simulate(problem, [n], S, dataclasses.replace(dyn, backend="jax"), ts,
+                 progress=False, init=init, save_state=False)
+    (va, sa), (vb, sb) = _spread(a, n), _spread(b, n)
+    assert va > 10 * sa  # the noise spreads the members measurably
+    assert abs(va - vb) <= 3 * np.hypot(sa, sb), (va, vb, sa, sb)
+
+
+def _stepper(problem, dyn, n, S):
+    st = JaxParticleStepper(problem, dyn, 1.0 / n, labels=[f"seed {s}" for s in range(S)])
+    rngs = [member_rng(0, 0, s) for s in range(S)]
+    d = [problem.sample_init(r, n) for r in rngs]
+    return st, st.init(np.stack([v[0] for v in d]), np.stack([v[1] for v in d]), rngs)
+
+
+@pytest.mark.parametrize("dyn", [
+    Dynamics("sgd", "euler", 0.1, batch=5, backend="jax"),
+    Dynamics("langevin", "euler", 0.1, temperature=0.05, backend="jax", dtype="float32")],
+    ids=["sgd", "langevin-f32"])
+def test_capture_restore_and_chunks_bitwise(dyn):
+    problem = CASES["sphere"]()
+    st, s0 = _stepper(problem, dyn, 6, 3)
+    st.propose(s0, 0.0, 3.0)
+    whole, k = st.advance(s0, 3.0, 30)
+    assert k == 30 and whole.steps == 30
+    part, _ = st.advance(s0, 3.0, 11)
+    snap = st.capture(part)
+    fresh, _ = _stepper(problem, dyn, 6, 3)
+    fresh.propose(s0, 0.0, 3.0)
+    rest = fresh.restore({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                          for k, v in snap.items()})
+    for _ in range(19):  # step by step after the restore: the same numbers
+        rest = fresh.step(rest, fresh._h)
+    for u, v in ((whole.y, rest.y), (whole.c, rest.c)):
+        assert np.array_equal(np.asarray(u), np.asarray(v))
+    assert np.asarray(whole.y).dtype == np.dtype(dyn.dtype)
+    # on the sphere: the constraint holds after the steps
+    r = np.linalg.norm(np.asarray(whole.y, float), axis=-1)
+    eps = np.finfo(dyn.dtype).eps
+    assert np.max(np.abs(r - np.sqrt(3))) <= 8 * eps * np.sqrt(3)
+
+
+def test_member_alone_draws_the_same_numbers():
+    dyn = Dynamics("langevin", "euler", 0.1, temperature=0.05, backend="jax")
+    problem = CASES["circle"]()
+    both = simulate(problem, [8], 3, dyn, [0.0, 1.0], progress=False)
+    alone = simulate(problem, [8], [2], dyn, [0.0, 1.0], progress=False)
+    # the same noise; the compiled shapes differ (3 members against 1), so the numbers
+    # agree to round-off (10 steps of ~1e-15 each)
+    np.testing.assert_allclose(alone["c"].values[0, 0], both["c"].values[0, 2], rtol=0,
+                               atol=1e-12)
+
+
+def test_nan_keeps_the_partial_result():
+    problem = CASES["sigmoid"]()
+    dyn = Dynamics("gd", "euler", 40.0, backend="jax")  # far beyond 2/L: overflows
+    ts = [0.0, 40.0, 4000.0]
+    with pytest.raises(NumericalFailure) as e:
+        simulate(problem, [8], 2, dyn, ts, progress=False)
+    ds = e.value.partial
+    assert ds.attrs["complete"] == 0 and "particles: " in ds.attrs["failure"]
+    assert np.all(np.isfinite(ds["f_n"].values[0, :, 0]))
+    assert np.all(np.isnan(ds["f_n"].values[0, :, -1]))
+    # the replay names the step where it failed: the numpy backend fails at the same t
+    with pytest.raises(NumericalFailure) as ref:
+        simulate(problem, [8], 2, dataclasses.replace(dyn, backend="numpy"), ts,
+                 progress=False)
+    t_of = lambda m: m.split(" at t=")[1].split(" ")[0]  # noqa: E731
+    assert t_of(str(e.value)) == t_of(str(ref.value))
