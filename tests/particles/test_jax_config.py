@@ -1,5 +1,6 @@
 """``[dynamics] backend`` and ``dtype``: checked, refused without jax (exit 2 naming the
 install command), in the run identity (the device is not), ``mfpc run --backend``."""
+import numpy as np
 import pytest
 
 import particles.jax as pj
@@ -75,3 +76,36 @@ def test_what_the_jax_backend_does_not_run():
     cfg["dynamics"].update(backend="jax", form="kernel")
     with pytest.raises(ConfigError, match="form = 'kernel' runs on the numpy backend"):
         resolve(cfg)
+
+
+def test_mfpc_run_backend_jax(tmp_path):
+    pytest.importorskip("jax")
+    import xarray as xr
+
+    cfg = small_config()
+    cfg["particles"]["n"] = [8]
+    path = write_toml(tmp_path / "c.toml", cfg)
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--backend", "jax",
+                 "--no-progress"]) == 0
+    with xr.open_dataset(tmp_path / "o" / "particles.nc", engine="h5netcdf") as ds:
+        assert (ds.attrs["backend"], ds.attrs["dtype"]) == ("jax", "float64")
+        assert '"backend": "jax"' in ds.attrs["config"]
+        assert np.all(np.isfinite(ds["f_n"].values))
+
+
+@pytest.mark.slow
+def test_sgd_report_rows_pass_on_a_jax_run(tmp_path):
+    """examples/circle_sgd.toml on the JAX backend: the SGD prediction rows of the report
+    pass (the particles from JAX keys, the predictions from the numpy mean field)."""
+    pytest.importorskip("jax")
+    from pathlib import Path
+
+    ex = Path(__file__).resolve().parents[2] / "examples" / "circle_sgd.toml"
+    out = tmp_path / "out"
+    assert main(["run", str(ex), "--out", str(out), "--backend", "jax", "--no-progress"]) == 0
+    assert main(["report", str(out), "--no-figures"]) == 0
+    rows = [line for line in (out / "report.md").read_text().splitlines()
+            if line.startswith("| SGD: n·Var")]
+    assert rows
+    verdicts = [line.rstrip(" |").split("|")[-1].strip() for line in rows]
+    assert set(verdicts) == {"PASS"}, rows
