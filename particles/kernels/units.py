@@ -28,12 +28,13 @@ def _relu(s):
 
 
 def _expit_xp(xp, s):
-    """The logistic function in the namespace ``xp`` (scipy's ``expit`` for numpy)."""
+    """The logistic function in the namespace ``xp``: scipy's ``expit`` for numpy, else
+    :math:`\tfrac12\tanh(s/2) + \tfrac12` (the same function; XLA's float64 ``tanh`` is
+    vectorised, its float64 ``logistic`` 4× slower on AVX2; autodiff gives
+    :math:`\tfrac14(1 - \tanh^2(s/2)) = h(1 - h)`, finite for every s)."""
     if xp is np:
         return special.expit(s)
-    import jax
-
-    return jax.nn.sigmoid(s)
+    return 0.5 * xp.tanh(0.5 * s) + 0.5
 
 
 #: activation -> h(xp, s) against an array namespace: φ's one statement of h (the JAX
