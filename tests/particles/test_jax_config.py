@@ -108,6 +108,8 @@ def test_sgd_report_rows_pass_on_a_jax_run(tmp_path):
             if line.startswith("| SGD: n·Var")]
     assert rows
     verdicts = [line.rstrip(" |").split("|")[-1].strip() for line in rows]
-    # no row fails; a row whose interval is too wide to decide is INCONCLUSIVE (measured:
-    # 3 of the 6 n·Var rows at the early times, where nθ Σ^SGD_t is still small)
-    assert "FAIL" not in verdicts and verdicts.count("PASS") >= len(verdicts) // 2, rows
+    # no row fails; a row whose interval is too wide for 48 seeds to decide is
+    # INCONCLUSIVE: the numpy backend's run of this config has 2 of its 12 n·Var rows so
+    # (n = 64 and 256 at t = 2), the JAX run measured 3 rows of its report so
+    assert len(verdicts) == 12 and "FAIL" not in verdicts, rows
+    assert verdicts.count("PASS") >= 9, rows
