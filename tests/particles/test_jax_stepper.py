@@ -185,3 +185,20 @@ def test_node_blocks_give_the_same_gradient(monkeypatch):
     blocks = simulate(CASES["gaussian"](), [12], 2, dyn, TS, progress=False)
     # the same sums in blocks of 8 nodes: round-off of the node sums (~36 eps) per step
     np.testing.assert_allclose(blocks["f_n"].values, one["f_n"].values, rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_sweep_on_two_jax_workers_equals_serial(tmp_path):
+    """Tasks of one seed each: every task compiles the same shapes in its own process,
+    so 2 spawned workers give bitwise the serial sweep."""
+    from tests.analysis.test_runs import config, run
+    from tests.analysis.test_sweep import assert_same_run, load
+
+    cfg = config("particles")
+    cfg["particles"]["seeds_per_task"] = 1
+    cfg["dynamics"]["backend"] = "jax"
+    assert run(tmp_path, cfg, tmp_path / "serial") == 0
+    assert run(tmp_path, cfg, tmp_path / "two", "--workers", "2") == 0
+    a, b = load(tmp_path / "serial" / "particles.nc"), load(tmp_path / "two" / "particles.nc")
+    assert a.attrs["backend"] == "jax"
+    assert_same_run(b, a)
