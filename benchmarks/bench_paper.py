@@ -26,7 +26,7 @@ spread, all quantities of a row alike hit by drift on the shared machine):
   energy (4.5)) and one Euler update, float64, ``block_until_ready``, compile excluded.
   The SGD rows draw their batch and evaluate the 3-spin target inside the jitted step,
   as the mfpc step does inside its own. ``JAX floor``: JAX's own pass, a jitted
-  ``exp`` / ``sigmoid`` of the floor's array (XLA vectorises the float64 ``exp`` with
+  ``exp`` / logistic (as ``tanh(s/2)/2 + 1/2``) of the floor's array (XLA vectorises the float64 ``exp`` with
   AVX2; numpy does so only with AVX-512, so on an AVX2 machine JAX's floor is lower).
 
 * ``mfpc JAX``: the toolkit's JAX backend (``[dynamics] backend = "jax"``,
@@ -112,7 +112,9 @@ def floor_fn(kind, s, rng, jax_too=False):
         import jax
         import jax.numpy as jnp
 
-        op = jax.jit(jax.nn.sigmoid if sig else jnp.exp)
+        # the logistic as tanh(s/2)/2 + 1/2: XLA's float64 tanh is vectorised, its float64
+        # logistic (jax.nn.sigmoid) is not on AVX2: the lower of the two is the floor
+        op = jax.jit((lambda v: 0.5 * jnp.tanh(0.5 * v) + 0.5) if sig else jnp.exp)
         Aj = jnp.asarray(A)
         fns["jfloor"] = lambda: op(Aj).block_until_ready()
     return fns
