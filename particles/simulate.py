@@ -7,7 +7,10 @@ one vectorised state of shape (seeds, n, N). Member ``(i_n, i_seed)`` draws its 
 units and all its noise from
 ``Generator(PCG64(SeedSequence(root_seed, spawn_key=(i_n, i_seed))))``, so any member
 rerun alone (``simulate(..., n=[n], seeds=[i_seed], n_index=[i_n])``) gives the same
-numbers.
+numbers. With ``dynamics.backend = "jax"`` the stepper is
+:class:`particles.jax.stepper.JaxParticleStepper` (the members' noise from JAX keys drawn
+from the same SeedSequences; ``docs/backends.md``); the attrs record ``backend``,
+``dtype`` and ``device``.
 """
 from __future__ import annotations
 
@@ -117,7 +120,6 @@ def simulate(
 
     if dynamics.backend == "jax":
         from particles.jax import device_name
-
         from particles.jax.stepper import JaxParticleStepper as Stepper
 
         device = device_name()
