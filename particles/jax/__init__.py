@@ -8,6 +8,7 @@ naming the install command (``mfpc run`` exits 2). The stepper is
 from __future__ import annotations
 
 import importlib
+import os
 
 __all__ = ["INSTALL", "require_jax", "available", "device_name"]
 
@@ -15,8 +16,19 @@ __all__ = ["INSTALL", "require_jax", "available", "device_name"]
 INSTALL = 'pip install -e ".[jax]"'
 
 
+#: XLA's CPU flags for one thread (read when JAX starts its CPU backend).
+ONE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
 def _import_jax():
-    """``import jax`` (a function of its own, so that tests can make it fail)."""
+    """``import jax`` (a function of its own, so that tests can make it fail). In a
+    process told to use one core (``MFPC_THREADS=1``: the sweep workers,
+    :data:`particles.engine.parallel.ONE_THREAD`), XLA's CPU backend is set to one
+    thread too, so that N workers use N cores."""
+    if os.environ.get("MFPC_THREADS") == "1":
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "intra_op_parallelism_threads" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} {ONE_THREAD_XLA}".strip()
     return importlib.import_module("jax")
 
 

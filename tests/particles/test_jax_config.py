@@ -113,3 +113,16 @@ def test_sgd_report_rows_pass_on_a_jax_run(tmp_path):
     # (n = 64 and 256 at t = 2), the JAX run measured 3 rows of its report so
     assert len(verdicts) == 12 and "FAIL" not in verdicts, rows
     assert verdicts.count("PASS") >= 9, rows
+
+
+def test_one_thread_workers_set_xla_to_one_thread(monkeypatch):
+    """A sweep worker (MFPC_THREADS=1) gets XLA's one-thread flags before JAX starts."""
+    pytest.importorskip("jax")
+    import os
+
+    monkeypatch.setenv("MFPC_THREADS", "1")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nowhere")
+    pj._import_jax()
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/nowhere " + pj.ONE_THREAD_XLA
+    pj._import_jax()  # not twice
+    assert os.environ["XLA_FLAGS"].count("intra_op_parallelism_threads") == 1
