@@ -202,3 +202,21 @@ def test_sweep_on_two_jax_workers_equals_serial(tmp_path):
     a, b = load(tmp_path / "serial" / "particles.nc"), load(tmp_path / "two" / "particles.nc")
     assert a.attrs["backend"] == "jax"
     assert_same_run(b, a)
+
+
+def test_finite_divergence_is_stopped_with_where_and_when():
+    """GD with a step far beyond 2/L stays finite for many steps while the loss grows
+    (tests/particles/test_divergence.py: circle, Euler dt = 50 reaches 1e10): the watch
+    inside the compiled loop stops it at the step whose loss rose, as the numpy stepper."""
+    problem = CASES["circle"]()
+    dyn = Dynamics("gd", "euler", 50.0, backend="jax")
+    ts = [0.0, 50.0, 100.0, 500.0]
+    with pytest.raises(NumericalFailure) as e:
+        simulate(problem, [16], 2, dyn, ts, progress=False)
+    with pytest.raises(NumericalFailure) as ref:
+        simulate(problem, [16], 2, dataclasses.replace(dyn, backend="numpy"), ts,
+                 progress=False)
+    assert "diverging at t=" in str(e.value) and "gradient descent may not raise" in str(e.value)
+    t_of = lambda m: m.split(" at t=")[1].split(" ")[0]  # noqa: E731
+    assert t_of(str(e.value)) == t_of(str(ref.value))
+    assert e.value.partial.attrs["complete"] == 0
