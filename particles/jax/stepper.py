@@ -11,7 +11,8 @@ The velocities (2.1) in the data (residual) form are the gradient of the energy
 :math:`f_n(x_q) = \sum_i a c_i\varphi(x_q, y_i)` over the data nodes:
 :math:`\dot c = -\partial_c E`, :math:`\dot y = -\partial_y E` (projected on the tangent
 space of a constrained kernel, then retracted after the step). φ is the kernel's
-``phi_xp(jax.numpy, ...)``; no hand-written derivative is used. The nodes (or an SGD
+``phi_xp(jax.numpy, ...)``; no hand-written derivative is used. The kernel (F, K) form
+runs for the interpolation energy (4.5) (:meth:`JaxParticleStepper._kernel_velocity_fn`). The nodes (or an SGD
 batch) are cut into blocks of at most :data:`PAIR_BUDGET`/(B·n) (padded with zero
 weights): the gradient is the sum of the blocks' gradients, so memory is bounded
 whatever Q·n. Members are batched with ``vmap`` on one device.
@@ -55,11 +56,19 @@ JAX_SPAWN = 0x4A4158
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def interpolation(problem) -> bool:
+    """True when the problem's (F, K) form is the interpolation energy (4.5), F := f,
+    K := φ (:func:`particles.closed_forms.interpolation_form`), which the JAX backend
+    runs in the kernel form."""
+    kf = problem.kernel_form
+    return kf is not None and str(kf.description).startswith("interpolation energy")
+
+
 def unsupported(problem, dynamics) -> str:
     """Why the JAX backend cannot run ``dynamics`` on ``problem`` ("" when it can)."""
-    if dynamics.form != "data":
-        return ("dynamics.form = 'kernel' runs on the numpy backend only; use form = 'data' "
-                "or backend = 'numpy'")
+    if dynamics.form != "data" and not interpolation(problem):
+        return ("dynamics.form = 'kernel' runs on the JAX backend for the interpolation "
+                "energy (4.5) only; use form = 'data' or backend = 'numpy'")
     if not states_phi(problem.kernel):
         return (f"kernel {problem.kernel.name!r} does not state phi_xp(xp, x, y) (φ against "
                 "an array namespace, docs/kernels.md), which the JAX backend differentiates; "
@@ -111,7 +120,7 @@ class JaxParticleStepper:
                                  "this problem: lower dynamics.dt")
         self.dtype = np.dtype(dynamics.dtype)
         self.device = device_name()
-        self.monotone = dynamics.scheme == "gd"
+        self.monotone = dynamics.scheme == "gd" and dynamics.form == "data"
         wide = float(np.finfo(self.dtype).eps / np.finfo(np.float64).eps)
         self.rtol, self.atol = GD_RTOL * wide, ATOL * wide
         self._f_scale = 0.5 * float(np.sum(problem.w * problem.f_x ** 2))
@@ -167,6 +176,52 @@ class JaxParticleStepper:
 
         return vel
 
+    def _kernel_velocity_fn(self, n):
+        r"""``vel(y, c, *_) -> (vy, vc, nan)`` of one member in the kernel form of the
+        interpolation energy (4.5): the gradient of
+        :math:`E = -\sum_i ac_i f(y_i) + \tfrac12\sum_{ij} ac_i ac_j\varphi(y_j, y_i)`
+        (``ac = a c``) divided by ``a``: :math:`\dot c = f - K ac`,
+        :math:`\dot y = c(\nabla f - \sum_m\nabla_1K\,ac_m)`, projected. K is φ
+        (``phi_xp``, autodiff); the target f and its gradient ``target.grad`` (the
+        closed form's F, ∇F) are evaluated by host callbacks. O(n²) memory per member."""
+        jax, jnp = self.jax, self.jax.numpy
+        kernel, target, a, dt = self.problem.kernel, self.problem.target, self.a, self.dtype
+        N = kernel.N
+        f_shape = jax.ShapeDtypeStruct((n,), dt)
+        g_shape = jax.ShapeDtypeStruct((n, N), dt)
+
+        def host(fun):
+            return lambda z: np.asarray(fun(np.asarray(z, float)), dt)
+
+        @jax.custom_vjp
+        def F(y):
+            return jax.pure_callback(host(target), f_shape, y, vmap_method="expand_dims")
+
+        def F_fwd(y):
+            return F(y), y
+
+        def F_bwd(y, g):
+            grad = jax.pure_callback(host(target.grad), g_shape, y,
+                                     vmap_method="expand_dims")
+            return (g[..., None] * grad,)
+
+        F.defvjp(F_fwd, F_bwd)
+
+        def energy(yc):
+            y, c = yc
+            ac = a * c
+            K = kernel.phi_xp(jnp, y, y)  # K[i, j] = φ(y_j, y_i)
+            return -jnp.dot(ac, F(y)) + 0.5 * jnp.dot(ac, jnp.matmul(K, ac))
+
+        grad = jax.grad(energy)
+        nan = jnp.asarray(np.nan, dt)
+
+        def vel(y, c, *_):
+            gy, gc = grad((y, c))
+            return kernel.tangent_xp(jnp, y, -gy / a), -gc / a, nan
+
+        return vel
+
     def _loss_fn(self, B, n):
         """Compiled loss (1.2) on the problem's nodes of every member: (B,)."""
         jax, jnp = self.jax, self.jax.numpy
@@ -197,7 +252,8 @@ class JaxParticleStepper:
         jax, jnp = self.jax, self.jax.numpy
         dyn, kernel, dt = self.dynamics, self.problem.kernel, self.dtype
         Q = self._x.shape[0]
-        vel = self._velocity_fn(B, n, P if dyn.scheme == "sgd" else Q)
+        vel = (self._kernel_velocity_fn(n) if dyn.form == "kernel"
+               else self._velocity_fn(B, n, P if dyn.scheme == "sgd" else Q))
         x0, w0, f0 = self._x, self._w, self._fx
         N = kernel.N
         nan = jnp.asarray(np.nan, dt)
@@ -250,7 +306,7 @@ class JaxParticleStepper:
             def body(i, carry):
                 y, c, watch = carry
                 y1, c1, L = members(y, c, keys, k0 + i, h, tau)
-                if dyn.scheme != "sgd":
+                if dyn.scheme != "sgd" and dyn.form == "data":
                     watch = watch_update(watch, L)
                 return y1, c1, watch
 
@@ -327,11 +383,13 @@ class JaxParticleStepper:
         for _ in range(k):
             t += h
         lands = self._t_end is not None and self._t_end - t <= 0.5 * h
-        if self.dynamics.scheme == "sgd":
-            # the loss on the Q nodes costs about Q/P steps: seen at every save time and
-            # after at least 8 Q/P steps, it adds at most about 1/8 to the run
+        if self.dynamics.scheme == "sgd" or self.dynamics.form == "kernel":
+            # the loss on the Q nodes costs about Q/P (SGD) or Q/n (kernel form) steps:
+            # seen at every save time and after at least 8 Q/P (8 Q/n) steps, it adds at
+            # most about 1/8 to the run
             self._unseen += k
-            if lands or self._unseen >= 8 * self._x.shape[0] / max(P, 1):
+            work = P if self.dynamics.scheme == "sgd" else n
+            if lands or self._unseen >= 8 * self._x.shape[0] / max(work, 1):
                 watch, self._unseen = watch_update(watch, loss(y, c)), 0
         elif lands:
             watch = watch_update(watch, loss(y, c))
@@ -361,8 +419,8 @@ class JaxParticleStepper:
             rule = (f"gradient descent may not raise it by more than round-off "
                     f"({self.rtol:.0e} relative)")
         else:
-            rule = (f"{self.dynamics.scheme} may not raise it beyond {NOISY_FACTOR:.0e} "
-                    "times its running minimum")
+            rule = (f"{self.dynamics.scheme} ({self.dynamics.form} form) may not raise it "
+                    f"beyond {NOISY_FACTOR:.0e} times its running minimum")
         b = bad[0]
         what = "loss" if np.isfinite(last[b]) else "non-finite loss"
         return Divergence(
