@@ -18,8 +18,9 @@ members batched on the device), stepped by
   (P = ⌊(n/5)²⌋ = 41943), d = 10 and d = 25. The full form takes 2×10⁶ steps before the
   quench and 2×10⁵ after it: the projected wall time of one task is
   2×10⁶ · (step before) + 2×10⁵ · (step after).
-* Fig. 1 (``examples/paper_rbf_sphere.toml``) runs the interpolation energy (4.5) in the
-  kernel (F, K) form, which the JAX backend does not run: its row says so.
+* Fig. 1 (``examples/paper_rbf_sphere.toml``): sphere RBF units (4.2), d = 5, α = 1, the
+  interpolation energy (4.5) of the 3-spin model in the kernel (F, K) form, Langevin
+  (τ = 10⁻³), dt = 0.002, n = 256: 2×10⁵ steps.
 
 Per row: compile (not timed), then ``--rounds`` timings of ``--steps`` steps each,
 ``block_until_ready``; the median seconds per step. The machine's load is printed
@@ -40,36 +41,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from particles.dynamics import Dynamics  # noqa: E402
 from particles.jax import device_name, require_jax  # noqa: E402
 from particles.jax.stepper import JaxParticleStepper  # noqa: E402
-from particles.presets import sigmoid_problem  # noqa: E402
+from particles.presets import sigmoid_problem, sphere_problem  # noqa: E402
 from particles.simulate import member_rng  # noqa: E402
 
-#: (label, d, n, P, steps of the full form)
+#: (label, kind, d, n, P, steps of the full form)
 ROWS = [
-    ("Fig. 3, d = 10, n = 1024, before the quench (P = 204)", 10, 1024, 204, 2_000_000),
-    ("Fig. 3, d = 10, n = 1024, after the quench (P = 41943)", 10, 1024, 41943, 200_000),
-    ("Fig. 3, d = 25, n = 1024, before the quench (P = 204)", 25, 1024, 204, 2_000_000),
-    ("Fig. 3, d = 25, n = 1024, after the quench (P = 41943)", 25, 1024, 41943, 200_000),
+    ("Fig. 1, sphere RBF (4.5), kernel form, d = 5, n = 256", "fig1", 5, 256, 0, 200_000),
+    ("Fig. 3, d = 10, n = 1024, before the quench (P = 204)", "fig3", 10, 1024, 204,
+     2_000_000),
+    ("Fig. 3, d = 10, n = 1024, after the quench (P = 41943)", "fig3", 10, 1024, 41943,
+     200_000),
+    ("Fig. 3, d = 25, n = 1024, before the quench (P = 204)", "fig3", 25, 1024, 204,
+     2_000_000),
+    ("Fig. 3, d = 25, n = 1024, after the quench (P = 41943)", "fig3", 25, 1024, 41943,
+     200_000),
 ]
 SEEDS = 8
-DT = 0.25  # examples/paper_sigmoid.toml
-#: nodes of the loss the divergence watch sees every 8 Q/P steps (the full form has 10^5;
-#: the watch's share of a step is at most about 1/8 either way)
+#: nodes of the loss the divergence watch sees every 8 Q/P (8 Q/n) steps (the full forms
+#: have 10^5 and 10^6; the watch's share of a step is at most about 1/8 either way)
 NODES = 2000
+
+
+def problem_dynamics(kind, d, P, dtype):
+    """The row's problem and dynamics (``examples/paper_rbf_sphere.toml``,
+    ``examples/paper_sigmoid.toml``)."""
+    if kind == "fig1":
+        return (sphere_problem(d, 1.0, NODES, "interpolation", "3spin", seed=0),
+                Dynamics("langevin", "euler", 0.002, form="kernel", temperature=1e-3,
+                         backend="jax", dtype=dtype))
+    return (sigmoid_problem(d, NODES, target="3spin", seed=0),
+            Dynamics("sgd", "euler", 0.25, batch=P, backend="jax", dtype=dtype))
 
 
 def load():
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
-def time_row(d, n, P, dtype, steps, rounds):
+def time_row(kind, d, n, P, dtype, steps, rounds):
     """Median seconds per step of one task (SEEDS members) and the spread of the rounds."""
-    problem = sigmoid_problem(d, NODES, target="3spin", seed=0)
-    dyn = Dynamics("sgd", "euler", DT, batch=P, backend="jax", dtype=dtype)
+    problem, dyn = problem_dynamics(kind, d, P, dtype)
     st = JaxParticleStepper(problem, dyn, 1.0 / n)
     rngs = [member_rng(2, 0, s) for s in range(SEEDS)]
     init = [problem.sample_init(r, n) for r in rngs]
     state = st.init(np.stack([v[0] for v in init]), np.stack([v[1] for v in init]), rngs)
-    t_end = 1e9 * DT
+    t_end = 1e9 * dyn.dt
     st.propose(state, 0.0, t_end)
     state, _ = st.advance(state, t_end, 1)  # compile
     state.y.block_until_ready()
@@ -107,17 +122,17 @@ def main(argv=None):
     head = "| row | dtype | s / step | steps / s | full form (steps) | projected |"
     lines = [head, "|---|---|---|---|---|---|"]
     totals = {}
-    for label, d, n, P, full in ROWS:
-        steps = max(1, (4 if args.quick else 20) * 204 // P)  # about as long for each row
+    for label, kind, d, n, P, full in ROWS:
+        # about as long for each row
+        steps = max(1, (4 if args.quick else 20) * 204 // P) if P else (20 if args.quick else 100)
         for dtype in args.dtypes:
-            med, iqr = time_row(d, n, P, dtype, steps, rounds)
+            med, iqr = time_row(kind, d, n, P, dtype, steps, rounds)
             wall = med * full
-            totals[(d, dtype)] = totals.get((d, dtype), 0.0) + wall
+            if kind == "fig3":
+                totals[(d, dtype)] = totals.get((d, dtype), 0.0) + wall
             lines.append(f"| {label} | {dtype} | {med:.3g} (±{iqr:.0%}) | {1 / med:.3g} "
                          f"| {full:.0e} | {fmt_time(wall)} |")
             print(lines[-1], flush=True)
-    lines.append("| Fig. 1, sphere RBF (4.5), kernel (F, K) form, n = 256 | - | - | - | 2e+05 "
-                 "| numpy backend only (the JAX backend runs the data form) |")
     print("\n" + "\n".join(lines))
     print("\nprojected wall time of one task of the full Fig. 3 form (before + after the "
           "quench, n = 1024, 8 seeds):")

@@ -33,9 +33,9 @@ spread, all quantities of a row alike hit by drift on the shared machine):
   :class:`particles.jax.stepper.JaxParticleStepper`), float64, as a run steps it: one
   ``advance`` call of :data:`JAX_STEPS` steps (a compiled loop; compile excluded), the
   time divided by the steps; the SGD rows draw their batches from JAX keys and evaluate
-  the target by a host callback. Shown with its ratio to the JAX floor and the numpy
-  backend's step over it (the speed-up). The kernel-form rows run on the numpy backend
-  only (``-``).
+  the target by a host callback, the kernel-form rows (the interpolation energy (4.5))
+  evaluate the 3-spin target and its gradient so. Shown with its ratio to the JAX floor
+  and the numpy backend's step over it (the speed-up).
 
 Before timing, the numpy and JAX steps are checked against the mfpc step from the same
 state (the SGD rows: numpy with the same generator; JAX with its own draw is not).
@@ -240,9 +240,7 @@ def jax_step(kind, problem, s):  # pragma: no cover - jax is an optional extra
 
 def jax_backend(kind, problem, dyn, s, y0, c0, seed):  # pragma: no cover - optional
     """``advance()`` of :data:`JAX_STEPS` steps of the toolkit's JAX backend from (y0,
-    c0), compiled before it is returned; None without jax or for the kernel form."""
-    if kind == "sphere":
-        return None
+    c0), compiled before it is returned; None without jax."""
     try:
         from particles.jax.stepper import JaxParticleStepper
     except ImportError:
