@@ -6,6 +6,7 @@ Runs from the source tree with no install step and writes nothing:
     JAX_PLATFORMS=cpu  PYTHONPATH=. python benchmarks/bench_device.py
     JAX_PLATFORMS=cuda PYTHONPATH=. python benchmarks/bench_device.py
     PYTHONPATH=. python benchmarks/bench_device.py --quick         # fewer rounds
+    PYTHONPATH=. python benchmarks/bench_device.py --numpy         # and the numpy backend
 
 It imports numpy, scipy, xarray, tqdm, jax and the toolkit's packages only (no netCDF,
 no matplotlib). Each row is one task as ``mfpc run`` makes it (8 seeds of one n, the
@@ -101,6 +102,30 @@ def time_row(kind, d, n, P, dtype, steps, rounds):
     return float(np.median(per)), float((q3 - q1) / np.median(per))
 
 
+def time_numpy(kind, d, n, P, steps, rounds):
+    """The same task on the numpy backend (``particles.dynamics.step``, SGD batches drawn
+    ahead as a run draws them): median seconds per step and spread."""
+    from particles.dynamics import Batches, State, step
+
+    problem, dyn = problem_dynamics(kind, d, P, "float64")
+    dyn = Dynamics(dyn.scheme, dyn.integrator, dyn.dt, form=dyn.form, batch=dyn.batch,
+                   temperature=dyn.temperature)
+    rngs = [member_rng(2, 0, s) for s in range(SEEDS)]
+    init = [problem.sample_init(r, n) for r in rngs]
+    state = State(0.0, np.stack([v[0] for v in init]), np.stack([v[1] for v in init]))
+    draws = Batches(problem.measure, rngs) if dyn.scheme == "sgd" else rngs
+    state = step(problem, dyn, state, dyn.dt, 1.0 / n, draws)
+    per = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state = step(problem, dyn, state, dyn.dt, 1.0 / n, draws)
+        per.append((time.perf_counter() - t0) / steps)
+    per = np.array(per)
+    q1, q3 = np.percentile(per, [25, 75])
+    return float(np.median(per)), float((q3 - q1) / np.median(per))
+
+
 def fmt_time(seconds):
     for unit, s in (("days", 86400), ("h", 3600), ("min", 60)):
         if seconds >= s:
@@ -113,6 +138,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="2 rounds of fewer steps")
     ap.add_argument("--dtypes", nargs="+", default=["float64", "float32"],
                     choices=["float64", "float32"])
+    ap.add_argument("--numpy", action="store_true",
+                    help="also time the numpy backend on the same task (a CPU column)")
     args = ap.parse_args(argv)
     jax = require_jax("benchmarks/bench_device.py")
     print(f"jax {jax.__version__}, device {device_name()}, {os.cpu_count()} CPUs; {load()}")
@@ -121,6 +148,9 @@ def main(argv=None):
     rounds = 2 if args.quick else 5
     head = "| row | dtype | s / step | steps / s | full form (steps) | projected |"
     lines = [head, "|---|---|---|---|---|---|"]
+    if args.numpy:
+        lines[0] += " numpy backend s / step | numpy / JAX |"
+        lines[1] += "---|---|"
     totals = {}
     for label, kind, d, n, P, full in ROWS:
         # about as long for each row
@@ -132,6 +162,10 @@ def main(argv=None):
                 totals[(d, dtype)] = totals.get((d, dtype), 0.0) + wall
             lines.append(f"| {label} | {dtype} | {med:.3g} (±{iqr:.0%}) | {1 / med:.3g} "
                          f"| {full:.0e} | {fmt_time(wall)} |")
+            if args.numpy:
+                if dtype == args.dtypes[0]:
+                    ref = time_numpy(kind, d, n, P, steps, rounds)
+                lines[-1] += f" {ref[0]:.3g} (±{ref[1]:.0%}) | {ref[0] / med:.2f} |"
             print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))
     print("\nprojected wall time of one task of the full Fig. 3 form (before + after the "
