@@ -29,6 +29,11 @@ grid, the tangent-linear grid ensemble) declares its state and its step; the dri
     states under the key ``"rng"`` as a list of ``bit_generator.state`` dicts (JSON);
     ``restore`` on a freshly built stepper continues bitwise as a run that never stopped;
     :mod:`particles.engine.checkpoint` writes them inside long runs (``run(..., checkpoint=)``).
+``advance(state, t_end, max_steps) -> (state, k)`` (optional)
+    Up to ``max_steps`` steps of the size last proposed in one call (a compiled backend:
+    :class:`particles.jax.stepper.JaxParticleStepper`), bitwise ``k`` calls of ``step``;
+    the driver uses it when no ``before_step``/``after_step`` watches every step
+    (:func:`_advance`).
 
 A run lands on a save time when what is left is at most half the step just taken; the
 state's time is then set to the save time exactly.
@@ -207,8 +212,8 @@ def _advance(stepper, state, t1, h, partial, steps, checkpoint, pace):
         most = max(1, min(most, int(0.25 * checkpoint.every / rate)))
     start, clock = state, time.perf_counter()
     new, k = stepper.advance(state, t1, most)
+    bad = stepper.check(new)  # waits for the call: a device runs it asynchronously
     pace["rate"] = (time.perf_counter() - clock) / max(k, 1)
-    bad = stepper.check(new)
     if bad is not None:
         state = start
         for i in range(k):
