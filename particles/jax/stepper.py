@@ -12,15 +12,16 @@ The velocities (2.1) in the data (residual) form are the gradient of the energy
 :math:`\dot c = -\partial_c E`, :math:`\dot y = -\partial_y E` (projected on the tangent
 space of a constrained kernel, then retracted after the step). φ is the kernel's
 ``phi_xp(jax.numpy, ...)``; no hand-written derivative is used. The kernel (F, K) form
-runs for the interpolation energy (4.5) (:meth:`JaxParticleStepper._kernel_velocity_fn`). The nodes (or an SGD
-batch) are cut into blocks of at most :data:`PAIR_BUDGET`/(B·n) (padded with zero
+runs for the interpolation energy (4.5) (:meth:`JaxParticleStepper._kernel_velocity_fn`).
+The nodes (or an SGD batch) are cut into blocks of at most :data:`PAIR_BUDGET`/(B·n) (padded with zero
 weights): the gradient is the sum of the blocks' gradients, so memory is bounded
 whatever Q·n. Members are batched with ``vmap`` on one device.
 
 Randomness: member b's key is drawn from its ``SeedSequence`` (the spawn key of its
 numpy generator with :data:`JAX_SPAWN` appended); step k draws from ``fold_in(key_b,
 k)`` (k counted from the run's start): SGD batches (:mod:`particles.jax.sampling`; the
-target is evaluated on them by a host callback) and Langevin noise. A member rerun alone
+target is evaluated on them on the device, :mod:`particles.jax.targets`, or by a host
+callback for a target without a JAX form) and Langevin noise. A member rerun alone
 draws the same numbers; its trajectory then agrees to round-off (to the bit when the
 compiled shapes are the same: ``docs/backends.md``).
 
@@ -81,6 +82,17 @@ def unsupported(problem, dynamics) -> str:
                     f"{getattr(problem.measure, 'name', '?')!r} has no JAX sampler; use "
                     "backend = 'numpy'")
     return ""
+
+
+def _on_device(target, dtype):
+    """The target in ``jax.numpy`` cast to ``dtype`` (:mod:`particles.jax.targets`), or
+    None (then it is evaluated by a host callback)."""
+    from particles.jax.targets import target_fn
+
+    f = target_fn(target)
+    if f is None:
+        return None
+    return lambda x: f(x).astype(dtype)
 
 
 class JaxState(NamedTuple):
@@ -182,30 +194,34 @@ class JaxParticleStepper:
         :math:`E = -\sum_i ac_i f(y_i) + \tfrac12\sum_{ij} ac_i ac_j\varphi(y_j, y_i)`
         (``ac = a c``) divided by ``a``: :math:`\dot c = f - K ac`,
         :math:`\dot y = c(\nabla f - \sum_m\nabla_1K\,ac_m)`, projected. K is φ
-        (``phi_xp``, autodiff); the target f and its gradient ``target.grad`` (the
-        closed form's F, ∇F) are evaluated by host callbacks. O(n²) memory per member."""
+        (``phi_xp``, autodiff); f is the target on the device (:mod:`particles.jax.targets`,
+        ∇f by autodiff) or, without a JAX form, f and ``target.grad`` (the closed form's
+        F, ∇F) by host callbacks. O(n²) memory per member."""
         jax, jnp = self.jax, self.jax.numpy
         kernel, target, a, dt = self.problem.kernel, self.problem.target, self.a, self.dtype
         N = kernel.N
-        f_shape = jax.ShapeDtypeStruct((n,), dt)
-        g_shape = jax.ShapeDtypeStruct((n, N), dt)
+        F = _on_device(target, dt)
+        if F is None:  # f and its grad on the host
+            f_shape = jax.ShapeDtypeStruct((n,), dt)
+            g_shape = jax.ShapeDtypeStruct((n, N), dt)
 
-        def host(fun):
-            return lambda z: np.asarray(fun(np.asarray(z, float)), dt)
+            def host(fun):
+                return lambda z: np.asarray(fun(np.asarray(z, float)), dt)
 
-        @jax.custom_vjp
-        def F(y):
-            return jax.pure_callback(host(target), f_shape, y, vmap_method="expand_dims")
+            @jax.custom_vjp
+            def F(y):
+                return jax.pure_callback(host(target), f_shape, y,
+                                         vmap_method="expand_dims")
 
-        def F_fwd(y):
-            return F(y), y
+            def F_fwd(y):
+                return F(y), y
 
-        def F_bwd(y, g):
-            grad = jax.pure_callback(host(target.grad), g_shape, y,
-                                     vmap_method="expand_dims")
-            return (g[..., None] * grad,)
+            def F_bwd(y, g):
+                grad = jax.pure_callback(host(target.grad), g_shape, y,
+                                         vmap_method="expand_dims")
+                return (g[..., None] * grad,)
 
-        F.defvjp(F_fwd, F_bwd)
+            F.defvjp(F_fwd, F_bwd)
 
         def energy(yc):
             y, c = yc
@@ -261,15 +277,20 @@ class JaxParticleStepper:
             from particles.jax.sampling import sampler
 
             draw, target = sampler(self.problem.measure), self.problem.target
+            f_device = _on_device(target, dt)
             shape = jax.ShapeDtypeStruct((P,), dt)
 
             def f_target(xb):
-                return np.asarray(target(np.asarray(xb, float)), dt)
+                if f_device is not None:
+                    return f_device(xb)
+                return jax.pure_callback(
+                    lambda z: np.asarray(target(np.asarray(z, float)), dt), shape, xb,
+                    vmap_method="expand_dims")
 
         def step(y, c, key, k, h, tau):
             if dyn.scheme == "sgd":
                 xb = draw(jax.random.fold_in(key, k), P, dt)
-                fb = jax.pure_callback(f_target, shape, xb, vmap_method="expand_dims")
+                fb = f_target(xb)
                 vy, vc, _ = vel(y, c, xb, jnp.full(P, 1.0 / P, dt), fb)
                 y1, c1, L = y + h * vy, c + h * vc, nan
             elif dyn.scheme == "langevin":
