@@ -146,9 +146,13 @@ class JaxParticleStepper:
 
     # -- the energy and its gradient ------------------------------------------------
     def _blocks(self, B, n, Q):
-        """Nodes per block and number of blocks for B members of n units on Q nodes."""
-        size = max(8, PAIR_BUDGET // max(1, B * n))
-        return (Q, 1) if Q <= size else (size, -(-Q // size))
+        """Nodes per block and number of blocks for B members of n units on Q nodes: as
+        few blocks as :data:`PAIR_BUDGET` allows, of equal size (little padding)."""
+        most = max(8, PAIR_BUDGET // max(1, B * n))
+        if Q <= most:
+            return Q, 1
+        m = -(-Q // most)
+        return -(-Q // m), m
 
     def _velocity_fn(self, B, n, Q):
         """``vel(y (n, N), c (n,), x (Q, d), w (Q,), fx (Q,)) -> (vy, vc, loss)`` of one
