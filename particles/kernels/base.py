@@ -215,7 +215,7 @@ class AutodiffKernel(Kernel):
                                                          else set())
 
     def phi(self, x, y):
-        return self.phi_xp(np, np.asarray(x, float), np.asarray(y, float))
+        return self.phi_xp(np, np.asarray(x), np.asarray(y))
 
     def phi_grad(self, x, y):
         from particles.kernels import autodiff
