@@ -50,6 +50,9 @@ def _parser():
                    help="submit a task that raised again up to K times (default 2)")
     r.add_argument("--checkpoint-every", type=float, metavar="S",
                    help="checkpoint long tasks every S seconds under DIR/tasks")
+    r.add_argument("--backend", choices=("numpy", "jax"),
+                   help="who steps the particles (replaces [dynamics] backend; "
+                        "docs/backends.md)")
     rp = sub.add_parser("report", help="check the predictions on the outputs of `mfpc run`")
     rp.add_argument("dir", help="output folder of `mfpc run` (holds particles.nc)")
     rp.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -117,7 +120,8 @@ def _main(args, command) -> int:
                                 progress=False if args.no_progress else None,
                                 command=command, workers=args.workers,
                                 dask_local=args.dask_local, scheduler=args.scheduler,
-                                retries=args.retries, checkpoint_every=args.checkpoint_every)
+                                retries=args.retries, checkpoint_every=args.checkpoint_every,
+                                backend=args.backend)
         except ConfigError as e:
             print(f"mfpc: error: {e}", file=sys.stderr)
             return 2

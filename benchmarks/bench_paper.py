@@ -21,13 +21,21 @@ spread, all quantities of a row alike hit by drift on the shared machine):
 * ``floor``: one ``numpy.exp`` / ``scipy.special.expit`` pass with ``out=`` over the
   largest array the step must evaluate ((n, P), (n, Q) or (n, n)), both preallocated;
 * ``numpy``: the plain-numpy step a user would write (matrix products, unblocked);
-* ``jax``: when ``jax`` is importable (the optional extra ``bench``), a ``jax.jit`` of
+* ``jax``: when ``jax`` is importable (the optional extra ``jax``), a ``jax.jit`` of
   ``jax.grad`` of the same loss (the empirical loss (1.2) on the nodes or the batch; the
   energy (4.5)) and one Euler update, float64, ``block_until_ready``, compile excluded.
   The SGD rows draw their batch and evaluate the 3-spin target inside the jitted step,
   as the mfpc step does inside its own. ``JAX floor``: JAX's own pass, a jitted
-  ``exp`` / ``sigmoid`` of the floor's array (XLA vectorises the float64 ``exp`` with
+  ``exp`` / logistic (as ``tanh(s/2)/2 + 1/2``) of the floor's array (XLA vectorises the float64 ``exp`` with
   AVX2; numpy does so only with AVX-512, so on an AVX2 machine JAX's floor is lower).
+
+* ``mfpc JAX``: the toolkit's JAX backend (``[dynamics] backend = "jax"``,
+  :class:`particles.jax.stepper.JaxParticleStepper`), float64, as a run steps it: one
+  ``advance`` call of :data:`JAX_STEPS` steps (a compiled loop; compile excluded), the
+  time divided by the steps; the SGD rows draw their batches from JAX keys and evaluate
+  the target by a host callback, the kernel-form rows (the interpolation energy (4.5))
+  evaluate the 3-spin target and its gradient so. Shown with its ratio to the JAX floor
+  and the numpy backend's step over it (the speed-up).
 
 Before timing, the numpy and JAX steps are checked against the mfpc step from the same
 state (the SGD rows: numpy with the same generator; JAX with its own draw is not).
@@ -69,6 +77,8 @@ ROWS = {
                    dict(d=5, n=1024)),
 }
 DT = 1e-3
+#: steps per timed call of the JAX backend's ``advance``
+JAX_STEPS = 4
 
 
 # -- problems and the mfpc step ---------------------------------------------------------
@@ -102,7 +112,9 @@ def floor_fn(kind, s, rng, jax_too=False):
         import jax
         import jax.numpy as jnp
 
-        op = jax.jit(jax.nn.sigmoid if sig else jnp.exp)
+        # the logistic as tanh(s/2)/2 + 1/2: XLA's float64 tanh is vectorised, its float64
+        # logistic (jax.nn.sigmoid) is not on AVX2: the lower of the two is the floor
+        op = jax.jit((lambda v: 0.5 * jnp.tanh(0.5 * v) + 0.5) if sig else jnp.exp)
         Aj = jnp.asarray(A)
         fns["jfloor"] = lambda: op(Aj).block_until_ready()
     return fns
@@ -226,6 +238,28 @@ def jax_step(kind, problem, s):  # pragma: no cover - jax is an optional extra
     return one, jnp.asarray, jax.random.PRNGKey
 
 
+def jax_backend(kind, problem, dyn, s, y0, c0, seed):  # pragma: no cover - optional
+    """``advance()`` of :data:`JAX_STEPS` steps of the toolkit's JAX backend from (y0,
+    c0), compiled before it is returned; None without jax."""
+    try:
+        from particles.jax.stepper import JaxParticleStepper
+    except ImportError:
+        return None
+    import dataclasses
+
+    st = JaxParticleStepper(problem, dataclasses.replace(dyn, backend="jax"), 1.0 / s["n"])
+    box = {"s": st.init(y0[None], c0[None], [np.random.default_rng([seed, 4])])}
+    t_end = 1e9 * DT
+    st.propose(box["s"], 0.0, t_end)
+
+    def advance(k=JAX_STEPS):
+        box["s"], _ = st.advance(box["s"], t_end, k)
+        box["s"].y.block_until_ready()
+
+    advance(1)  # compile
+    return advance
+
+
 # -- one row ----------------------------------------------------------------------------
 def check(kind, problem, dyn, state, numpy_one, jax_one, seed):
     """numpy and JAX steps against the mfpc step from the same state (relative 1e-9 of
@@ -281,7 +315,12 @@ def run_row(key, args, rng):
             box["jax"] = out
 
         fns["jax"] = jstep
+    jb = None if args.no_jax else jax_backend(kind, problem, dyn, s, y0, c0, args.seed)
+    if jb is not None:
+        fns["mfpcjax"] = jb
     samples = measure(fns, args.rounds, args.block_time, args.min_calls)
+    if "mfpcjax" in samples:
+        samples["mfpcjax"] = np.asarray(samples["mfpcjax"]) / JAX_STEPS
     return label, {k: (float(np.median(v)), spread(v)) for k, v in samples.items()}
 
 
@@ -301,13 +340,14 @@ def main(argv=None):
         print(f"jax {jax.__version__} (float64), devices {jax.devices()}"
               + (" (not used: --no-jax)" if args.no_jax else ""))
     except ImportError:
-        print("jax: not importable (optional extra 'bench'; no JAX column)")
+        print("jax: not importable (optional extra 'jax'; no JAX columns)")
     print(f"one explicit Euler step, B = 1 member; rounds={args.rounds}, "
           f"block={args.block_time}s; medians in ms (±IQR/median)")
     rng = np.random.default_rng(args.seed)
     head = ("| problem, one step | floor ms | mfpc ms | mfpc / floor | mfpc 1 thread ms "
-            "| numpy ms | JAX ms | mfpc / JAX | JAX floor ms |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+            "| numpy ms | JAX ms | mfpc / JAX | JAX floor ms | mfpc JAX ms "
+            "| mfpc JAX / JAX floor | numpy backend / mfpc JAX |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in args.rows:
         label, med = run_row(key, args, rng)
         fl, mf, nu = med["floor"], med["mfpc"], med["numpy"]
@@ -318,6 +358,9 @@ def main(argv=None):
                  f"{fmt_ms(jx[0])} (±{jx[1]:.0%})" if jx else "-",
                  f"{mf[0] / jx[0]:.2f}" if jx else "-",
                  f"{fmt_ms(jf[0])} (±{jf[1]:.0%})" if jf else "-"]
+        mj = med.get("mfpcjax")
+        cells += ([f"{fmt_ms(mj[0])} (±{mj[1]:.0%})", f"{mj[0] / jf[0]:.2f}" if jf else "-",
+                   f"{mf[0] / mj[0]:.2f}"] if mj else ["-", "-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))

@@ -146,6 +146,11 @@ class Dynamics:
         The coordinates that move: ``("y", "c")`` (default, trained units) or ``("c",)``
         (random features: y stays at its initial draw, bitwise; only c is trained, and
         Langevin noise acts on c only). The y velocity is then never computed.
+    backend : {"numpy", "jax"}
+        Who steps the particles: the numpy steppers of :mod:`particles.steppers`, or the
+        compiled ones of :mod:`particles.jax` (``docs/backends.md``).
+    dtype : {"float64", "float32"}
+        The particles' floating-point type; ``"float32"`` only on the JAX backend.
     """
 
     scheme: str = "gd"
@@ -155,6 +160,8 @@ class Dynamics:
     batch: object = None
     temperature: object = None
     train: tuple = TRAIN_ALL
+    backend: str = "numpy"
+    dtype: str = "float64"
 
     def __post_init__(self):
         train = self.train
@@ -165,6 +172,16 @@ class Dynamics:
                 'not known; use ["y", "c"] (trained units, the default) or ["c"] (random '
                 "features: y frozen at its draw)")
         object.__setattr__(self, "train", TRAIN_ALL if len(train) == 2 else ("c",))
+        if self.backend not in ("numpy", "jax"):
+            raise ValueError(
+                f"dynamics.backend={self.backend!r} is not known; use 'numpy' or 'jax'")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(
+                f"dynamics.dtype={self.dtype!r} is not known; use 'float64' or 'float32'")
+        if self.dtype == "float32" and self.backend != "jax":
+            raise ValueError(
+                "dynamics.dtype='float32' needs backend = 'jax' (the numpy backend computes "
+                "in float64); set dynamics.backend = 'jax' or drop dynamics.dtype")
         if self.scheme not in ("gd", "sgd", "langevin"):
             raise ValueError(
                 f"dynamics.scheme={self.scheme!r} is not known; use 'gd', 'sgd' or 'langevin'"
@@ -216,8 +233,9 @@ class Dynamics:
         return self.train == ("c",)
 
     def params(self) -> dict:
-        """The resolved keys; ``train`` only when it is not the default (the run's
-        identity of a config without it does not depend on the key's existence)."""
+        """The resolved keys (the run identity); ``train``, ``backend`` and ``dtype`` only
+        when they differ from the defaults, so that the identity of a config without them
+        does not depend on the keys' existence."""
         out = {
             "scheme": self.scheme,
             "integrator": self.integrator,
@@ -228,6 +246,10 @@ class Dynamics:
         }
         if self.frozen_y:
             out["train"] = list(self.train)
+        if self.backend != "numpy":
+            out["backend"] = self.backend
+        if self.dtype != "float64":
+            out["dtype"] = self.dtype
         return out
 
 

@@ -7,7 +7,10 @@ one vectorised state of shape (seeds, n, N). Member ``(i_n, i_seed)`` draws its 
 units and all its noise from
 ``Generator(PCG64(SeedSequence(root_seed, spawn_key=(i_n, i_seed))))``, so any member
 rerun alone (``simulate(..., n=[n], seeds=[i_seed], n_index=[i_n])``) gives the same
-numbers.
+numbers. With ``dynamics.backend = "jax"`` the stepper is
+:class:`particles.jax.stepper.JaxParticleStepper` (the members' noise from JAX keys drawn
+from the same SeedSequences; ``docs/backends.md``); the attrs record ``backend``,
+``dtype`` and ``device``.
 """
 from __future__ import annotations
 
@@ -155,6 +158,14 @@ def simulate(
         if ns != [c0_all.shape[1]] or len(seed_ids) != c0_all.shape[0]:
             raise ValueError("with an init file, n and seeds come from its shapes")
 
+    if dynamics.backend == "jax":
+        from particles.jax import device_name
+        from particles.jax.stepper import JaxParticleStepper as Stepper
+
+        device = device_name()
+    else:
+        Stepper = ParticleStepper
+        device = "cpu (numpy)"
     x = problem.x
     Q, S, T, nmax = x.shape[0], len(seed_ids), len(ts), max(ns)
     f_n = np.full((len(ns), S, T, Q), np.nan)
@@ -189,6 +200,9 @@ def simulate(
             "problem": json.dumps(problem.params()),
             "dynamics": json.dumps(dynamics.params()),
             "time_step_rule": "equal steps <= dt between consecutive save times",
+            "backend": dynamics.backend,
+            "dtype": dynamics.dtype,
+            "device": device,
             **run_status(failure),
         }
         return cf_dataset(data, coords, attrs, title="mfpc particle ensembles")
@@ -214,15 +228,16 @@ def simulate(
         a = 1.0 / nk
 
         def observe(j, state, k=k, nk=nk, a=a):
-            fk = problem.network(state.y, a * state.c)
+            y, c = np.asarray(state.y, float), np.asarray(state.c, float)  # a device's too
+            fk = problem.network(y, a * c)
             f_n[k, :, j] = fk
             loss[k, :, j] = problem.loss(fk)
             if save_state:
-                ys[k, :, j, :nk] = problem.kernel.wrap(state.y)
-                cs[k, :, j, :nk] = state.c
+                ys[k, :, j, :nk] = problem.kernel.wrap(y)
+                cs[k, :, j, :nk] = c
 
-        stepper = ParticleStepper(problem, dynamics, a, name="particles",
-                                  labels=[f"n={nk}, seed {s}" for s in seed_ids])
+        stepper = Stepper(problem, dynamics, a, name="particles",
+                          labels=[f"n={nk}, seed {s}" for s in seed_ids])
         run(stepper, stepper.init(y, c, rngs), ts, observe, progress=progress,
             desc=f"particles n={nk}", partial=dataset, checkpoint=checkpoint)
     return dataset()

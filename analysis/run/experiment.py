@@ -210,9 +210,19 @@ def resolve(cfg: dict, base=None, problem=None) -> Experiment:
             batch=dyn.get("batch"),
             temperature=dyn.get("temperature"),
             train=tuple(dyn.get("train", ("y", "c"))),
+            backend=dyn.get("backend", "numpy"),
+            dtype=dyn.get("dtype", "float64"),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if dynamics.backend == "jax":
+        from particles.jax import require_jax
+
+        require_jax()
+        from particles.jax.stepper import unsupported
+
+        if unsupported(problem, dynamics):
+            raise ConfigError(f"dynamics.backend = 'jax': {unsupported(problem, dynamics)}")
     parts = _particles_section(cfg, problem, base) if "particles" in cfg else None
     init = parts.pop("_init", None) if parts is not None else None
     check_realisations(cfg, parts, ready)
@@ -531,13 +541,17 @@ def run_experiment(exp: Experiment, out, *, force=False, progress=None, command=
 
 
 def run_config(config_path, out, *, force=False, progress=None, command=None, workers=None,
-               dask_local=None, scheduler=None, retries=2, checkpoint_every=None) -> dict:
+               dask_local=None, scheduler=None, retries=2, checkpoint_every=None,
+               backend=None) -> dict:
     """``mfpc run CONFIG --out DIR``: :func:`resolve`, then :func:`run_experiment` on the
     executor of :func:`analysis.sweep.executors.make_executor`. Returns ``{section: (path,
-    status)}``; ``history`` says ``mfpc run CONFIG --out DIR`` unless ``command``."""
+    status)}``; ``history`` says ``mfpc run CONFIG --out DIR`` unless ``command``.
+    ``backend`` (``--backend``) replaces ``[dynamics] backend``."""
     config_path = Path(config_path)
     check_options(workers, dask_local, scheduler, retries, checkpoint_every)
     cfg = load_config(config_path)
+    if backend is not None and isinstance(cfg.get("dynamics"), dict):
+        cfg["dynamics"] = {**cfg["dynamics"], "backend": backend}
     if command is None:
         command = f"mfpc run {config_path} --out {out}" + (" --force" if force else "")
     exp = resolve(cfg, base=config_path.parent)

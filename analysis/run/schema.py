@@ -23,6 +23,8 @@ DYNAMICS_SCHEMA = {
     "batch": BATCH,  # the rules Dynamics checks its arguments with
     "temperature": TEMPERATURE,
     "train": lambda v, where: _train(v, where),
+    "backend": C.choice("numpy", "jax"),
+    "dtype": C.choice("float64", "float32"),
 }
 MEANFIELD_SCHEMA = {
     "solvers": lambda v, where: _solvers(v, where),

@@ -30,6 +30,11 @@ grid, the tangent-linear grid ensemble) declares its state and its step; the dri
     states under the key ``"rng"`` as a list of ``bit_generator.state`` dicts (JSON);
     ``restore`` on a freshly built stepper continues bitwise as a run that never stopped;
     :mod:`particles.engine.checkpoint` writes them inside long runs (``run(..., checkpoint=)``).
+``advance(state, t_end, max_steps) -> (state, k)`` (optional)
+    Up to ``max_steps`` steps of the size last proposed in one call (a compiled backend:
+    :class:`particles.jax.stepper.JaxParticleStepper`), bitwise ``k`` calls of ``step``;
+    the driver uses it when no ``before_step``/``after_step`` watches every step
+    (:func:`_advance`).
 
 A run lands on a save time when what is left is at most half the step just taken
 (:func:`lands`); the state's time is then set to the save time exactly. These two
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -159,6 +165,11 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
         # a later run of a solver of several runs (one per n) starts with one, so what
         # the earlier runs observed is kept from the start
         checkpoint.save(stepper.capture(state), j=0, t0=t0, steps=0)
+    # a stepper with ``advance`` (a compiled backend) takes stretches of steps per call,
+    # unless the caller watches every step
+    advance = (getattr(stepper, "advance", None)
+               if before_step is None and after_step is None else None)
+    pace = {}  # seconds per step of the last advance call
     span = max(ts[-1] - float(state.t), 0.0)
     bar = tqdm(total=span, disable=(None if progress is None else not progress),
                desc=desc or stepper.name, unit="time", leave=False)
@@ -172,6 +183,17 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
                     h = stepper.propose(state, t0, t1)
                     if not h > 0:
                         break
+                    if advance is not None:  # a stretch of steps in one call
+                        state, k, landed = _advance(stepper, state, t1, h, partial,
+                                                    steps, checkpoint, pace)
+                        bar.update(k * h)
+                        steps += k
+                        if landed:
+                            break
+                        if checkpoint is not None and checkpoint.due():
+                            checkpoint.save(stepper.capture(state), j=j, t0=t0,
+                                            steps=steps)
+                        continue
                     if before_step is not None:
                         before_step(state, h)
                     new = stepper.step(state, h)
@@ -201,6 +223,35 @@ def run(stepper, state, save_times, observe, *, before_step=None, after_step=Non
     if checkpoint is not None:
         checkpoint.remove()
     return state
+
+
+#: Most steps of one ``advance`` call (:func:`_advance`).
+ADVANCE_STEPS = 256
+
+
+def _advance(stepper, state, t1, h, partial, steps, checkpoint, pace):
+    """One ``stepper.advance`` call toward the save time ``t1``: at most
+    :data:`ADVANCE_STEPS` steps, fewer with a checkpoint so that a call takes about a
+    quarter of its interval (measured on the previous call). After a call whose state
+    fails ``check``, the call is replayed step by step from its start to find the step
+    where it failed (the failure contract). Returns ``(state, steps, landed)``."""
+    most = ADVANCE_STEPS
+    rate = pace.get("rate")
+    if checkpoint is not None and rate:
+        most = max(1, min(most, int(0.25 * checkpoint.every / rate)))
+    start, clock = state, time.perf_counter()
+    new, k = stepper.advance(state, t1, most)
+    bad = stepper.check(new)  # waits for the call: a device runs it asynchronously
+    pace["rate"] = (time.perf_counter() - clock) / max(k, 1)
+    if bad is not None:
+        state = start
+        for i in range(k):
+            state, _ = stepper.advance(state, t1, 1)
+            bad = stepper.check(state)
+            if bad is not None:
+                _fail(stepper, state, bad, partial, first=steps + i == 0)
+        _fail(stepper, new, stepper.check(new), partial)
+    return new, k, t1 - float(new.t) <= 0.5 * h
 
 
 def _fail(stepper, state, bad, partial, first=False):

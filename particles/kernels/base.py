@@ -29,6 +29,15 @@ and implements
 The generic :meth:`Kernel.pullback` evaluates ``phi_grad`` once; kernels with a cheaper
 structure (the circle) override it, and tests hold every override against
 :func:`pullback_reference`. ``docs/kernels.md`` says how to add a kernel.
+
+φ written once: ``phi_xp(xp, x, y)`` states φ against an array namespace ``xp``
+(``numpy`` or ``jax.numpy``), and ``tangent_xp``/``retract_xp`` the constraint. Every
+built-in kernel's ``phi`` is ``phi_xp(numpy, ...)``; the JAX backend
+(:mod:`particles.jax`) takes every derivative of it by autodiff
+(:mod:`particles.kernels.autodiff`), while the hand-written ``phi_grad``, ``grad_x``,
+``phi_hessian`` and fused ``pullback`` stay the numpy fast path.
+:class:`AutodiffKernel` is a kernel defined by ``phi_xp`` alone: its derivatives come
+from autodiff (jax installed) on the numpy solvers too.
 """
 from __future__ import annotations
 
@@ -36,7 +45,7 @@ import numpy as np
 
 from particles.engine.config import require
 
-__all__ = ["Kernel", "pullback_reference", "check_kernel"]
+__all__ = ["Kernel", "AutodiffKernel", "pullback_reference", "states_phi", "check_kernel"]
 
 #: Points of the fine grid on which :meth:`Kernel.fourier_coefficients` samples g.
 FOURIER_POINTS = 4096
@@ -71,6 +80,22 @@ class Kernel:
     def phi(self, x, y):  # pragma: no cover - abstract
         """φ(x, y): x (..., Q, d), y (..., n, N) -> (..., n, Q)."""
         raise NotImplementedError
+
+    def phi_xp(self, xp, x, y):  # pragma: no cover - abstract
+        """φ(x, y) written once against the array namespace ``xp`` (``numpy`` or
+        ``jax.numpy``): shapes as :meth:`phi`. A kernel that states it runs on the JAX
+        backend (:func:`states_phi`)."""
+        raise NotImplementedError(
+            f"kernel {self.name!r} does not state phi_xp(xp, x, y), φ against an array "
+            "namespace (docs/kernels.md)")
+
+    def tangent_xp(self, xp, y, v):
+        """:meth:`tangent` against the array namespace ``xp``."""
+        return v
+
+    def retract_xp(self, xp, y):
+        """:meth:`retract` against the array namespace ``xp``."""
+        return y
 
     def phi_grad(self, x, y):  # pragma: no cover - abstract
         r"""φ and :math:`\nabla_y\varphi`: shapes (..., n, Q), (..., n, Q, N)."""
@@ -158,6 +183,61 @@ class Kernel:
         g_c = np.einsum("bnq,bq->bn", p, wr)
         g_y = np.einsum("bnqk,bq->bnk", dp, wr)
         return f, g_c, g_y
+
+
+def states_phi(kernel) -> bool:
+    """True when ``kernel`` states φ once, ``phi_xp(xp, x, y)`` (the JAX backend and
+    autodiff need it)."""
+    return getattr(type(kernel), "phi_xp", Kernel.phi_xp) is not Kernel.phi_xp
+
+
+class AutodiffKernel(Kernel):
+    r"""A kernel defined by φ alone: ``phi_xp(xp, x, y)`` (and, if y lives on a
+    manifold, ``tangent_xp``/``retract_xp``).
+
+    ``phi`` is ``phi_xp(numpy, ...)``; :math:`\nabla_y\varphi`, :math:`\nabla_x\varphi`
+    and the Hessian in y come from JAX autodiff of ``phi_xp``
+    (:mod:`particles.kernels.autodiff`; jax installed), so the particles (both
+    backends), the grid, the characteristics and the influence method run it. Declare
+    ``smooth = True`` for the Hessian (``"hessian_y"``): autodiff returns 0 across a
+    kink (relu), so a kernel that is not smooth is not offered it. ``capabilities``
+    adds ``"grad_x"`` (and ``"hessian_y"`` when smooth) to ``declared``.
+    """
+
+    #: φ is twice differentiable in y (opens ``"hessian_y"``).
+    smooth: bool = False
+    #: Capabilities declared beyond the autodiff ones (``"fourier"``, ``"constraint"``).
+    declared: frozenset = frozenset()
+
+    @property
+    def capabilities(self):
+        return frozenset(self.declared) | {"grad_x"} | ({"hessian_y"} if self.smooth
+                                                         else set())
+
+    def phi(self, x, y):
+        return self.phi_xp(np, np.asarray(x), np.asarray(y))
+
+    def phi_grad(self, x, y):
+        from particles.kernels import autodiff
+
+        return autodiff.phi_grad(self, x, y)
+
+    def grad_x(self, x, y):
+        from particles.kernels import autodiff
+
+        return autodiff.grad_x(self, x, y)
+
+    def phi_hessian(self, x, y):
+        require(self, "hessian_y", "the Hessian in y (declare smooth = True)")
+        from particles.kernels import autodiff
+
+        return autodiff.phi_hessian(self, x, y)
+
+    def tangent(self, y, v):
+        return self.tangent_xp(np, y, v)
+
+    def retract(self, y):
+        return self.retract_xp(np, y)
 
 
 def pullback_reference(kernel, y, a, x, w, f_x):

@@ -77,8 +77,12 @@ class CircleKernel(Kernel):
         """x − y of x (..., Q, 1) and y (..., n, 1): shape (..., n, Q)."""
         return x[..., None, :, 0] - y[..., :, None, 0]
 
+    def phi_xp(self, xp, x, y):
+        """φ = exp(κ(cos(x − y) − 1)) against the array namespace ``xp``."""
+        return xp.exp(self.kappa * (xp.cos(x[..., None, :, 0] - y[..., :, None, 0]) - 1.0))
+
     def phi(self, x, y):
-        return self._g(self._diff(x, y), 0)[0]
+        return self.phi_xp(np, x, y)
 
     def phi_grad(self, x, y):
         p, dp = self._g(self._diff(x, y), 1)

@@ -38,16 +38,27 @@ class GaussianRBF(Kernel):
             p["normalised"] = 1
         return p
 
+    def phi_xp(self, xp, x, y):
+        """φ = A exp(−|x − y|²/(2σ²)) against the array namespace ``xp``.
+
+        |x − y|² = |x|² + |y|² − 2 y·x after shifting x and y by the mean node m (φ
+        depends on x − y only): one matrix product and no (n, Q, d) array, with the
+        cancellation at round-off of the distances from m, not of the norms (as the
+        fused pass)."""
+        if x.shape[-2]:
+            m = xp.mean(x, axis=-2, keepdims=True)
+            x, y = x - m, y - m
+        d2 = (xp.sum(x * x, axis=-1)[..., None, :] + xp.sum(y * y, axis=-1)[..., :, None]
+              - 2.0 * xp.matmul(y, xp.swapaxes(x, -1, -2)))
+        p = xp.exp(-0.5 * d2 / self.sigma**2)
+        return self.A * p if self.normalised else p
+
     def _parts(self, x, y):
-        """x − y (..., n, Q, d) and φ (..., n, Q): the one place φ is written."""
-        diff = x[..., None, :, :] - y[..., :, None, :]
-        p = np.exp(-0.5 * np.sum(diff**2, axis=-1) / self.sigma**2)
-        if self.normalised:
-            p = self.A * p
-        return diff, p
+        """x − y (..., n, Q, d) and φ (..., n, Q) (φ from :meth:`phi_xp`)."""
+        return x[..., None, :, :] - y[..., :, None, :], self.phi_xp(np, x, y)
 
     def phi(self, x, y):
-        return self._parts(x, y)[1]
+        return self.phi_xp(np, x, y)
 
     def phi_grad(self, x, y):
         diff, p = self._parts(x, y)

@@ -1,6 +1,8 @@
 r"""The RBF on the sphere :math:`|x| = |y| = \sqrt d`, (4.2)–(4.3) with the sign corrected."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from particles.kernels.base import Kernel, pullback_arrays
@@ -30,9 +32,12 @@ class SphereRBF(Kernel):
     def params(self):
         return {"d": self.d, "alpha": self.alpha}
 
+    def phi_xp(self, xp, x, y):
+        """φ = exp(α(x·y − d)) against the array namespace ``xp``."""
+        return xp.exp(self.alpha * (xp.matmul(y, xp.swapaxes(x, -1, -2)) - self.d))
+
     def phi(self, x, y):
-        xy = np.matmul(y, np.swapaxes(x, -1, -2))
-        return np.exp(self.alpha * (xy - self.d))
+        return self.phi_xp(np, x, y)
 
     def phi_grad(self, x, y):
         p = self.phi(x, y)
@@ -45,12 +50,20 @@ class SphereRBF(Kernel):
         yb = np.broadcast_to(y[..., :, None, :], p.shape + (self.d,))
         return self.alpha * p[..., None] * yb
 
+    def tangent_xp(self, xp, y, v):
+        """v − (v·y/|y|²) y against the array namespace ``xp``."""
+        yy = xp.sum(y * y, axis=-1, keepdims=True)
+        return v - (xp.sum(v * y, axis=-1, keepdims=True) / yy) * y
+
+    def retract_xp(self, xp, y):
+        """y √d/|y| against the array namespace ``xp``."""
+        return y * (math.sqrt(self.d) / xp.sqrt(xp.sum(y * y, axis=-1, keepdims=True)))
+
     def tangent(self, y, v):
-        yy = np.sum(y * y, axis=-1, keepdims=True)
-        return v - (np.sum(v * y, axis=-1, keepdims=True) / yy) * y
+        return self.tangent_xp(np, y, v)
 
     def retract(self, y):
-        return y * (np.sqrt(self.d) / np.linalg.norm(y, axis=-1, keepdims=True))
+        return self.retract_xp(np, y)
 
     def pullback(self, y, a, x, w, f_x):
         r"""Fused pass: one matrix product and one ``exp`` per (particle, node) pair.

@@ -136,8 +136,7 @@ def test_predicted_var_matches_sgd_ensembles():
     exp = resolve(_cfg(n=256, amp=2.0, scheme="sgd", batch=4))
     ds, _ = advise(exp, ratio=1.0)
     n, S = int(exp.particles["n"][0]), 400
-    sg = sgd_covariance_influence(exp.problem, exp.save_times, None, ny=16, nc=4,
-                                  dt=float(exp.dynamics.dt))
+    sg = sgd_covariance_influence(exp.problem, exp.save_times, None, grid={"y": 16, "c": 4, "dt": float(exp.dynamics.dt)})
     w = exp.problem.w
     sw = np.sqrt(w)
     tr = float(np.sum(w * sg["clt_var"].values[-1]))

@@ -67,8 +67,8 @@ def _influence_closure(eps_cos, eps_sin, ts, *, Q=32, ny=32, nc=6, dt=0.05):
     """(errors, regimes, tolerances) of the closure t_k -> t_{k+1}, M from the influence
     method's own forward nodes at t_k (the same discretisation as Sigma)."""
     p = circle_problem(2.0, Q, cos=[0.0, eps_cos], sin=[0.0, eps_sin], c_law=U)
-    ds = clt_covariance_influence(p, ts, ny=ny, nc=nc, dt=dt)
-    fw = forward_run(p, np.asarray(ts, float), ny=ny, nc=nc, dt=dt)
+    ds = clt_covariance_influence(p, ts, grid={"y": ny, "c": nc, "dt": dt})
+    fw = forward_run(p, np.asarray(ts, float), grid={"y": ny, "c": nc, "dt": dt})
     cov = ds["clt_cov"].values
     errs, regs, tols = [], [], []
     s = np.sqrt(p.w)
@@ -97,7 +97,7 @@ def test_closure_matches_influence_for_a_tiny_target():
     assert np.all(errs <= tols), (errs, tols)
     # and the closure is not trivially met: without propagation (h = 0) the error is O(1)
     p = circle_problem(2.0, 16, cos=[0.0, 0.001], c_law=U)
-    ds = clt_covariance_influence(p, [0.0, 1.0], ny=16, nc=4, dt=0.05)
+    ds = clt_covariance_influence(p, [0.0, 1.0], grid={"y": 16, "c": 4, "dt": 0.05})
     c = ds["clt_cov"].values
     assert l2_frobenius(c[0] - c[1], p.w) / l2_frobenius(c[1], p.w) > 10 * tols.max()
 
