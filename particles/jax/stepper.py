@@ -41,7 +41,8 @@ import numpy as np
 from particles.engine.loop import Divergence
 from particles.jax import device_name, require_jax
 from particles.kernels.base import states_phi
-from particles.steppers import ATOL, GD_RTOL, NOISY_FACTOR, STATE_FACTOR, substeps
+from particles.engine.loop import lands, substeps
+from particles.steppers import ATOL, GD_RTOL, NOISY_FACTOR, STATE_FACTOR
 
 __all__ = ["JaxState", "JaxParticleStepper", "unsupported", "PAIR_BUDGET", "JAX_SPAWN"]
 
@@ -159,6 +160,7 @@ class JaxParticleStepper:
         member, the nodes in blocks (:meth:`_blocks`)."""
         jax, jnp = self.jax, self.jax.numpy
         kernel, a = self.problem.kernel, self.a
+        frozen = self.dynamics.frozen_y
         size, m = self._blocks(B, n, Q)
 
         def loss(yc, x, w, fx):
@@ -187,6 +189,8 @@ class JaxParticleStepper:
                 (L, gy, gc), _ = jax.lax.scan(
                     block, zero, (xs.reshape((m, size) + x.shape[1:]), ws.reshape(m, size),
                                   fs.reshape(m, size)))
+            if frozen:  # random features: y stays at its draw (XLA drops the unused gy)
+                return jnp.zeros_like(y), -gc / a, L
             vy = kernel.tangent_xp(jnp, y, -gy / a)
             return vy, -gc / a, L
 
@@ -203,6 +207,7 @@ class JaxParticleStepper:
         F, ∇F) by host callbacks. O(n²) memory per member."""
         jax, jnp = self.jax, self.jax.numpy
         kernel, target, a, dt = self.problem.kernel, self.problem.target, self.a, self.dtype
+        frozen = self.dynamics.frozen_y
         N = kernel.N
         F = _on_device(target, dt)
         if F is None:  # f and its grad on the host
@@ -238,6 +243,8 @@ class JaxParticleStepper:
 
         def vel(y, c, *_):
             gy, gc = grad((y, c))
+            if frozen:  # random features: y stays at its draw
+                return jnp.zeros_like(y), -gc / a, nan
             return kernel.tangent_xp(jnp, y, -gy / a), -gc / a, nan
 
         return vel
@@ -271,6 +278,7 @@ class JaxParticleStepper:
     def _step_fn(self, B, n, P):
         jax, jnp = self.jax, self.jax.numpy
         dyn, kernel, dt = self.dynamics, self.problem.kernel, self.dtype
+        frozen = dyn.frozen_y
         Q = self._x.shape[0]
         vel = (self._kernel_velocity_fn(n) if dyn.form == "kernel"
                else self._velocity_fn(B, n, P if dyn.scheme == "sgd" else Q))
@@ -301,7 +309,8 @@ class JaxParticleStepper:
                 vy, vc, L = vel(y, c, x0, w0, f0)
                 xi = jax.random.normal(jax.random.fold_in(key, k), (n, N + 1), dt)
                 s = jnp.sqrt(2.0 * tau * h)
-                y1 = y + h * vy + s * kernel.tangent_xp(jnp, y, xi[:, :-1])
+                # random features: the noise acts on c only and y stays at its draw
+                y1 = y if frozen else y + h * vy + s * kernel.tangent_xp(jnp, y, xi[:, :-1])
                 c1 = c + h * vc + s * xi[:, -1]
             elif dyn.integrator == "euler":
                 vy, vc, L = vel(y, c, x0, w0, f0)
@@ -371,9 +380,8 @@ class JaxParticleStepper:
         return self.dynamics.temperature_at(t) if self.dynamics.scheme == "langevin" else 0.0
 
     def propose(self, state, t_start, t_end):
-        m = substeps(t_start, t_end, self.dynamics.dt)
         self._t_end = t_end
-        self._h = (t_end - t_start) / m if m else 0.0
+        self._h = substeps(t_start, t_end, self.dynamics.dt)[1]
         return self._h
 
     def step(self, state, h):
@@ -394,7 +402,7 @@ class JaxParticleStepper:
                 break
             t += h
             k += 1
-            if t_end - t <= 0.5 * h:
+            if lands(t, t_end, h):
                 break
         return self._run(state, h, k), k
 
@@ -407,16 +415,16 @@ class JaxParticleStepper:
         t = float(state.t)
         for _ in range(k):
             t += h
-        lands = self._t_end is not None and self._t_end - t <= 0.5 * h
+        landed = self._t_end is not None and lands(t, self._t_end, h)
         if self.dynamics.scheme == "sgd" or self.dynamics.form == "kernel":
             # the loss on the Q nodes costs about Q/P (SGD) or Q/n (kernel form) steps:
             # seen at every save time and after at least 8 Q/P (8 Q/n) steps, it adds at
             # most about 1/8 to the run
             self._unseen += k
             work = P if self.dynamics.scheme == "sgd" else n
-            if lands or self._unseen >= 8 * self._x.shape[0] / max(work, 1):
+            if landed or self._unseen >= 8 * self._x.shape[0] / max(work, 1):
                 watch, self._unseen = watch_update(watch, loss(y, c)), 0
-        elif lands:
+        elif landed:
             watch = watch_update(watch, loss(y, c))
         return JaxState(t, y, c, state.keys, state.steps + k, watch)
 

@@ -103,9 +103,10 @@ def test_the_loop_takes_the_rules_steps(gaps, dt):
 
 def test_no_second_rule_in_the_source():
     """No module but the loop writes the step count (``ceil(... - 1e-9)``) or the landing
-    test (``<= 0.5 * step``): a second copy would drift from the one rule."""
+    test (``t_end - t <= 0.5 * h``, a difference of times against half a step): a second
+    copy would drift from the one rule."""
     count = re.compile(r"ceil\([^\n]*-\s*1e-9")
-    landing = re.compile(r"<=\s*0\.5\s*\*")
+    landing = re.compile(r"-\s*[\w.\[\]]+\s*<=\s*0\.5\s*\*")
     home = ROOT / "particles" / "engine" / "loop.py"
     found = []
     for floor in ("particles", "meanfield", "analysis"):
