@@ -399,28 +399,12 @@ def step(problem, dyn: Dynamics, state: State, h: float, a, rngs=None, *,
 def c_velocity(problem, y, c, a, *, x=None, w=None, form="data", record=None):
     r"""The c velocity of (2.1) alone, :math:`\dot c_i = -\langle\varphi(\cdot, y_i),
     r\rangle_\mu` (``form = "kernel"``: :math:`F(y_i) - \sum_j K(y_i, y_j)a_jc_j`), for
-    frozen y. Shapes and ``record`` as :meth:`particles.problem.Problem.velocity`;
-    returns vc (B, n).
-
-    Through the kernel's fused pull-back (:meth:`particles.kernels.Kernel.pullback`) and
-    the form's fused velocity, whose y gradient is one more contraction of what they
-    compute anyway: evaluating φ alone again costs more (``benchmarks/bench_baselines.py``).
-    The y gradient is dropped, never projected or stepped."""
-    a = np.broadcast_to(a, c.shape)
-    if form == "kernel":
-        kf = problem.kernel_form
-        if kf is None:
-            problem.require("kernel_form", "dynamics.form = 'kernel'")
-        return kf.velocity(y, a * c)[0]
-    own_nodes = x is None
-    if own_nodes:
-        x, w, f_x = problem.x, problem.w, problem.f_x
-    else:
-        f_x = problem.target(x)
-    f, g_c, _ = problem.kernel.pullback(y, a * c, x, w, f_x)
-    if record is not None and own_nodes and not record:
-        record["f"] = f
-    return -g_c
+    frozen y: :meth:`particles.problem.Problem.velocity` (same shapes and ``record``),
+    whose fused pull-back and fused form compute the y gradient as one more contraction
+    of what they compute anyway (evaluating φ alone again costs more:
+    ``benchmarks/bench_baselines.py``); the y velocity is dropped, never stepped.
+    Returns vc (B, n)."""
+    return problem.velocity(y, c, a, x=x, w=w, form=form, record=record)[1]
 
 
 def _step_c(problem, dyn, state, h, a, rngs, record):
