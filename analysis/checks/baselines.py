@@ -36,6 +36,9 @@ __all__ = ["baseline_checks", "baseline_rows", "ensemble_view", "ENSEMBLES", "LA
 
 #: The ensembles compared, in the order of the ``ensemble`` coordinate.
 ENSEMBLES = ("trained", "monte_carlo", "random_features")
+#: how the rows name each ensemble
+LABELS = {"trained": "trained units", "monte_carlo": "Monte-Carlo units",
+          "random_features": "random features"}
 #: Largest number of nodes of the Q x Q lazy kernel.
 LAZY_MAX_Q = 4096
 
@@ -151,8 +154,30 @@ def baseline_checks(problem, particles, meanfield=None, *, train=("y", "c"), n_b
     out["monte_carlo_expected_loss"] = (("n",), 0.5 * var / ns.astype(float)
                                         + (floors["monte_carlo"] if np.isfinite(var)
                                            else np.nan))
+    if any(f"f_n_{e}" in particles for e in ENSEMBLES[1:]):
+        for k, v in _ensemble_lln(particles, n_boot, level, rng).items():
+            out[k] = (("ensemble",), v)
     out = out.assign_coords(ensemble=list(ENSEMBLES), n=ns)
     out.attrs["baseline_train"] = ",".join(train)
+    return out
+
+
+def _ensemble_lln(particles, n_boot, level, rng):
+    """Per ensemble, the LLN from the ensemble alone at the last save time
+    (:func:`analysis.checks.scaling.ensemble_lln`: the slope of n·E‖f_n − E f_n‖²_μ in
+    n): ``baseline_lln_slope`` with ``_low``/``_high``, NaN where an ensemble is absent."""
+    from analysis.checks.scaling import ensemble_lln
+
+    last = particles["t"].values[-1:]
+    out = {k: np.full(len(ENSEMBLES), np.nan) for k in (
+        "baseline_lln_slope", "baseline_lln_slope_low", "baseline_lln_slope_high")}
+    for e, ens in enumerate(ENSEMBLES):
+        if ens != "trained" and f"f_n_{ens}" not in particles:
+            continue
+        d = ensemble_lln(ensemble_view(particles, ens).sel(t=last), n_boot=n_boot,
+                         level=level, rng=rng)
+        for k in out:
+            out[k][e] = float(d[k.replace("baseline_lln_slope", "ens_var_slope")].values[-1])
     return out
 
 
@@ -243,6 +268,7 @@ def baseline_rows(a, ctx) -> list:
         rows.append(Row("Monte-Carlo units: loss (1/2n) Var_{y~rho_bar}(G phi / rho_bar)",
                         "§1 (1.3)", f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}]",
                         with_note("-1", note), v))
+    rows += _ensemble_lln_rows(a, ctx)
     if "random_features" in have:
         s, lo, hi = _slope(a, "random_features")
         rows.append(Row("random features (c trained, y frozen) beside trained units",
@@ -251,3 +277,32 @@ def baseline_rows(a, ctx) -> list:
                         f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}]",
                         "a measurement, not a prediction", "n.a."))
     return rows
+
+
+def _ensemble_lln_rows(a, ctx):
+    """The LLN per ensemble (trained units and each baseline) from the ensembles alone, and
+    why the CLT is not given per ensemble."""
+    if "baseline_lln_slope" not in a:
+        return []
+    out = []
+    T = float(a["t"].values[-1])
+    for e, ens in enumerate(ENSEMBLES):
+        s, lo, hi = (float(a[f"baseline_lln_slope{k}"].values[e]) for k in ("", "_low",
+                                                                             "_high"))
+        if not np.isfinite(s):
+            continue
+        # as the LLN rows without f_0 (analysis.checks.highdim): n V_n bounded, slope <= 0;
+        # alternative: a variance decaying only as n^{-1/2} (slope +1/2). Monte-Carlo units
+        # have n V_n = Var(G phi / rho_bar) exactly: slope 0
+        ok = None if not np.isfinite(lo) else bool(lo <= 0.0)
+        v, note = judge(lo, hi, ok, (0.5,), center=0.0, seeds=ctx.seeds, min_seeds=ctx.k_95)
+        out.append(Row(f"LLN per ensemble ({LABELS[ens]}): n·E‖f_n − E f_n‖²_μ vs n, t = {T:g}",
+                       "Prop. 2.1, 2.2 (2.32); §1 (1.3)",
+                       f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}]",
+                       with_note("≤ 0 (0: the CLT scale)", note), v))
+    out.append(NotApplicable(
+        "CLT per ensemble (Monte-Carlo units, random features)",
+        "Σ_t is predicted for trained units only (influence or ensemble method); no covariance "
+        "of the baselines is computed, so their fluctuations are measured by the LLN rows "
+        "per ensemble"))
+    return out

@@ -175,6 +175,17 @@ def test_a_run_with_baselines_writes_them_beside_the_trained_ensemble(tmp_path):
               "loss_random_features"):
         assert np.all(np.isfinite(ds[v].values)), v
     assert "monte_carlo" in ds.attrs["baselines"] and "exact" in ds.attrs["monte_carlo_G"]
+    ds.close()
+    # the report: the LLN per ensemble as rows, the CLT per ensemble said not to apply,
+    # the figure of every ensemble
+    from analysis.report.make import make_report
+
+    res = make_report(tmp_path / "out", n_boot=50)
+    text = (tmp_path / "out" / "report.md").read_text()
+    for label in ("trained units", "Monte-Carlo units", "random features"):
+        assert f"| LLN per ensemble ({label})" in text, label
+    assert any(r.prediction.startswith("CLT per ensemble") for r in res["not_applicable"])
+    assert (tmp_path / "out" / "figures" / "baselines.png").is_file()
 
 
 def test_random_features_against_the_grid_alone_is_a_measurement():
