@@ -43,6 +43,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import re
 import sys
 import threading
 import traceback
@@ -125,6 +126,24 @@ def _where_line(path, tb) -> int | None:
         if fr.filename == str(path):
             line = fr.lineno
     return line
+
+
+def user_location(e) -> str | None:
+    """``FILE:LINE`` of the last frame of exception ``e`` in a user's Python part loaded
+    here, or None: an error raised by the user's code while a run calls it (the frames of a
+    worker process come as the text of its traceback, ``e.__cause__``)."""
+    paths = {p for p, _ in _MODULES}
+    where = None
+    for fr in traceback.extract_tb(e.__traceback__):
+        if fr.filename in paths:
+            where = f"{fr.filename}:{fr.lineno}"
+    cause = getattr(e, "__cause__", None)
+    text = getattr(cause, "tb", None)  # concurrent.futures' _RemoteTraceback
+    if isinstance(text, str):
+        for path, line in re.findall(r'File "([^"]+)", line (\d+)', text):
+            if path in paths:
+                where = f"{path}:{line}"
+    return where
 
 
 def _user_error(info, what, e) -> ConfigError:

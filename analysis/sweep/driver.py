@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from particles import NumericalFailure
 from particles.engine.config import ConfigError
+from particles.userparts import user_location
 
 from analysis.sweep.executors import SerialExecutor
 from analysis.store.io import atomic_path, write_dataset
@@ -212,6 +213,9 @@ def _run_tasks(ex, todo, submit_args, retries, bar):
             except Exception as e:  # noqa: BLE001 - any error of a task: retried
                 attempts[t["id"]] += 1
                 err = f"{type(e).__name__}: {e}"
+                where = user_location(e)
+                if where:  # the user's own code raised: name the file and line
+                    err = f"{where}: your Python part raised {err}; fix {Path(where.rsplit(':', 1)[0]).name}"
                 if attempts[t["id"]] <= retries:
                     log.warning("task %s (%s) failed (%s); retry %d of %d", t["id"],
                                 task_label(t), err, attempts[t["id"]], retries)

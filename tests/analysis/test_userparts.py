@@ -450,3 +450,20 @@ def test_check_kernel_passes_the_example_and_fails_a_wrong_derivative():
 
     with pytest.raises(AssertionError, match="phi_hessian"):
         check_kernel(Wrong())
+
+
+def test_an_exception_during_the_run_names_the_file_and_line(tmp_path, capsys):
+    """The user's code raises only once the run calls it on more units than the probe's:
+    the failed tasks are reported with the file and line (exit 3: computed before the
+    failure is kept), never a toolkit traceback."""
+    old = "        g, dy, _ = self._g(self._s(x, y))\n        return g, dy[..., None]"
+    new = ("        if y.shape[-2] > 3:\n"
+           "            raise RuntimeError('too many units for me')\n" + old)
+    assert old in KERNEL
+    kernel = KERNEL.replace(old, new)
+    line = kernel.splitlines().index("            raise RuntimeError('too many units for me')") + 1
+    cfg = _write(tmp_path / "cfg", kernel)
+    rc, _, err = _run(capsys, cfg, "--out", tmp_path / "out", "--retries", "0")
+    assert rc == 3, err
+    assert f"k.py:{line}: your Python part raised RuntimeError: too many units" in err
+    assert "Traceback" not in err
