@@ -27,6 +27,7 @@ import json
 import numpy as np
 import xarray as xr
 
+from analysis.checks.highdim import ensemble_lln_row
 from analysis.checks.estimators import (align_to, bootstrap_slope, bootstrap_stat,
                                         finite_rows, reference_f0, reference_loss0)
 from analysis.checks.power import SLOPE_OFFSET, judge, slope_alternatives
@@ -291,15 +292,11 @@ def _ensemble_lln_rows(a, ctx):
                                                                              "_high"))
         if not np.isfinite(s):
             continue
-        # as the LLN rows without f_0 (analysis.checks.highdim): n V_n bounded, slope <= 0;
-        # alternative: a variance decaying only as n^{-1/2} (slope +1/2). Monte-Carlo units
-        # have n V_n = Var(G phi / rho_bar) exactly: slope 0
-        ok = None if not np.isfinite(lo) else bool(lo <= 0.0)
-        v, note = judge(lo, hi, ok, (0.5,), center=0.0, seeds=ctx.seeds, min_seeds=ctx.k_95)
-        out.append(Row(f"LLN per ensemble ({LABELS[ens]}): n·E‖f_n − E f_n‖²_μ vs n, t = {T:g}",
-                       "Prop. 2.1, 2.2 (2.32); §1 (1.3)",
-                       f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}]",
-                       with_note("≤ 0 (0: the CLT scale)", note), v))
+        # the rule of the LLN rows without f_0 (Monte-Carlo units have n V_n = Var(G phi /
+        # rho_bar) exactly: slope 0)
+        out.append(ensemble_lln_row(
+            f"LLN per ensemble ({LABELS[ens]}): n·E‖f_n − E f_n‖²_μ vs n, t = {T:g}",
+            "Prop. 2.1, 2.2 (2.32); §1 (1.3)", s, lo, hi, ctx, ctx.k_95))
     out.append(NotApplicable(
         "CLT per ensemble (Monte-Carlo units, random features)",
         "Σ_t is predicted for trained units only (influence or ensemble method); no covariance "

@@ -124,14 +124,9 @@ def _ensemble_lln_rows(a, ctx):
     out = []
     for j, t in enumerate(a["t"].values):
         s, lo, hi = (float(a[f"ens_var_slope{k}"].values[j]) for k in ("", "_low", "_high"))
-        # the LLN at the CLT rate: n V_n bounded, slope <= 0; alternative: a variance
-        # decaying only as n^{-1/2} (slope +1/2)
-        ok = None if not np.isfinite(lo) else bool(lo <= 0.0)
-        v, note = judge(lo, hi, ok, (0.5,), center=0.0, seeds=ctx.seeds, min_seeds=ctx.k_t)
-        out.append(Row(f"LLN without f_0: n·E‖f_n − E f_n‖²_μ vs n, t = {t:g}",
-                       "Prop. 2.1, 2.2 (2.32); THEORY §5",
-                       f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}] ({ctx.pct} bootstrap)",
-                       with_note("≤ 0 (0: the CLT scale; below: self-healed)", note), v))
+        out.append(ensemble_lln_row(f"LLN without f_0: n·E‖f_n − E f_n‖²_μ vs n, t = {t:g}",
+                                    "Prop. 2.1, 2.2 (2.32); THEORY §5", s, lo, hi, ctx,
+                                    ctx.k_t, f" ({ctx.pct} bootstrap)"))
     s, lo, hi = (float(a[f"dist_largest_slope{k}"].values[-1]) for k in ("", "_low", "_high"))
     ok = None if not np.isfinite(lo) else bool(lo <= -1.0)
     v, note = judge(lo, hi, ok, (-0.5,), center=-1.0, seeds=ctx.seeds, min_seeds=ctx.k_t)
@@ -201,6 +196,16 @@ def _quench_row(a):
                f"n = {int(a['quench_n'])}", "Sec. 4.2, Fig. 2; Prop. 3.3",
                f"ratio to the loss at the quench {fmt(r)} [{fmt(lo)}, {fmt(hi)}] (95 %)",
                with_note("< 1 (the larger batch quenches the SGD noise)", note), v)
+
+
+def ensemble_lln_row(name, reference, s, lo, hi, ctx, min_seeds, level=""):
+    """The row of an LLN slope from an ensemble alone (slope of n·E‖f_n − E f_n‖²_μ in n)."""
+    # the LLN at the CLT rate: n V_n bounded, slope <= 0; alternative: a variance decaying
+    # only as n^{-1/2} (slope +1/2)
+    ok = None if not np.isfinite(lo) else bool(lo <= 0.0)
+    v, note = judge(lo, hi, ok, (0.5,), center=0.0, seeds=ctx.seeds, min_seeds=min_seeds)
+    return Row(name, reference, f"slope {fmt(s)} [{fmt(lo)}, {fmt(hi)}]{level}",
+               with_note("≤ 0 (0: the CLT scale; below: self-healed)", note), v)
 
 
 def highdim_rows(a, ctx):
