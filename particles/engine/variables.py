@@ -263,6 +263,12 @@ VARIABLES = {
     "healing_t_min": ("shortest T at which the self-healing check has power", "1"),
     "trace_sigma": ("tr_mu Sigma_t (influence method)", "1"),
     "trace_sigma_sgd_T": ("tr_mu Sigma^SGD_T per unit theta (influence method)", "1"),
+    "baseline_excess_ratio": ("excess loss of trained units over that of Monte-Carlo units "
+                              "at the last save time", "1"),
+    "baseline_excess_ratio_low": ("lower end of the bootstrap interval of "
+                                  "baseline_excess_ratio", "1"),
+    "baseline_excess_ratio_high": ("upper end of the bootstrap interval of "
+                                   "baseline_excess_ratio", "1"),
     "baseline_lln_slope": ("slope of n E||f_n - E f_n||^2_mu against n per ensemble at the last "
                            "save time (the LLN from the ensemble alone)", "1"),
     "baseline_lln_slope_low": ("lower end of the bootstrap interval of baseline_lln_slope", "1"),

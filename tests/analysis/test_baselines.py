@@ -202,3 +202,28 @@ def test_random_features_against_the_grid_alone_is_a_measurement():
     row = [r for r in baseline_rows(a, _ctx()) if r.prediction.startswith("random features (y")]
     assert row[0].verdict == "n.a." and "characteristics" in row[0].expected
     assert a["lazy_gap"].values[-1] < 1e-3  # the grid's error, small
+
+
+@pytest.mark.parametrize("trained, verdict", [(0.2, "PASS"), (1.0, "INCONCLUSIVE"),
+                                              (5.0, "FAIL")])
+def test_excess_ratio_against_monte_carlo(trained, verdict):
+    """Trained units' excess loss over Monte-Carlo units' at the largest n: below 1 PASS,
+    about 1 INCONCLUSIVE, above FAIL (synthetic losses whose excess is c/n, 64 seeds)."""
+    from analysis.checks.baselines import _ratio_row
+
+    ns = np.array([16, 64, 256])
+    rng = np.random.default_rng(7)
+    S = 64
+    # excess c/n with a relative spread of 10 % over seeds: the ratio's bootstrap interval
+    # is about +-2 x 0.1 x sqrt(2/S) ~ +-0.035 wide, far from 1 for 0.2 and 5
+    tr = trained / ns[:, None] * (1 + 0.1 * rng.standard_normal((3, S)))
+    mc = 1.0 / ns[:, None] * (1 + 0.1 * rng.standard_normal((3, S)))
+    from analysis.checks.estimators import bootstrap_stat
+
+    a = xr.Dataset(coords={"n": ns, "t": [0.0, 10.0]})
+    b = {k: bootstrap_stat(list(v), lambda r: r.mean(axis=1), 400, rng) for k, v in
+         (("tr", tr), ("mc", mc))}
+    q = np.nanquantile(b["tr"] / b["mc"], [0.025, 0.975], axis=0)
+    a["baseline_excess_ratio"] = ("n", tr.mean(1) / mc.mean(1))
+    a["baseline_excess_ratio_low"], a["baseline_excess_ratio_high"] = ("n", q[0]), ("n", q[1])
+    assert _ratio_row(a, _ctx()).verdict == verdict
