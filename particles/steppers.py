@@ -195,39 +195,14 @@ class ParticleStepper:
         bad = np.flatnonzero(~(w.last <= limit))
         return bad if bad.size else None
 
-    def _who(self, bad):
-        return ([self.labels[b] for b in bad[:8]] if self.labels is not None
-                else bad[:8].tolist())
-
     def check(self, state):
-        s = np.sum(state.c, axis=-1) + np.sum(state.y, axis=(-2, -1))
-        bad = np.flatnonzero(~np.isfinite(s))
-        if bad.size:
-            return f"member(s) {self._who(bad)}"
         w = state.watch
         if w is None:
-            return None
-        cmax = np.max(np.abs(state.c), axis=-1)
-        bad = np.flatnonzero(cmax > STATE_FACTOR * w.cref)
-        if bad.size:
-            b = bad[0]
-            return Divergence(
-                f"member(s) {self._who(bad)}: the largest charge |c| = {cmax[b]:.3g} grew "
-                f"beyond {STATE_FACTOR:.0e} times its start {w.cref[b]:.3g}")
+            return check_members(state.c, state.y, self.labels)
         bad = self._broken(w)
-        if bad is None:
-            return None
-        if self.monotone:
-            rule = (f"gradient descent may not raise it by more than round-off "
-                    f"({GD_RTOL:.0e} relative)")
-        else:
-            rule = (f"{self.dynamics.scheme} ({self.dynamics.form} form) may not raise it "
-                    f"beyond {NOISY_FACTOR:.0e} times its running minimum")
-        b = bad[0]
-        what = "loss" if np.isfinite(w.last[b]) else "non-finite loss"
-        return Divergence(
-            f"member(s) {self._who(bad)}: the {what} rose to {w.last[b]:.3g} from its "
-            f"running minimum {w.lmin[b]:.3g} after {w.steps} steps; {rule}")
+        return check_members(state.c, state.y, self.labels, w.cref, w.lmin, w.last,
+                             np.array([], int) if bad is None else bad, w.steps,
+                             self.monotone, GD_RTOL, self.dynamics)
 
     def capture(self, state) -> dict:
         snap = {"t": float(state.t), "y": np.array(state.y), "c": np.array(state.c)}
@@ -257,3 +232,42 @@ class ParticleStepper:
                       int(snap["watch_steps"]))
             state = state._replace(watch=w)
         return state
+
+
+def check_members(c, y, labels, cref=None, lmin=None, last=None, broken=(), steps=0,
+                  monotone=True, rtol=GD_RTOL, dynamics=None):
+    """The failure contract's verdict on a batch of members (module doc), for every
+    particle stepper: None while finite and healthy; a str naming the members whose state
+    is not finite; a :class:`Divergence` for a charge grown beyond :data:`STATE_FACTOR`
+    times its start (``cref``) or for the members ``broken`` whose loss broke the rule
+    (``last`` against the running minimum ``lmin``; ``rtol`` of gradient descent,
+    ``monotone``, else :data:`NOISY_FACTOR`). ``labels`` name the members (else indices).
+    """
+    def who(bad):
+        return [labels[b] for b in bad[:8]] if labels is not None else bad[:8].tolist()
+
+    c, y = np.asarray(c, float), np.asarray(y, float)
+    bad = np.flatnonzero(~np.isfinite(np.sum(c, axis=-1) + np.sum(y, axis=(-2, -1))))
+    if bad.size:
+        return f"member(s) {who(bad)}"
+    if cref is None:
+        return None
+    cmax = np.max(np.abs(c), axis=-1)
+    bad = np.flatnonzero(cmax > STATE_FACTOR * cref)
+    if bad.size:
+        b = bad[0]
+        return Divergence(
+            f"member(s) {who(bad)}: the largest charge |c| = {cmax[b]:.3g} grew "
+            f"beyond {STATE_FACTOR:.0e} times its start {cref[b]:.3g}")
+    if not len(broken):
+        return None
+    if monotone:
+        rule = f"gradient descent may not raise it by more than round-off ({rtol:.0e} relative)"
+    else:
+        rule = (f"{dynamics.scheme} ({dynamics.form} form) may not raise it beyond "
+                f"{NOISY_FACTOR:.0e} times its running minimum")
+    b = broken[0]
+    what = "loss" if np.isfinite(last[b]) else "non-finite loss"
+    return Divergence(
+        f"member(s) {who(broken)}: the {what} rose to {last[b]:.3g} from its running "
+        f"minimum {lmin[b]:.3g} after {steps} steps; {rule}")

@@ -38,11 +38,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from particles.engine.loop import Divergence
 from particles.jax import device_name, require_jax
 from particles.kernels.base import states_phi
 from particles.engine.loop import lands, substeps
-from particles.steppers import ATOL, GD_RTOL, NOISY_FACTOR, STATE_FACTOR
+from particles.steppers import ATOL, GD_RTOL, NOISY_FACTOR, check_members
 
 __all__ = ["JaxState", "JaxParticleStepper", "unsupported", "PAIR_BUDGET", "JAX_SPAWN"]
 
@@ -428,37 +427,11 @@ class JaxParticleStepper:
             watch = watch_update(watch, loss(y, c))
         return JaxState(t, y, c, state.keys, state.steps + k, watch)
 
-    def _who(self, bad):
-        return ([self.labels[b] for b in bad[:8]] if self.labels is not None
-                else bad[:8].tolist())
-
     def check(self, state):
-        c, y = np.asarray(state.c, float), np.asarray(state.y, float)
-        bad = np.flatnonzero(~np.isfinite(np.sum(c, axis=-1) + np.sum(y, axis=(-2, -1))))
-        if bad.size:
-            return f"member(s) {self._who(bad)}"
         lmin, last, broken, cref, _ = (np.asarray(v) for v in state.watch)
-        cmax = np.max(np.abs(c), axis=-1)
-        bad = np.flatnonzero(cmax > STATE_FACTOR * cref)
-        if bad.size:
-            b = bad[0]
-            return Divergence(
-                f"member(s) {self._who(bad)}: the largest charge |c| = {cmax[b]:.3g} grew "
-                f"beyond {STATE_FACTOR:.0e} times its start {cref[b]:.3g}")
-        bad = np.flatnonzero(broken)
-        if not bad.size:
-            return None
-        if self.monotone:
-            rule = (f"gradient descent may not raise it by more than round-off "
-                    f"({self.rtol:.0e} relative)")
-        else:
-            rule = (f"{self.dynamics.scheme} ({self.dynamics.form} form) may not raise it "
-                    f"beyond {NOISY_FACTOR:.0e} times its running minimum")
-        b = bad[0]
-        what = "loss" if np.isfinite(last[b]) else "non-finite loss"
-        return Divergence(
-            f"member(s) {self._who(bad)}: the {what} rose to {last[b]:.3g} from its "
-            f"running minimum {lmin[b]:.3g} after {state.steps} steps; {rule}")
+        return check_members(state.c, state.y, self.labels, cref, lmin, last,
+                             np.flatnonzero(broken), state.steps, self.monotone, self.rtol,
+                             self.dynamics)
 
     def capture(self, state) -> dict:
         snap = {"t": float(state.t), "y": np.asarray(state.y), "c": np.asarray(state.c),
