@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from meanfield.mkernel import MOperator
+
 __all__ = ["propagate_covariance", "closure_error", "closure_regime", "l2_frobenius",
            "trace_mu", "halving_time_measured", "halving_time_predicted", "rk4_propagation_gap",
            "closure_tolerance",
@@ -37,22 +39,6 @@ __all__ = ["propagate_covariance", "closure_error", "closure_regime", "l2_froben
 #: fraction of tr_μ Σ_T whose eigen-directions of M[ρ_0(T)] set the predicted decay
 #: (:func:`halving_time_predicted`)
 ENERGY_FRACTION = 0.5
-
-
-def _sym_parts(M, w):
-    """Eigenpairs of W^{1/2} M W^{1/2} and sqrt(w)."""
-    M = np.asarray(M, float)
-    s = np.sqrt(np.asarray(w, float))
-    if np.any(~np.isfinite(s)) or np.any(s <= 0):
-        raise ValueError("closure: the weights of mu must be positive and finite")
-    A = s[:, None] * M * s[None, :]
-    lam, V = np.linalg.eigh(0.5 * (A + A.T))
-    return lam, V, s
-
-
-def _to_l2(Sigma, s):
-    """W^{1/2} Σ W^{1/2}: a covariance on L²(μ) as a symmetric matrix in the ℓ² basis."""
-    return s[:, None] * np.asarray(Sigma, float) * s[None, :]
 
 
 def propagate_covariance(M, w, Sigma, h):
@@ -82,8 +68,8 @@ def propagate_covariance(M, w, Sigma, h):
     :math:`E = Ve^{-h\Lambda}V^\top`. Eigenvalues of B below 0 (round-off of a PSD
     matrix) are clipped to 0, so E is a contraction.
     """
-    lam, V, s = _sym_parts(M, w)
-    lam = np.clip(lam, 0.0, None)
+    op = MOperator(M, w)
+    s = op.s
     Sig = np.asarray(Sigma, float)
     one = Sig.ndim == 2
     Sig = Sig[None] if one else Sig
@@ -92,8 +78,8 @@ def propagate_covariance(M, w, Sigma, h):
         raise ValueError("closure: the horizon h must be >= 0")
     out = np.empty_like(Sig)
     for k in range(Sig.shape[0]):  # a few save times, each a Q x Q product
-        E = (V * np.exp(-hs[k] * lam)[None, :]) @ V.T
-        P = E @ _to_l2(Sig[k], s) @ E
+        E = op.propagator(hs[k])
+        P = E @ op.to_l2(Sig[k]) @ E
         out[k] = 0.5 * (P + P.T) / (s[:, None] * s[None, :])
     return out[0] if one else out
 
@@ -102,7 +88,7 @@ def l2_frobenius(Sigma, w):
     r"""Frobenius (Hilbert–Schmidt) norm of a covariance on :math:`L^2(\mu)`:
     :math:`\|W^{1/2}\Sigma W^{1/2}\|_F`."""
     s = np.sqrt(np.asarray(w, float))
-    return float(np.linalg.norm(_to_l2(Sigma, s)))
+    return float(np.linalg.norm(s[:, None] * np.asarray(Sigma, float) * s[None, :]))
 
 
 def trace_mu(Sigma, w):
@@ -201,9 +187,9 @@ def halving_time_predicted(M, w, Sigma, *, fraction=ENERGY_FRACTION):
     rate : float
         :math:`\lambda_{frac}`.
     """
-    lam, V, s = _sym_parts(M, w)
-    lam = np.clip(lam, 0.0, None)
-    sig = np.clip(np.einsum("qk,qp,pk->k", V, _to_l2(Sigma, s), V), 0.0, None)
+    op = MOperator(M, w)
+    lam, V = op.lam, op.V
+    sig = np.clip(np.einsum("qk,qp,pk->k", V, op.to_l2(Sigma), V), 0.0, None)
     total = sig.sum()
     if total <= 0:
         return float("nan"), float("nan")

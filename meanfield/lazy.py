@@ -31,10 +31,10 @@ import xarray as xr
 from particles.engine.loop import substeps
 
 from meanfield.defaults import options
-from meanfield.mkernel import m_kernel
+from meanfield.mkernel import MOperator, m_kernel
 from meanfield.nodes import characteristic_nodes
 
-__all__ = ["LazyOperator", "lazy_operator", "f_lazy", "lazy_gap", "lazy_loss",
+__all__ = ["lazy_operator", "f_lazy", "lazy_gap", "lazy_loss",
            "lazy_prediction", "rk4_gap_bound", "LAZY_NODES"]
 
 #: Default quadrature of ρ_in for M[ρ_in]: y nodes per dimension, c nodes (the keys of
@@ -42,47 +42,18 @@ __all__ = ["LazyOperator", "lazy_operator", "f_lazy", "lazy_gap", "lazy_loss",
 LAZY_NODES = {"y": 128, "c": 24}
 
 
-class LazyOperator:
-    r"""The exponential of :math:`-tM[\rho]W` on the nodes through the eigen-decomposition
-    of :math:`S = W^{1/2}MW^{1/2}`.
-
-    Parameters
-    ----------
-    M : ndarray, shape (Q, Q)
-        Symmetric positive semi-definite.
-    w : ndarray, shape (Q,)
-        Quadrature weights of μ, all > 0.
-    """
-
-    def __init__(self, M, w):
-        w = np.asarray(w, float)
-        if np.any(w <= 0):
-            raise ValueError("the lazy prediction needs positive node weights of mu")
-        self.s = np.sqrt(w)
-        S = self.s[:, None] * np.asarray(M, float) * self.s[None, :]
-        lam, self.V = np.linalg.eigh(0.5 * (S + S.T))
-        #: eigenvalues of the operator M W, ascending, round-off negatives set to 0
-        self.lam = np.clip(lam, 0.0, None)
-
-    def apply(self, t, r):
-        r""":math:`e^{-tMW}r` for times ``t`` (T,) and r (Q,): shape (T, Q)."""
-        t = np.atleast_1d(np.asarray(t, float))
-        coef = self.V.T @ (self.s * r)  # (Q,)
-        return (np.exp(-np.outer(t, self.lam)) * coef) @ self.V.T / self.s
-
-
 def lazy_operator(problem, *, train=("y", "c"), grid=None):
-    r""":class:`LazyOperator` of :math:`M[\rho_{in}]` over the trained coordinates and
+    r""":class:`~meanfield.mkernel.MOperator` of :math:`M[\rho_{in}]` over the trained coordinates and
     :math:`f(0)` on the nodes, from the tensor quadrature of :math:`\rho_{in}` with
     ``grid = {"y": ..., "c": ...}`` nodes (default :data:`LAZY_NODES`)."""
     g = options(grid, LAZY_NODES, "grid")
     y, c, w = characteristic_nodes(problem, g["y"], g["c"])
     M = m_kernel(problem.kernel, problem.x, y, c, w, train=train)
     f_start = problem.network(y[None], (w * c)[None])[0]
-    return LazyOperator(M, problem.w), f_start
+    return MOperator(M, problem.w), f_start
 
 
-def f_lazy(op: LazyOperator, times, f_start, f_target):
+def f_lazy(op: MOperator, times, f_start, f_target):
     r""":math:`f + e^{-tM}(f(0) - f)`, shape (T, Q)."""
     return f_target + op.apply(times, np.asarray(f_start, float) - f_target)
 
@@ -101,7 +72,7 @@ def lazy_loss(f_lazy_, f_target, w):
     return 0.5 * _norm(np.asarray(f_lazy_) - f_target, w) ** 2
 
 
-def rk4_gap_bound(op: LazyOperator, times, h):
+def rk4_gap_bound(op: MOperator, times, h):
     r"""Bound of lazy_gap(t) for RK4 with steps ≤ h on :math:`\dot u = -MWu` (y frozen).
 
     Per eigenvalue λ of MW, RK4 multiplies by :math:`R(-h\lambda) = \sum_{k\le4}

@@ -37,6 +37,7 @@ __all__ = [
     "features",
     "m_kernel",
     "operator_spectrum",
+    "MOperator",
     "gram_spectrum",
     "identity_239",
     "tangent_kernel",
@@ -125,6 +126,48 @@ def m_kernel(kernel, x, y, c, weights, *, chunk: int = 4096, train=("y", "c")):
                      train=train)
         M += A @ A.T
     return 0.5 * (M + M.T)
+
+
+class MOperator:
+    r"""The operator :math:`r \mapsto \int M(\cdot, x')r(x')\,d\mu(x')` on :math:`L^2(\mu)`
+    (the matrix :math:`MW`, :math:`W = \mathrm{diag}(w)`) through the eigen-decomposition
+    of the similar symmetric :math:`S = W^{1/2}MW^{1/2} = V\Lambda V^\top`: its
+    exponentials :math:`e^{-tMW}` for the lazy prediction (:mod:`meanfield.lazy`) and the
+    f-level closure (:mod:`meanfield.closure`).
+
+    Parameters
+    ----------
+    M : ndarray, shape (Q, Q)
+        Symmetric positive semi-definite.
+    w : ndarray, shape (Q,)
+        Quadrature weights of μ, all positive and finite.
+    """
+
+    def __init__(self, M, w):
+        w = np.asarray(w, float)
+        if not np.all(np.isfinite(w) & (w > 0)):
+            raise ValueError("the operator M W needs positive, finite node weights of mu")
+        #: sqrt(w)
+        self.s = np.sqrt(w)
+        S = self.to_l2(M)
+        lam, self.V = np.linalg.eigh(0.5 * (S + S.T))
+        #: eigenvalues of M W, ascending; round-off negatives of a PSD M set to 0, so
+        #: every exponential is a contraction
+        self.lam = np.clip(lam, 0.0, None)
+
+    def to_l2(self, K):
+        """:math:`W^{1/2}KW^{1/2}`: a kernel on :math:`L^2(\mu)` in the orthonormal basis."""
+        return self.s[:, None] * np.asarray(K, float) * self.s[None, :]
+
+    def propagator(self, h):
+        r""":math:`W^{1/2}e^{-hMW}W^{-1/2} = Ve^{-h\Lambda}V^\top` (symmetric)."""
+        return (self.V * np.exp(-float(h) * self.lam)[None, :]) @ self.V.T
+
+    def apply(self, t, r):
+        r""":math:`e^{-tMW}r` for times ``t`` (T,) and r (Q,): shape (T, Q)."""
+        t = np.atleast_1d(np.asarray(t, float))
+        coef = self.V.T @ (self.s * r)  # (Q,)
+        return (np.exp(-np.outer(t, self.lam)) * coef) @ self.V.T / self.s
 
 
 def operator_spectrum(M, w):

@@ -7,7 +7,7 @@ from meanfield import lazy
 from meanfield.characteristics import solve_characteristics
 from meanfield.grid.solve import solve_grid
 from meanfield.influence import influence_matrices
-from meanfield.mkernel import features, grid_units, m_kernel
+from meanfield.mkernel import MOperator, features, grid_units, m_kernel
 from particles.laws import CLaw
 from particles.presets import circle_problem
 
@@ -25,7 +25,7 @@ def test_exponential_through_the_eigen_decomposition_solves_the_ode(rng):
     A = rng.normal(size=(Q, 5))
     M = A @ A.T / 5
     w = rng.uniform(0.5, 1.5, Q) / Q
-    op = lazy.LazyOperator(M, w)
+    op = MOperator(M, w)
     r = rng.normal(size=Q)
     np.testing.assert_allclose(op.apply(0.0, r)[0], r, atol=1e-13)
     h, t = 1e-4, 0.7
@@ -79,7 +79,7 @@ def test_grid_of_random_features_is_the_closed_form_to_its_discretisation_error(
     assert "train" in runs[64].attrs
     f1, f2 = runs[64].f_0.values, runs[128].f_0.values
     y, c, m = grid_units(runs[128].rho_0.isel(t=0))
-    op = lazy.LazyOperator(m_kernel(p.kernel, p.x, y, c, m, train=("c",)), p.w)
+    op = MOperator(m_kernel(p.kernel, p.x, y, c, m, train=("c",)), p.w)
     fl = lazy.f_lazy(op, ts, f2[0], p.f_x)
     gap = lazy.lazy_gap(f2, fl, f2[0], p.f_x, p.w)
     est = lazy.lazy_gap(f1, f2, f2[0], p.f_x, p.w)  # |f_nc - f_2nc| relative
@@ -147,7 +147,7 @@ def test_the_hand_measurement_of_the_gap_to_the_lazy_regime():
     assert np.all(np.abs(gap_g - hand_gap) <= 1e-3 + np.abs(gap_ch - gap_g))
     # the lazy loss at t = 80, and the mean field's
     y, c, m = grid_units(g.rho_0.isel(t=0))
-    opg = lazy.LazyOperator(m_kernel(p.kernel, p.x, y, c, m), p.w)
+    opg = MOperator(m_kernel(p.kernel, p.x, y, c, m), p.w)
     ll = lazy.lazy_loss(fl, p.f_x, p.w)[-1]
     ll_g = lazy.lazy_loss(lazy.f_lazy(opg, ts, g.f_0.values[0], p.f_x), p.f_x, p.w)[-1]
     assert abs(ll - 2.9e-7) <= 0.1e-7 + abs(ll - ll_g)
