@@ -85,9 +85,15 @@ def test_grid_of_random_features_is_the_closed_form_to_its_discretisation_error(
     est = lazy.lazy_gap(f1, f2, f2[0], p.f_x, p.w)  # |f_nc - f_2nc| relative
     assert np.all(gap[1:] <= est[1:])
     assert gap[0] < 1e-13  # t = 0: the same f(0)
-    # the rho_0 of the grid never moves in y: the y-marginal is constant
-    yl = runs[128].rho_0.sum("c").values
-    np.testing.assert_allclose(yl[-1], yl[0], rtol=1e-10)
+    # the grid never moves mass in y: a y column's mass changes only by what leaves through
+    # c_min/c_max (outflow, recorded) and by the round-off of the c sweeps, at most
+    # (steps x nc) eps of the largest column mass
+    g = runs[128]
+    vol = float(np.diff(g.y.values)[0] * np.diff(g.c.values)[0])
+    col = g.rho_0.sum("c").values * vol  # (t, y) column masses
+    bound = (float(g.outflow.values[-1])
+             + g.attrs["n_steps"] * g.sizes["c"] * np.finfo(float).eps * col[0].max())
+    assert np.abs(col[-1] - col[0]).sum() <= bound
 
 
 def test_influence_of_random_features_is_the_derivative_of_the_frozen_flow():
